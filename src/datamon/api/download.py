@@ -1,0 +1,110 @@
+"""Writing a bundle's files to a local folder, after checking every path is safe."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from datamon.api.parallel import bounded_map
+from datamon.api.paths import check_entry
+from datamon.api.progress import NoProgress, Progress
+from datamon.api.store import Store
+from datamon.core.model import Bundle, Entry, Kind
+from datamon.errors import DestinationNotEmpty, SourceUnreadable
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    files: int
+    bytes: int
+
+
+def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[tuple[str, Entry]]:
+    """Every entry to write, checked for safety before anything touches the disk."""
+    pattern = re.compile(name_filter) if name_filter else None
+    chosen: list[tuple[str, Entry]] = []
+    for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
+        check_entry(path, entry)
+        if pattern and (entry.kind == Kind.DIR or not pattern.search(path)):
+            continue
+        chosen.append((path, entry))
+    return chosen
+
+
+def prepare_destination(destination: str) -> None:
+    if os.path.exists(destination):
+        if not os.path.isdir(destination):
+            raise DestinationNotEmpty(destination)
+        if os.listdir(destination):
+            raise DestinationNotEmpty(destination)
+    try:
+        os.makedirs(destination, exist_ok=True)
+    except OSError as exc:
+        raise SourceUnreadable(destination, exc.strerror or str(exc)) from None
+
+
+def write_entries(
+    store: Store,
+    bundle: Bundle,
+    destination: str,
+    entries: Iterable[tuple[str, Entry]],
+    concurrency: int,
+    progress: Progress | None = None,
+) -> DownloadResult:
+    """Write files, symlinks and folders below ``destination``; folder times are set last."""
+    progress = progress or NoProgress()
+    store.index.ensure(bundle.packs)
+    items = list(entries)
+    dirs = [(p, e) for p, e in items if e.kind == Kind.DIR]
+    files = [(p, e) for p, e in items if e.kind == Kind.FILE]
+    for path, _entry in dirs:
+        os.makedirs(os.path.join(destination, path), exist_ok=True)
+    for path, entry in items:
+        if entry.kind == Kind.SYMLINK:
+            target = os.path.join(destination, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(entry.target, target)
+            os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+    def write(item: tuple[str, Entry]) -> int:
+        path, entry = item
+        write_file(store, entry, os.path.join(destination, path))
+        return entry.size
+
+    total = sum(e.size for _p, e in files)
+    progress.start("downloading", total)
+    try:
+        for _item, size in bounded_map(write, files, max(1, concurrency)):
+            progress.advance(size)
+    finally:
+        progress.finish()
+    for path, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
+        full = os.path.join(destination, path)
+        os.chmod(full, entry.mode)
+        os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns))
+    return DownloadResult(files=len(files), bytes=total)
+
+
+def write_file(store: Store, entry: Entry, target: str) -> None:
+    """Write one file's chunks to ``target`` (created; never overwritten) with its mode and time."""
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DestinationNotEmpty(target) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            for data in store.reader.read(entry.chunks):
+                out.write(data)
+    except BaseException:
+        os.unlink(target)
+        raise
+    os.chmod(target, entry.mode)
+    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def plan_one(path: str, entry: Entry) -> None:
+    """The safety check of :func:`plan` for a single entry."""
+    check_entry(path, entry)

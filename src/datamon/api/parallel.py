@@ -1,0 +1,32 @@
+"""A bounded parallel map: at most ``window`` items in flight, results in input order."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def bounded_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None
+) -> Iterator[tuple[T, R]]:
+    """Yield ``(item, fn(item))``; the first failure cancels what is queued and is raised."""
+    limit = window or workers * 4
+    pending: deque[tuple[T, Future[R]]] = deque()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="datamon") as pool:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(fn, item)))
+                if len(pending) >= limit:
+                    done_item, future = pending.popleft()
+                    yield done_item, future.result()
+            while pending:
+                done_item, future = pending.popleft()
+                yield done_item, future.result()
+        finally:
+            for _item, future in pending:
+                future.cancel()

@@ -1,0 +1,22 @@
+"""Checks that keep bundle entries inside the folder they are written to."""
+
+from __future__ import annotations
+
+import posixpath
+
+from datamon.core.model import Entry, Kind
+from datamon.errors import UnsafePath
+
+
+def check_entry(path: str, entry: Entry) -> None:
+    """Refuse names that are not single path components, and symlinks leaving the tree."""
+    name = entry.name
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise UnsafePath(path, "entry name is not a plain file name")
+    if entry.kind == Kind.SYMLINK:
+        target = entry.target
+        if not target or posixpath.isabs(target) or "\x00" in target:
+            raise UnsafePath(path, f"symlink points outside the bundle ({target!r})")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise UnsafePath(path, f"symlink points outside the bundle ({target!r})")

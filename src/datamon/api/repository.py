@@ -1,0 +1,235 @@
+"""Repository: the verbs of Datamon on one repo of a store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from datamon.api import diff as _diff
+from datamon.api import download as _download
+from datamon.api import upload as _upload
+from datamon.api.progress import Progress
+from datamon.api.store import Store
+from datamon.api.verify import VerifyReport, verify_bundle
+from datamon.core.ids import BUNDLE_ID_BYTES, is_hex
+from datamon.core.model import Author, Bundle, Entry, Kind, Ref, Repo
+from datamon.errors import (
+    AmbiguousId,
+    BranchExists,
+    BranchNotFound,
+    BundleNotFound,
+    DatamonError,
+    DestinationNotEmpty,
+    LabelNotFound,
+    RefConflict,
+)
+
+DEFAULT_BRANCH = _upload.DEFAULT_BRANCH
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    kind: Kind
+    size: int
+    mode: int
+    mtime_ns: int
+    target: str = ""
+
+
+class Repository:
+    """One repo of a store. Create with :meth:`create` or open with :meth:`open`."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.info: Repo = store.repos.get(name)
+
+    @classmethod
+    def create(cls, store: Store, name: str, description: str, author: Author) -> Repository:
+        store.repos.create(name, description, author)
+        return cls(store, name)
+
+    # bundles -----------------------------------------------------------------------------
+
+    def upload(
+        self, path: str, options: _upload.UploadOptions, progress: Progress | None = None
+    ) -> _upload.UploadResult:
+        return _upload.upload(self.store, self.name, path, options, progress)
+
+    def visible_ids(self) -> set[str]:
+        """Bundles reachable from a branch or label history; interrupted uploads are not."""
+        ids: set[str] = set()
+        for kind in ("branch", "label"):
+            for ref in self.store.refs.all(self.name, kind):
+                ids.update(move.bundle for move in ref.history)
+                ids.add(ref.bundle)
+        return ids
+
+    def bundles(self) -> list[tuple[str, Bundle]]:
+        """Every committed bundle, oldest first."""
+        found = [(bid, self.store.bundles.get(self.name, bid)) for bid in self.visible_ids()]
+        found.sort(key=lambda item: (item[1].timestamp, item[0]))
+        return found
+
+    def resolve(
+        self, bundle: str | None = None, label: str | None = None, branch: str | None = None
+    ) -> str:
+        """The full id named by a bundle id (or unique prefix), a label or a branch."""
+        given = [x for x in (bundle, label, branch) if x]
+        if len(given) != 1:
+            raise DatamonError("name exactly one of a bundle, a label or a branch")
+        if label:
+            return self.label(label).bundle
+        if branch:
+            return self.branch(branch).bundle
+        assert bundle is not None
+        text = bundle.strip().lower()
+        where = f"repo {self.name}"
+        if not is_hex(text):
+            raise BundleNotFound(bundle, where)
+        visible = self.visible_ids()
+        if len(text) == 2 * BUNDLE_ID_BYTES:
+            if text in visible:
+                return text
+            raise BundleNotFound(bundle, where)
+        matches = sorted(bid for bid in visible if bid.startswith(text))
+        if not matches:
+            raise BundleNotFound(bundle, where)
+        if len(matches) > 1:
+            raise AmbiguousId(bundle, matches)
+        return matches[0]
+
+    def bundle(self, bid: str) -> Bundle:
+        return self.store.bundles.get(self.name, bid)
+
+    def files(self, bid: str) -> Iterator[FileInfo]:
+        """Files and symlinks of the bundle, streamed in path order."""
+        tree = bytes.fromhex(self.bundle(bid).tree)
+        for path, entry in self.store.trees.walk(tree):
+            if entry.kind != Kind.DIR:
+                yield _info(path, entry)
+
+    def download(
+        self,
+        bid: str,
+        destination: str,
+        name_filter: str | None = None,
+        concurrency: int = _upload.DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> _download.DownloadResult:
+        bundle = self.bundle(bid)
+        entries = _download.plan(self.store, bundle, name_filter)
+        _download.prepare_destination(destination)
+        return _download.write_entries(
+            self.store, bundle, destination, entries, concurrency, progress
+        )
+
+    def download_file(self, bid: str, path: str, destination: str) -> str:
+        """Write one file of the bundle to ``destination/path``; returns where it went."""
+        bundle = self.bundle(bid)
+        entry = self.store.trees.lookup(bytes.fromhex(bundle.tree), path)
+        clean = "/".join(p for p in path.split("/") if p)
+        target = os.path.join(destination, clean)
+        if os.path.lexists(target):
+            raise DestinationNotEmpty(target)
+        _download.plan_one(clean, entry)
+        self.store.index.ensure(bundle.packs)
+        if entry.kind == Kind.SYMLINK:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(entry.target, target)
+        elif entry.kind == Kind.FILE:
+            _download.write_file(self.store, entry, target)
+        else:
+            _download.write_entries(
+                self.store,
+                bundle,
+                target,
+                [
+                    (p[len(clean) + 1 :], e)
+                    for p, e in _download.plan(self.store, bundle)
+                    if p.startswith(clean + "/")
+                ],
+                _upload.DEFAULT_CONCURRENCY,
+            )
+        return target
+
+    def diff(self, old: str, new: str) -> Iterator[_diff.Change]:
+        a = bytes.fromhex(self.bundle(old).tree)
+        b = bytes.fromhex(self.bundle(new).tree)
+        return _diff.diff_trees(self.store, a, b)
+
+    def diff_local(self, bid: str, folder: str) -> Iterator[_diff.Change]:
+        return _diff.diff_local(self.store, bytes.fromhex(self.bundle(bid).tree), folder)
+
+    def update(self, bid: str, folder: str, progress: Progress | None = None) -> list[_diff.Change]:
+        """Bring ``folder`` to bundle ``bid``, writing only what differs; returns the changes."""
+        bundle = self.bundle(bid)
+        tree = bytes.fromhex(bundle.tree)
+        changes = list(_diff.diff_local(self.store, tree, folder))
+        wanted: list[tuple[str, Entry]] = []
+        for change in changes:
+            target = os.path.join(folder, change.path)
+            if change.status in (_diff.MODIFIED, _diff.ADDED) and os.path.lexists(target):
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(target)
+            if change.status in (_diff.MODIFIED, _diff.DELETED):
+                entry = self.store.trees.lookup(tree, change.path)
+                _download.plan_one(change.path, entry)
+                wanted.append((change.path, entry))
+        _download.write_entries(
+            self.store, bundle, folder, wanted, _upload.DEFAULT_CONCURRENCY, progress
+        )
+        return changes
+
+    def verify(self, bid: str, progress: Progress | None = None) -> VerifyReport:
+        return verify_bundle(self.store, self.bundle(bid), progress)
+
+    # labels ------------------------------------------------------------------------------
+
+    def labels(self) -> list[Ref]:
+        return self.store.refs.all(self.name, "label")
+
+    def label(self, name: str) -> Ref:
+        found = self.store.refs.read(self.name, "label", name)
+        if found is None:
+            raise LabelNotFound(name, f"repo {self.name}")
+        return found[0]
+
+    def set_label(self, name: str, bid: str, author: Author) -> Ref:
+        full = self.resolve(bundle=bid)
+        return self.store.refs.move(self.name, "label", name, full, author.email)
+
+    # branches ----------------------------------------------------------------------------
+
+    def branches(self) -> list[Ref]:
+        return self.store.refs.all(self.name, "branch")
+
+    def branch(self, name: str) -> Ref:
+        found = self.store.refs.read(self.name, "branch", name)
+        if found is None:
+            raise BranchNotFound(name, f"repo {self.name}")
+        return found[0]
+
+    def create_branch(self, name: str, bid: str, author: Author) -> Ref:
+        full = self.resolve(bundle=bid)
+        try:
+            return self.store.refs.move(self.name, "branch", name, full, author.email, None)
+        except RefConflict:
+            raise BranchExists(name) from None
+
+    def log(self, branch: str) -> Iterator[tuple[str, Bundle]]:
+        """The branch's bundles from its head back through first parents."""
+        bid: str | None = self.branch(branch).bundle
+        while bid:
+            bundle = self.bundle(bid)
+            yield bid, bundle
+            bid = bundle.parents[0] if bundle.parents else None
+
+
+def _info(path: str, entry: Entry) -> FileInfo:
+    return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target)

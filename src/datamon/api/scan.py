@@ -1,0 +1,82 @@
+"""Scanning a local folder into a tree of stat results, before any content is read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+
+from datamon.errors import SourceUnreadable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalFile:
+    path: str
+    name: str
+    st: os.stat_result
+
+
+@dataclass
+class LocalLink:
+    name: str
+    target: str
+    st: os.stat_result
+
+
+@dataclass
+class LocalDir:
+    path: str
+    name: str
+    st: os.stat_result
+    files: list[LocalFile] = field(default_factory=list)
+    links: list[LocalLink] = field(default_factory=list)
+    dirs: list[LocalDir] = field(default_factory=list)
+
+    def all_files(self) -> list[LocalFile]:
+        found: list[LocalFile] = []
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            found.extend(node.files)
+            stack.extend(node.dirs)
+        return found
+
+
+def scan(root: str) -> LocalDir:
+    """Stat everything below ``root``; unreadable entries are an error, sockets skipped."""
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise SourceUnreadable(root, exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceUnreadable(root, "not a directory")
+    top = LocalDir(root, "", st)
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        try:
+            with os.scandir(node.path) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
+        for entry in entries:
+            try:
+                est = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(est.st_mode):
+                    node.links.append(LocalLink(entry.name, os.readlink(entry.path), est))
+                elif stat.S_ISDIR(est.st_mode):
+                    child = LocalDir(entry.path, entry.name, est)
+                    node.dirs.append(child)
+                    stack.append(child)
+                elif stat.S_ISREG(est.st_mode):
+                    if not os.access(entry.path, os.R_OK):
+                        raise SourceUnreadable(entry.path, "permission denied")
+                    node.files.append(LocalFile(entry.path, entry.name, est))
+                else:
+                    log.warning("skipping %s: not a regular file, folder or symlink", entry.path)
+            except OSError as exc:
+                raise SourceUnreadable(entry.path, exc.strerror or str(exc)) from None
+    return top

@@ -1,0 +1,67 @@
+"""Store: one storage location (metadata and blob backends) and the components over it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.index import ChunkIndex
+from datamon.cafs.reader import ChunkReader
+from datamon.config import cache_dir
+from datamon.core.model import StoreConfig
+from datamon.metadata.bundles import BundleStore
+from datamon.metadata.refs import RefStore
+from datamon.metadata.repos import RepoStore
+from datamon.metadata.storeconfig import load_or_create
+from datamon.metadata.trees import TreeStore
+from datamon.storage.base import Backend
+from datamon.storage.url import open_backend
+
+
+class Store:
+    """Opened once per process and shared; cheap components hang off it."""
+
+    def __init__(
+        self,
+        meta: Backend,
+        blob: Backend | None = None,
+        *,
+        cache: Path | None = None,
+        create: bool = True,
+    ) -> None:
+        self.meta = meta
+        self.blob = blob or meta
+        self.config: StoreConfig = load_or_create(meta, create=create)
+        self.cache_dir = (cache or cache_dir()) / "stores" / self.config.id
+        self.repos = RepoStore(meta)
+        self.bundles = BundleStore(meta)
+        self.refs = RefStore(meta)
+        self.trees = TreeStore(meta)
+        self.index = ChunkIndex(self.blob, self.cache_dir / "index.sqlite")
+        self.chunker = FastCDCChunker(self.config.chunker)
+        self.reader = ChunkReader(self.index)
+
+    @classmethod
+    def open(
+        cls,
+        location: str,
+        blob: str | None = None,
+        options: Mapping[str, str] | None = None,
+        cache: Path | None = None,
+    ) -> Store:
+        meta = open_backend(location, options)
+        blob_backend = open_backend(blob, options) if blob and blob != location else None
+        return cls(meta, blob_backend, cache=cache)
+
+    @property
+    def url(self) -> str:
+        if self.blob is self.meta:
+            return self.meta.url
+        return f"{self.meta.url} (blobs: {self.blob.url})"
+
+    def close(self) -> None:
+        self.index.close()
+        self.meta.close()
+        if self.blob is not self.meta:
+            self.blob.close()

@@ -1,0 +1,154 @@
+"""Uploading a folder as a new bundle: scan, ingest chunks, write trees, the bundle, then refs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from datamon.api.parallel import bounded_map
+from datamon.api.progress import NoProgress, Progress
+from datamon.api.scan import LocalDir, LocalFile, scan
+from datamon.api.store import Store
+from datamon.cafs.ingest import Ingester
+from datamon.cafs.packer import PackWriter
+from datamon.core.model import FORMAT_VERSION, Author, Bundle, ChunkRef, Entry, Kind
+from datamon.errors import RefConflict, SourceUnreadable
+from datamon.metadata.layout import check_name
+
+DEFAULT_BRANCH = "main"
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    message: str
+    author: Author
+    branch: str = DEFAULT_BRANCH
+    label: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bundle_id: str
+    bundle: Bundle
+    chunks: int
+    new_chunks: int
+    bytes_read: int
+    bytes_stored: int
+    packs_written: int
+    trees_written: int
+
+
+def upload(
+    store: Store, repo: str, path: str, options: UploadOptions, progress: Progress | None = None
+) -> UploadResult:
+    store.repos.get(repo)
+    check_name("branch", options.branch)
+    if options.label:
+        check_name("label", options.label)
+    progress = progress or NoProgress()
+    root = scan(path)
+    files = root.all_files()
+    store.index.sync()
+    packer = PackWriter(store.index, store.config.pack_size)
+    ingester = Ingester(store.chunker, store.index, packer, store.config.compression_level)
+    refs: dict[str, tuple[ChunkRef, ...]] = {}
+
+    def ingest(f: LocalFile) -> tuple[ChunkRef, ...]:
+        try:
+            return ingester.ingest_path(f.path)
+        except OSError as exc:
+            raise SourceUnreadable(f.path, exc.strerror or str(exc)) from None
+
+    progress.start("uploading", sum(f.st.st_size for f in files))
+    try:
+        for f, chunk_refs in bounded_map(ingest, files, max(1, options.concurrency)):
+            refs[f.path] = chunk_refs
+            progress.advance(f.st.st_size)
+        written = packer.close()
+    except BaseException:
+        packer.abort()
+        raise
+    finally:
+        progress.finish()
+    trees_before = store.trees.written
+    top = _build(store, root, refs)
+    packs = tuple(sorted(set(written) | ingester.stats.packs_used))
+    bid, bundle = _commit(store, repo, top, packs, options)
+    stats = ingester.stats
+    return UploadResult(
+        bundle_id=bid,
+        bundle=bundle,
+        chunks=stats.chunks,
+        new_chunks=stats.new_chunks,
+        bytes_read=stats.bytes_read,
+        bytes_stored=packer.bytes_written,
+        packs_written=len(written),
+        trees_written=store.trees.written - trees_before,
+    )
+
+
+def _mode(st: os.stat_result) -> int:
+    return stat.S_IMODE(st.st_mode)
+
+
+def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
+    """Store the directory's tree bottom-up; returns the entry that names it."""
+    entries: list[Entry] = []
+    size = count = 0
+    for f in node.files:
+        chunks = refs[f.path]
+        fsize = sum(c.size for c in chunks)
+        entries.append(
+            Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=fsize, chunks=chunks)
+        )
+        size += fsize
+        count += 1
+    for link in node.links:
+        entries.append(
+            Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
+        )
+    for sub in node.dirs:
+        child = _build(store, sub, refs)
+        entries.append(child)
+        size += child.size
+        count += child.files
+    oid = store.trees.put(entries)
+    return Entry(
+        node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
+    )
+
+
+def _commit(
+    store: Store, repo: str, top: Entry, packs: tuple[str, ...], options: UploadOptions
+) -> tuple[str, Bundle]:
+    """Write the bundle on top of the branch head and move the branch by compare-and-swap."""
+    while True:
+        current = store.refs.read(repo, "branch", options.branch)
+        head = current[0].bundle if current else None
+        bundle = Bundle(
+            format=FORMAT_VERSION,
+            repo=repo,
+            parents=(head,) if head else (),
+            message=options.message,
+            author=options.author,
+            timestamp=datetime.now(UTC),
+            tree=top.tree.hex(),
+            packs=packs,
+            files=top.files,
+            size=top.size,
+            branch=options.branch,
+        )
+        bid = store.bundles.put(bundle)
+        try:
+            store.refs.move(repo, "branch", options.branch, bid, options.author.email, head)
+        except RefConflict:
+            # Another writer moved the branch first: this bundle's parent is stale.
+            store.bundles.delete(repo, bid)
+            continue
+        if options.label:
+            store.refs.move(repo, "label", options.label, bid, options.author.email)
+        return bid, bundle

@@ -1,0 +1,1 @@
+"""Content-addressed storage: chunking, hashing, compression, packs, the chunk index."""

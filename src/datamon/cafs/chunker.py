@@ -1,0 +1,45 @@
+"""FastCDC chunking of files and buffers, with the store's parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import pyfastcdc
+
+from datamon.core.model import ChunkerParams
+from datamon.errors import ConfigError
+
+_STREAM_BUFFER = 1 << 20
+
+
+class FastCDCChunker:
+    """Cuts byte streams where their content says to, so an insert moves few boundaries."""
+
+    def __init__(self, params: ChunkerParams) -> None:
+        if params.algorithm != "fastcdc2020":
+            raise ConfigError(f"unknown chunker {params.algorithm!r}")
+        self.params = params
+
+    def _cdc(self) -> pyfastcdc.FastCDC:
+        # The Cython chunker is not safe to share between threads; it is cheap to build.
+        p = self.params
+        return pyfastcdc.FastCDC(
+            p.avg_size,
+            min_size=p.min_size,
+            max_size=p.max_size,
+            normalized_chunking=p.normalization,  # type: ignore[arg-type]
+        )
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        """The chunks of ``stream``, each a fresh ``bytes`` that outlives the next one."""
+        for chunk in self._cdc().cut_stream(stream):
+            yield bytes(chunk.data)
+
+    def chunks_of(self, data: bytes | memoryview) -> Iterator[bytes]:
+        for chunk in self._cdc().cut_buf(data):
+            yield bytes(chunk.data)
+
+    @staticmethod
+    def open(path: str) -> BinaryIO:
+        return open(path, "rb", buffering=_STREAM_BUFFER)

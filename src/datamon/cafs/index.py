@@ -1,0 +1,141 @@
+"""The chunk index: which pack holds each chunk.
+
+The authoritative index is the set of pack index objects in the blob location,
+one per pack. Each machine keeps a SQLite copy under its cache folder so that a
+store of tens of millions of chunks is never held in memory; :meth:`ChunkIndex.sync`
+brings the copy up to date by listing the pack indexes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from datamon.cafs.layout import INDEX, index_key, pack_id_of
+from datamon.core.codecs import decode_frame, unpack_msg
+from datamon.core.model import FORMAT_VERSION, PackIndex
+from datamon.errors import CorruptObject, UnsupportedFormat
+from datamon.storage.base import Backend
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, size INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+_BATCH = 500
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int
+    length: int
+    size: int
+
+
+def load_pack_index(blob: Backend, pack_id: str) -> PackIndex:
+    key = index_key(pack_id)
+    index = unpack_msg(key, decode_frame(key, blob.get(key)), PackIndex)
+    if index.format != FORMAT_VERSION:
+        raise UnsupportedFormat(key, index.format)
+    if index.pack != pack_id:
+        raise CorruptObject(key, f"describes pack {index.pack}")
+    return index
+
+
+class ChunkIndex:
+    def __init__(self, blob: Backend, db_path: Path) -> None:
+        self.blob = blob
+        self.db_path = db_path
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def known_packs(self) -> set[str]:
+        return {row[0] for row in self._db().execute("SELECT id FROM packs")}
+
+    def sync(self) -> int:
+        """Match the local copy to the pack indexes in the store; returns how many were loaded."""
+        present = {pack_id_of(k) for k in self.blob.list(INDEX)}
+        known = self.known_packs()
+        gone = known - present
+        if gone:
+            self._forget(gone)
+        missing = sorted(present - known)
+        for pack_id in missing:
+            self.record(load_pack_index(self.blob, pack_id))
+        return len(missing)
+
+    def ensure(self, pack_ids: Iterable[str]) -> None:
+        """Load the indexes of these packs if this machine has not seen them."""
+        known = self.known_packs()
+        for pack_id in pack_ids:
+            if pack_id not in known:
+                self.record(load_pack_index(self.blob, pack_id))
+
+    def record(self, index: PackIndex) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                ((e.id, index.pack, e.offset, e.length, e.size) for e in index.entries),
+            )
+            db.execute("INSERT OR IGNORE INTO packs VALUES (?)", (index.pack,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _forget(self, packs: set[str]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for pack_id in packs:
+                db.execute("DELETE FROM chunks WHERE pack = ?", (pack_id,))
+                db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def lookup(self, cid: bytes) -> Location | None:
+        row = (
+            self._db()
+            .execute("SELECT pack, offset, length, size FROM chunks WHERE id = ?", (cid,))
+            .fetchone()
+        )
+        return Location(*row) if row else None
+
+    def lookup_many(self, cids: Sequence[bytes]) -> dict[bytes, Location]:
+        found: dict[bytes, Location] = {}
+        db = self._db()
+        for start in range(0, len(cids), _BATCH):
+            batch = list(set(cids[start : start + _BATCH]))
+            marks = ",".join("?" * len(batch))
+            rows = db.execute(
+                f"SELECT id, pack, offset, length, size FROM chunks WHERE id IN ({marks})", batch
+            )
+            for row in rows:
+                found[row[0]] = Location(*row[1:])
+        return found

@@ -1,0 +1,102 @@
+"""PackWriter: appends encoded chunks into packs and writes each pack, then its index."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from datamon.cafs.index import ChunkIndex
+from datamon.cafs.layout import index_key, pack_key
+from datamon.core.codecs import encode_frame, pack_msg
+from datamon.core.ids import hexdigest
+from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+
+
+class PackWriter:
+    """Thread-safe. At most ``max_pending`` sealed packs wait for upload, bounding memory."""
+
+    def __init__(
+        self, index: ChunkIndex, pack_size: int, max_pending: int = 2, uploaders: int = 2
+    ) -> None:
+        self.index = index
+        self.blob = index.blob
+        self.pack_size = pack_size
+        self._lock = threading.Lock()
+        self._buffer = bytearray()
+        self._entries: list[PackEntry] = []
+        self._seen: set[bytes] = set()
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="datamon-pack")
+        self._futures: list[Future[str]] = []
+        self.packs: list[str] = []
+        self.bytes_written = 0
+        self.chunks_written = 0
+
+    def seen(self, cid: bytes) -> bool:
+        with self._lock:
+            return cid in self._seen
+
+    def add(self, cid: bytes, blob: bytes, size: int) -> bool:
+        """Queue an encoded chunk; False if this writer already has it."""
+        sealed: tuple[bytes, list[PackEntry]] | None = None
+        with self._lock:
+            if cid in self._seen:
+                return False
+            self._seen.add(cid)
+            self._entries.append(PackEntry(cid, len(self._buffer), len(blob), size))
+            self._buffer += blob
+            self.chunks_written += 1
+            if len(self._buffer) >= self.pack_size:
+                sealed = self._take()
+        if sealed is not None:
+            self._submit(*sealed)
+        return True
+
+    def _take(self) -> tuple[bytes, list[PackEntry]]:
+        data, entries = bytes(self._buffer), self._entries
+        self._buffer = bytearray()
+        self._entries = []
+        return data, entries
+
+    def _submit(self, data: bytes, entries: list[PackEntry]) -> None:
+        self._raise_failures()
+        self._slots.acquire()
+        future = self._pool.submit(self._write, data, entries)
+        future.add_done_callback(lambda _f: self._slots.release())
+        with self._lock:
+            self._futures.append(future)
+
+    def _write(self, data: bytes, entries: list[PackEntry]) -> str:
+        pack_id = hexdigest(data)
+        # Write order: the pack, then its index, then (in the index copy) where to find chunks.
+        self.blob.put_if_absent(pack_key(pack_id), data)
+        index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
+        _digest, framed = encode_frame(pack_msg(index))
+        self.blob.put_if_absent(index_key(pack_id), framed)
+        self.index.record(index)
+        with self._lock:
+            self.packs.append(pack_id)
+            self.bytes_written += len(data)
+        return pack_id
+
+    def _raise_failures(self) -> None:
+        with self._lock:
+            done = [f for f in self._futures if f.done()]
+        for future in done:
+            future.result()
+
+    def close(self) -> list[str]:
+        """Write the last pack and wait for every upload; returns the packs written."""
+        with self._lock:
+            rest = self._take() if self._entries else None
+        if rest is not None:
+            self._submit(*rest)
+        try:
+            for future in list(self._futures):
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return list(self.packs)
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Pure layer: ids, value objects and codecs. No I/O."""

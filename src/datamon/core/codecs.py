@@ -1,0 +1,107 @@
+"""Encodings of stored objects: framed compressed MessagePack, JSON, chunk blobs."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+import zstandard
+
+from datamon.core.ids import DIGEST_SIZE, digest
+from datamon.errors import ChecksumMismatch, CorruptObject, UnsupportedFormat
+
+T = TypeVar("T")
+
+FRAME_MAGIC = b"DMF"
+FRAME_VERSION = 1
+_FRAME_HEADER = len(FRAME_MAGIC) + 1 + DIGEST_SIZE
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+# A chunk is stored compressed only when that saves at least 1/32 of its size.
+_MIN_SAVING_SHIFT = 5
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def encode_frame(payload: bytes, level: int = 3) -> tuple[bytes, bytes]:
+    """Frame ``payload`` as magic, version, BLAKE3 of payload, zstd(payload).
+
+    Returns ``(digest, framed)``; the digest names content-addressed objects.
+    """
+    d = digest(payload)
+    body = zstandard.ZstdCompressor(level=level).compress(payload)
+    return d, FRAME_MAGIC + bytes([FRAME_VERSION]) + d + body
+
+
+def decode_frame(key: str, data: bytes, expected: bytes | None = None) -> bytes:
+    """Check and open a frame written by :func:`encode_frame`."""
+    if len(data) < _FRAME_HEADER or data[:3] != FRAME_MAGIC:
+        raise CorruptObject(key, "not a Datamon frame")
+    if data[3] != FRAME_VERSION:
+        raise UnsupportedFormat(key, data[3])
+    stored = data[4:_FRAME_HEADER]
+    try:
+        payload = zstandard.ZstdDecompressor().decompress(data[_FRAME_HEADER:])
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(key, f"zstd: {exc}") from None
+    actual = digest(payload)
+    want = expected if expected is not None else stored
+    if actual != want or stored != want:
+        raise ChecksumMismatch(key, want.hex(), actual.hex())
+    return payload
+
+
+def pack_msg(obj: Any) -> bytes:
+    return _msgpack_encoder.encode(obj)
+
+
+def unpack_msg(key: str, data: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.msgpack.decode(data, type=type_)
+    except msgspec.DecodeError as exc:
+        raise CorruptObject(key, str(exc)) from None
+
+
+def to_json(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, no whitespace; the input of content ids."""
+    return _json_encoder.encode(obj)
+
+
+def from_json(key: str, data: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.DecodeError as exc:
+        raise CorruptObject(key, str(exc)) from None
+
+
+class ChunkCodec:
+    """Turns raw chunks into stored blobs (codec byte + payload) and back.
+
+    Not thread-safe: keep one per thread.
+    """
+
+    def __init__(self, level: int = 3) -> None:
+        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def encode(self, raw: bytes | memoryview) -> bytes:
+        packed = self._compressor.compress(raw)
+        if len(packed) + (len(raw) >> _MIN_SAVING_SHIFT) < len(raw):
+            return bytes([CODEC_ZSTD]) + packed
+        return bytes([CODEC_RAW]) + bytes(raw)
+
+    def decode(self, key: str, blob: bytes | memoryview, raw_size: int) -> bytes:
+        if not blob:
+            raise CorruptObject(key, "empty chunk blob")
+        codec = blob[0]
+        body = blob[1:]
+        if codec == CODEC_RAW:
+            return bytes(body)
+        if codec == CODEC_ZSTD:
+            try:
+                return self._decompressor.decompress(body, max_output_size=raw_size)
+            except zstandard.ZstdError as exc:
+                raise CorruptObject(key, f"zstd: {exc}") from None
+        raise UnsupportedFormat(f"chunk codec in {key}", codec)

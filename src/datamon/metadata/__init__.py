@@ -1,0 +1,1 @@
+"""Metadata: the store's config, repos, bundles, Merkle trees and refs."""

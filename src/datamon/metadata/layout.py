@@ -1,0 +1,49 @@
+"""Keys of metadata objects in the metadata location."""
+
+from __future__ import annotations
+
+import re
+
+from datamon.core.ids import shard
+from datamon.errors import InvalidName
+
+CONFIG = "config.json"
+PROBE = "probe/conditional-write"
+REPOS = "repos/"
+TREES = "trees/"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidName(
+            kind,
+            name,
+            "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def repo_key(repo: str) -> str:
+    return f"{REPOS}{repo}.json"
+
+
+def bundles_prefix(repo: str) -> str:
+    return f"bundles/{repo}/"
+
+
+def bundle_key(repo: str, bid: str) -> str:
+    return f"{bundles_prefix(repo)}{bid}.json"
+
+
+def refs_prefix(repo: str, kind: str) -> str:
+    return f"{kind}s/{repo}/"
+
+
+def ref_key(repo: str, kind: str, name: str) -> str:
+    return f"{refs_prefix(repo, kind)}{name}.json"
+
+
+def tree_key(oid: str) -> str:
+    return TREES + shard(oid)

@@ -1,0 +1,84 @@
+"""Labels and branches: small objects moved only by compare-and-swap, keeping their history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from datamon.core.codecs import from_json, to_json
+from datamon.core.model import FORMAT_VERSION, Ref, RefMove
+from datamon.errors import ObjectNotFound, RefConflict, UnsupportedFormat
+from datamon.metadata.layout import check_name, ref_key, refs_prefix
+from datamon.storage.base import Backend
+
+KINDS = ("label", "branch")
+ANY = object()
+
+
+class RefStore:
+    def __init__(self, meta: Backend) -> None:
+        self.meta = meta
+
+    def read(self, repo: str, kind: str, name: str) -> tuple[Ref, str] | None:
+        """The ref and its version, or None if it does not exist."""
+        key = ref_key(repo, kind, check_name(kind, name))
+        try:
+            data, version = self.meta.get_versioned(key)
+        except ObjectNotFound:
+            return None
+        ref = from_json(key, data, Ref)
+        if ref.format != FORMAT_VERSION:
+            raise UnsupportedFormat(key, ref.format)
+        return ref, version
+
+    def move(
+        self,
+        repo: str,
+        kind: str,
+        name: str,
+        bundle: str,
+        author: str,
+        expected: object = ANY,
+    ) -> Ref:
+        """Point the ref at ``bundle``, appending the move to its history.
+
+        With ``expected`` (a bundle id, or None for "must not exist") the move
+        happens only if the ref still points there; otherwise a concurrent move
+        is retried until this one lands on top of it.
+        """
+        key = ref_key(repo, kind, check_name(kind, name))
+        while True:
+            current = self.read(repo, kind, name)
+            old_ref, version = current if current else (None, None)
+            old = old_ref.bundle if old_ref else None
+            if expected is not ANY and old != expected:
+                raise RefConflict(f"{kind} {name}", str(expected), old)
+            now = datetime.now(UTC)
+            move = RefMove(bundle=bundle, previous=old, timestamp=now, author=author)
+            history = (old_ref.history if old_ref else ()) + (move,)
+            ref = Ref(
+                format=FORMAT_VERSION,
+                kind=kind,
+                name=name,
+                bundle=bundle,
+                timestamp=now,
+                history=history,
+            )
+            try:
+                self.meta.compare_and_swap(key, to_json(ref), version)
+            except RefConflict:
+                if expected is not ANY:
+                    raise
+                continue
+            return ref
+
+    def all(self, repo: str, kind: str) -> list[Ref]:
+        prefix = refs_prefix(repo, kind)
+        names = sorted(
+            k[len(prefix) : -len(".json")] for k in self.meta.list(prefix) if k.endswith(".json")
+        )
+        refs = []
+        for name in names:
+            found = self.read(repo, kind, name)
+            if found:
+                refs.append(found[0])
+        return refs

@@ -1,0 +1,181 @@
+"""LocalBackend: the embedded default, a folder on local disk.
+
+Writes go to a temporary file beside the target, are fsynced, then renamed into
+place, so a reader sees a whole object or none. Compare-and-swap holds an
+exclusive ``flock`` on ``<key>.lock`` while it checks and replaces the object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+
+from datamon.errors import (
+    AccessDenied,
+    ObjectNotFound,
+    RefConflict,
+    StorageError,
+    StoreUnreachable,
+)
+from datamon.storage.base import ObjectInfo, check_key, check_prefix
+
+TMP_MARK = ".tmp-"
+LOCK_SUFFIX = ".lock"
+
+
+def _version(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()[:32]
+
+
+def _translate(exc: OSError, key: str) -> StorageError:
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return ObjectNotFound(key)
+    if isinstance(exc, PermissionError):
+        return AccessDenied(f"permission denied for {key}: {exc}")
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device while writing {key}")
+    return StorageError(f"{key}: {exc}")
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = Path(root).expanduser().absolute()
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnreachable(f"cannot create store folder {self.root}: {exc}") from None
+        if not self.root.is_dir():
+            raise StoreUnreachable(f"store folder does not exist: {self.root}")
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise _translate(exc, key) from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except OSError as exc:
+            raise _translate(exc, key) from None
+        try:
+            return os.pread(fd, length, start)
+        except OSError as exc:
+            raise _translate(exc, key) from None
+        finally:
+            os.close(fd)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, _version(data)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _translate(exc, key) from None
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if path.exists():
+            return False
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _translate(exc, key) from None
+        return True
+
+    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(
+                path.with_name(path.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644
+            )
+        except OSError as exc:
+            raise _translate(exc, key) from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                actual: str | None = _version(path.read_bytes())
+            except FileNotFoundError:
+                actual = None
+            if actual != expected:
+                raise RefConflict(key, expected, actual)
+            tmp = self._write_temp(path, data)
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return _version(data)
+        except OSError as exc:
+            raise _translate(exc, key) from None
+        finally:
+            os.close(lock_fd)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        check_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            head = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in files:
+                if TMP_MARK in name or name.endswith(LOCK_SUFFIX):
+                    continue
+                yield head + name
+
+    def stat(self, key: str) -> ObjectInfo:
+        data, version = self.get_versioned(key)
+        return ObjectInfo(key, len(data), version)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def close(self) -> None:
+        pass
