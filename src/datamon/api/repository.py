@@ -13,7 +13,7 @@ from datamon.api import upload as _upload
 from datamon.api.progress import Progress
 from datamon.api.store import Store
 from datamon.api.verify import VerifyReport, verify_bundle
-from datamon.core.ids import BUNDLE_ID_BYTES, is_hex
+from datamon.core.ids import BUNDLE_ID_BYTES, hexdigest, is_hex
 from datamon.core.model import Author, Bundle, Entry, Kind, Ref, Repo
 from datamon.errors import (
     AmbiguousId,
@@ -37,6 +37,7 @@ class FileInfo:
     mode: int
     mtime_ns: int
     target: str = ""
+    hash: str = ""
 
 
 class Repository:
@@ -232,4 +233,7 @@ class Repository:
 
 
 def _info(path: str, entry: Entry) -> FileInfo:
-    return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target)
+    # A file's hash is the BLAKE3 of its chunk ids: equal content gives an equal hash
+    # without reading the data (within one store, whose chunking parameters are fixed).
+    content = hexdigest(b"".join(c.id for c in entry.chunks)) if entry.kind == Kind.FILE else ""
+    return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target, content)

@@ -1,0 +1,85 @@
+"""The root command group and the single place errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+
+from datamon import __version__
+from datamon.cli.branch_cmd import branch
+from datamon.cli.bundle_cmd import bundle
+from datamon.cli.config_cmd import config
+from datamon.cli.context import AppContext
+from datamon.cli.demo_cmd import demo
+from datamon.cli.label_cmd import label
+from datamon.cli.repo_cmd import repo
+from datamon.errors import DatamonError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option(
+    "--store",
+    "store_override",
+    envvar="DATAMON_STORE",
+    default=None,
+    help="Store location (path or s3://, gs://, az:// URL), overriding the config file.",
+)
+@click.version_option(__version__, prog_name="datamon")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, store_override: str | None) -> None:
+    """Datamon: git for data.
+
+    Versioned, deduplicated datasets in a local folder or your own bucket.
+
+    \b
+    Example:
+      datamon config create --name "Ada" --email ada@example.com
+      datamon repo create --repo demo --description "first repo"
+      datamon bundle upload --path ./data --message "v1" --repo demo --label init
+    """
+    ctx.obj = AppContext(debug=debug, store_override=store_override)
+    ctx.call_on_close(ctx.obj.close)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
+
+
+for command in (config, repo, bundle, label, branch, demo):
+    cli.add_command(command)
+
+
+def run(group: click.Group, args: list[str] | None = None) -> int:
+    """Run the CLI; a Datamon error prints one line and returns a non-zero code."""
+    argv = sys.argv[1:] if args is None else args
+    debug = "--debug" in argv
+    try:
+        group.main(args=argv, prog_name="datamon", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except DatamonError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_ERROR
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_ERROR
+    return 0

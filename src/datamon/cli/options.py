@@ -1,0 +1,38 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from datamon.api.repository import Repository
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+repo_option = click.option("--repo", required=True, help="Name of the repo.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+concurrency_option = click.option(
+    "--concurrency-factor",
+    "concurrency",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="How many files are read or written at once.",
+)
+
+
+def ref_options(f: F) -> F:
+    """``--bundle`` / ``--label`` / ``--branch``: exactly one names the bundle."""
+    f = click.option("--branch", default=None, help="Use the head of this branch.")(f)
+    f = click.option("--label", default=None, help="Use the bundle this label names.")(f)
+    f = click.option("--bundle", default=None, help="Bundle id, or a unique prefix of one.")(f)
+    return f
+
+
+def resolve(repo: Repository, bundle: str | None, label: str | None, branch: str | None) -> str:
+    given = [x for x in (bundle, label, branch) if x]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --bundle, --label or --branch")
+    return repo.resolve(bundle=bundle, label=label, branch=branch)

@@ -1,0 +1,68 @@
+"""How commands print: the seed's comma-separated lines, JSON, errors, progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import click
+import msgspec
+
+from datamon.api.progress import NoProgress, Progress
+
+
+def timestamp(when: datetime) -> str:
+    """Local time as Datamon printed it: ``2019-03-12 22:10:24.159704 -0700 PDT``."""
+    local = when.astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S.%f %z %Z}"
+
+
+def line(*fields: object) -> None:
+    click.echo(" , ".join(str(f) for f in fields))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(msgspec.json.encode(data).decode())
+
+
+def emit_json_lines(rows: Iterable[Mapping[str, Any]]) -> None:
+    click.echo(msgspec.json.encode(list(rows)).decode())
+
+
+class RichProgress:
+    """A rich progress bar on stderr, shown only when stdout is a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task: Any = None
+
+    def start(self, description: str, total: int | None) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        self._bar.advance(self._task, amount)
+
+    def finish(self) -> None:
+        self._bar.stop()
+
+
+def progress() -> Progress:
+    return RichProgress() if sys.stdout.isatty() else NoProgress()
