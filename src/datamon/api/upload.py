@@ -73,6 +73,7 @@ def upload(
         packer.abort()
         raise
     finally:
+        ingester.close()
         progress.finish()
     trees_before = store.trees.written
     top = _build(store, root, refs)

@@ -1,9 +1,17 @@
-"""Ingester: turns a file into chunk references, storing only chunks the store lacks."""
+"""Ingester: turns a file into chunk references, storing only chunks the store lacks.
+
+Chunking runs in the caller's thread; hashing, the dedup lookup and compression run
+in batches on a shared pool, so one large file still keeps every core busy. At most
+``window`` batches per file are in flight, which bounds memory whatever the file size.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from datamon.cafs.chunker import FastCDCChunker
@@ -12,6 +20,9 @@ from datamon.cafs.packer import PackWriter
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
+
+BATCH_BYTES = 4 << 20
+WINDOW = 3
 
 
 @dataclass
@@ -22,11 +33,23 @@ class IngestStats:
     packs_used: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Batch:
+    refs: list[ChunkRef] = field(default_factory=list)
+    new: int = 0
+    packs: set[str] = field(default_factory=set)
+
+
 class Ingester:
-    """Thread-safe: call :meth:`ingest` from many threads at once."""
+    """Thread-safe: call :meth:`ingest_path` from many threads at once. Close when done."""
 
     def __init__(
-        self, chunker: FastCDCChunker, index: ChunkIndex, packer: PackWriter, level: int
+        self,
+        chunker: FastCDCChunker,
+        index: ChunkIndex,
+        packer: PackWriter,
+        level: int,
+        workers: int | None = None,
     ) -> None:
         self.chunker = chunker
         self.index = index
@@ -35,6 +58,12 @@ class Ingester:
         self.stats = IngestStats()
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._pool = ThreadPoolExecutor(
+            workers or os.cpu_count() or 2, thread_name_prefix="datamon-chunk"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _codec(self) -> ChunkCodec:
         codec: ChunkCodec | None = getattr(self._local, "codec", None)
@@ -51,23 +80,52 @@ class Ingester:
 
     def ingest_chunks(self, chunks: Iterable[bytes]) -> tuple[ChunkRef, ...]:
         refs: list[ChunkRef] = []
-        packs: set[str] = set()
-        new = read = 0
+        pending: deque[Future[_Batch]] = deque()
+        try:
+            for batch in _batches(chunks):
+                pending.append(self._pool.submit(self._store_batch, batch))
+                if len(pending) >= WINDOW:
+                    self._collect(pending.popleft().result(), refs)
+            while pending:
+                self._collect(pending.popleft().result(), refs)
+        finally:
+            for future in pending:
+                future.cancel()
+        return tuple(refs)
+
+    def _collect(self, batch: _Batch, refs: list[ChunkRef]) -> None:
+        refs.extend(batch.refs)
+        with self._lock:
+            self.stats.chunks += len(batch.refs)
+            self.stats.new_chunks += batch.new
+            self.stats.bytes_read += sum(r.size for r in batch.refs)
+            self.stats.packs_used |= batch.packs
+
+    def _store_batch(self, chunks: list[bytes]) -> _Batch:
+        out = _Batch()
         for raw in chunks:
             cid = digest(raw)
-            refs.append(ChunkRef(cid, len(raw)))
-            read += len(raw)
+            out.refs.append(ChunkRef(cid, len(raw)))
             if self.packer.seen(cid):
                 continue
             where = self.index.lookup(cid)
             if where is not None:
-                packs.add(where.pack)
+                out.packs.add(where.pack)
                 continue
             if self.packer.add(cid, self._codec().encode(raw), len(raw)):
-                new += 1
-        with self._lock:
-            self.stats.chunks += len(refs)
-            self.stats.new_chunks += new
-            self.stats.bytes_read += read
-            self.stats.packs_used |= packs
-        return tuple(refs)
+                out.new += 1
+        return out
+
+
+def _batches(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for raw in chunks:
+        batch.append(raw)
+        size += len(raw)
+        if size >= BATCH_BYTES:
+            yield batch
+            batch = []
+            size = 0
+    if batch:
+        yield batch

@@ -38,7 +38,7 @@ class PackWriter:
 
     def add(self, cid: bytes, blob: bytes, size: int) -> bool:
         """Queue an encoded chunk; False if this writer already has it."""
-        sealed: tuple[bytes, list[PackEntry]] | None = None
+        sealed: tuple[bytearray, list[PackEntry]] | None = None
         with self._lock:
             if cid in self._seen:
                 return False
@@ -52,13 +52,13 @@ class PackWriter:
             self._submit(*sealed)
         return True
 
-    def _take(self) -> tuple[bytes, list[PackEntry]]:
-        data, entries = bytes(self._buffer), self._entries
+    def _take(self) -> tuple[bytearray, list[PackEntry]]:
+        data, entries = self._buffer, self._entries
         self._buffer = bytearray()
         self._entries = []
         return data, entries
 
-    def _submit(self, data: bytes, entries: list[PackEntry]) -> None:
+    def _submit(self, data: bytearray, entries: list[PackEntry]) -> None:
         self._raise_failures()
         self._slots.acquire()
         future = self._pool.submit(self._write, data, entries)
@@ -66,7 +66,9 @@ class PackWriter:
         with self._lock:
             self._futures.append(future)
 
-    def _write(self, data: bytes, entries: list[PackEntry]) -> str:
+    def _write(self, buffer: bytearray, entries: list[PackEntry]) -> str:
+        data = bytes(buffer)
+        del buffer
         pack_id = hexdigest(data)
         # Write order: the pack, then its index, then (in the index copy) where to find chunks.
         self.blob.put_if_absent(pack_key(pack_id), data)

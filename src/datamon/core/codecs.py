@@ -82,7 +82,7 @@ class ChunkCodec:
     Not thread-safe: keep one per thread.
     """
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = 1) -> None:
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._decompressor = zstandard.ZstdDecompressor()
 

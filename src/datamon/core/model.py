@@ -31,7 +31,7 @@ class StoreConfig(msgspec.Struct, frozen=True):
     id: str
     created: datetime
     chunker: ChunkerParams = ChunkerParams()
-    compression_level: int = 3
+    compression_level: int = 1
     pack_size: int = 16 * 1024 * 1024
 
 
