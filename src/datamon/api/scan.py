@@ -7,6 +7,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from datamon.api.paths import check_link, check_name
 from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class LocalDir:
     path: str
     name: str
     st: os.stat_result
+    rel: str = ""
     files: list[LocalFile] = field(default_factory=list)
     links: list[LocalLink] = field(default_factory=list)
     dirs: list[LocalDir] = field(default_factory=list)
@@ -46,7 +48,11 @@ class LocalDir:
 
 
 def scan(root: str) -> LocalDir:
-    """Stat everything below ``root``; unreadable entries are an error, sockets skipped."""
+    """Stat everything below ``root``; unreadable entries are an error, sockets skipped.
+
+    Names that are not UTF-8 and symlinks leading out of ``root`` are refused here,
+    so that no bundle is made that could not be downloaded.
+    """
     try:
         st = os.stat(root)
     except OSError as exc:
@@ -63,12 +69,17 @@ def scan(root: str) -> LocalDir:
         except OSError as exc:
             raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
         for entry in entries:
+            rel = f"{node.rel}{entry.name}"
+            check_name(rel, entry.name)
             try:
                 est = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(est.st_mode):
-                    node.links.append(LocalLink(entry.name, os.readlink(entry.path), est))
+                    target = os.readlink(entry.path)
+                    check_name(rel, target)
+                    check_link(rel, target)
+                    node.links.append(LocalLink(entry.name, target, est))
                 elif stat.S_ISDIR(est.st_mode):
-                    child = LocalDir(entry.path, entry.name, est)
+                    child = LocalDir(entry.path, entry.name, est, rel + "/")
                     node.dirs.append(child)
                     stack.append(child)
                 elif stat.S_ISREG(est.st_mode):

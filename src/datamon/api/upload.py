@@ -147,9 +147,11 @@ def _commit(
         try:
             store.refs.move(repo, "branch", options.branch, bid, options.author.email, head)
         except RefConflict:
-            # Another writer moved the branch first: this bundle's parent is stale.
-            store.bundles.delete(repo, bid)
-            continue
+            now = store.refs.read(repo, "branch", options.branch)
+            if now is None or now[0].bundle != bid:
+                # Another writer moved the branch first: this bundle's parent is stale.
+                store.bundles.delete(repo, bid)
+                continue
         if options.label:
             store.refs.move(repo, "label", options.label, bid, options.author.email)
         return bid, bundle

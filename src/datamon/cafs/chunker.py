@@ -29,6 +29,7 @@ class FastCDCChunker:
             min_size=p.min_size,
             max_size=p.max_size,
             normalized_chunking=p.normalization,  # type: ignore[arg-type]
+            seed=p.seed,
         )
 
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from datamon.cafs.layout import INDEX, index_key, pack_id_of
-from datamon.core.codecs import decode_frame, unpack_msg
+from datamon.core.codecs import decode_frame, load_versioned
 from datamon.core.model import FORMAT_VERSION, PackIndex
-from datamon.errors import CorruptObject, UnsupportedFormat
+from datamon.errors import CorruptObject
 from datamon.storage.base import Backend
 
 _SCHEMA = """
@@ -39,9 +39,7 @@ class Location(NamedTuple):
 
 def load_pack_index(blob: Backend, pack_id: str) -> PackIndex:
     key = index_key(pack_id)
-    index = unpack_msg(key, decode_frame(key, blob.get(key)), PackIndex)
-    if index.format != FORMAT_VERSION:
-        raise UnsupportedFormat(key, index.format)
+    index = load_versioned(key, decode_frame(key, blob.get(key)), PackIndex, FORMAT_VERSION, True)
     if index.pack != pack_id:
         raise CorruptObject(key, f"describes pack {index.pack}")
     return index

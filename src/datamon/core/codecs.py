@@ -64,6 +64,25 @@ def unpack_msg(key: str, data: bytes, type_: type[T]) -> T:
         raise CorruptObject(key, str(exc)) from None
 
 
+class _Versioned(msgspec.Struct):
+    format: int
+
+
+def load_versioned(key: str, data: bytes, type_: type[T], version: int, binary: bool) -> T:
+    """Decode a stored object, refusing an unknown format version before anything else."""
+    decode = msgspec.msgpack.decode if binary else msgspec.json.decode
+    try:
+        found = decode(data, type=_Versioned).format
+    except msgspec.DecodeError as exc:
+        raise CorruptObject(key, str(exc)) from None
+    if found != version:
+        raise UnsupportedFormat(key, found)
+    try:
+        return decode(data, type=type_)
+    except msgspec.DecodeError as exc:
+        raise CorruptObject(key, str(exc)) from None
+
+
 def to_json(obj: Any) -> bytes:
     """Canonical JSON: sorted keys, no whitespace; the input of content ids."""
     return _json_encoder.encode(obj)

@@ -22,6 +22,7 @@ class ChunkerParams(msgspec.Struct, frozen=True):
     avg_size: int = 48 * 1024
     max_size: int = 256 * 1024
     normalization: int = 1
+    seed: int = 0
 
 
 class StoreConfig(msgspec.Struct, frozen=True):
@@ -42,7 +43,7 @@ class ChunkRef(msgspec.Struct, array_like=True, frozen=True):
     size: int
 
 
-class Entry(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+class Entry(msgspec.Struct, array_like=True, frozen=True):
     """One name in a directory tree."""
 
     name: str

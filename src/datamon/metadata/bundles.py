@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from datamon.core.codecs import from_json, to_json
+from datamon.core.codecs import load_versioned, to_json
 from datamon.core.ids import BUNDLE_ID_BYTES, bundle_id, is_hex
 from datamon.core.model import FORMAT_VERSION, Bundle
 from datamon.errors import (
@@ -12,14 +10,9 @@ from datamon.errors import (
     BundleNotFound,
     ChecksumMismatch,
     ObjectNotFound,
-    UnsupportedFormat,
 )
 from datamon.metadata.layout import bundle_key, bundles_prefix
 from datamon.storage.base import Backend
-
-
-class _Versioned(msgspec.Struct):
-    format: int
 
 
 class BundleStore:
@@ -44,10 +37,7 @@ class BundleStore:
         actual = bundle_id(data)
         if actual != bid:
             raise ChecksumMismatch(key, bid, actual)
-        version = from_json(key, data, _Versioned).format
-        if version != FORMAT_VERSION:
-            raise UnsupportedFormat(key, version)
-        return from_json(key, data, Bundle)
+        return load_versioned(key, data, Bundle, FORMAT_VERSION, binary=False)
 
     def ids(self, repo: str) -> list[str]:
         prefix = bundles_prefix(repo)

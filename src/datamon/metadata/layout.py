@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.match(name) or ".." in name or ".tmp-" in name or name.endswith(".lock"):
         raise InvalidName(
             kind,
             name,
@@ -37,8 +37,11 @@ def bundle_key(repo: str, bid: str) -> str:
     return f"{bundles_prefix(repo)}{bid}.json"
 
 
+_REF_FOLDERS = {"label": "labels", "branch": "branches"}
+
+
 def refs_prefix(repo: str, kind: str) -> str:
-    return f"{kind}s/{repo}/"
+    return f"{_REF_FOLDERS[kind]}/{repo}/"
 
 
 def ref_key(repo: str, kind: str, name: str) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from datamon.core.codecs import from_json, to_json
+from datamon.core.codecs import load_versioned, to_json
 from datamon.core.model import FORMAT_VERSION, Ref, RefMove
-from datamon.errors import ObjectNotFound, RefConflict, UnsupportedFormat
+from datamon.errors import ObjectNotFound, RefConflict
 from datamon.metadata.layout import check_name, ref_key, refs_prefix
 from datamon.storage.base import Backend
 
@@ -25,10 +25,7 @@ class RefStore:
             data, version = self.meta.get_versioned(key)
         except ObjectNotFound:
             return None
-        ref = from_json(key, data, Ref)
-        if ref.format != FORMAT_VERSION:
-            raise UnsupportedFormat(key, ref.format)
-        return ref, version
+        return load_versioned(key, data, Ref, FORMAT_VERSION, binary=False), version
 
     def move(
         self,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from datamon.core.codecs import from_json, to_json
+from datamon.core.codecs import load_versioned, to_json
 from datamon.core.model import FORMAT_VERSION, Author, Repo
-from datamon.errors import ObjectNotFound, RepoExists, RepoNotFound, UnsupportedFormat
+from datamon.errors import ObjectNotFound, RepoExists, RepoNotFound
 from datamon.metadata.layout import REPOS, check_name, repo_key
 from datamon.storage.base import Backend
 
@@ -33,10 +33,7 @@ class RepoStore:
             data = self.meta.get(key)
         except ObjectNotFound:
             raise RepoNotFound(name) from None
-        repo = from_json(key, data, Repo)
-        if repo.format != FORMAT_VERSION:
-            raise UnsupportedFormat(key, repo.format)
-        return repo
+        return load_versioned(key, data, Repo, FORMAT_VERSION, binary=False)
 
     def all(self) -> list[Repo]:
         names = sorted(

@@ -5,17 +5,11 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-import msgspec
-
-from datamon.core.codecs import from_json, to_json
+from datamon.core.codecs import load_versioned, to_json
 from datamon.core.model import FORMAT_VERSION, StoreConfig
 from datamon.errors import ConditionalWritesUnsupported, ObjectNotFound, RefConflict
 from datamon.metadata.layout import CONFIG, PROBE
 from datamon.storage.base import Backend
-
-
-class _Versioned(msgspec.Struct):
-    format: int
 
 
 def load_or_create(meta: Backend, *, create: bool = True) -> StoreConfig:
@@ -31,12 +25,7 @@ def load_or_create(meta: Backend, *, create: bool = True) -> StoreConfig:
         )
         meta.put_if_absent(CONFIG, to_json(config))
         data = meta.get(CONFIG)
-    version = from_json(CONFIG, data, _Versioned).format
-    if version != FORMAT_VERSION:
-        from datamon.errors import UnsupportedFormat
-
-        raise UnsupportedFormat(f"store {meta.url}", version)
-    return from_json(CONFIG, data, StoreConfig)
+    return load_versioned(f"store {meta.url}", data, StoreConfig, FORMAT_VERSION, binary=False)
 
 
 def probe_conditional_writes(meta: Backend) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from datamon.core.codecs import decode_frame, encode_frame, pack_msg, unpack_msg
+from datamon.core.codecs import decode_frame, encode_frame, load_versioned, pack_msg
 from datamon.core.model import FORMAT_VERSION, Entry, Kind, Tree
-from datamon.errors import PathNotInBundle, UnsupportedFormat
+from datamon.errors import PathNotInBundle
 from datamon.metadata.layout import tree_key
 from datamon.storage.base import Backend
 
@@ -37,10 +37,8 @@ class TreeStore:
 
     def get(self, oid: bytes) -> Tree:
         key = tree_key(oid.hex())
-        tree = unpack_msg(key, decode_frame(key, self.meta.get(key), expected=oid), Tree)
-        if tree.format != FORMAT_VERSION:
-            raise UnsupportedFormat(key, tree.format)
-        return tree
+        payload = decode_frame(key, self.meta.get(key), expected=oid)
+        return load_versioned(key, payload, Tree, FORMAT_VERSION, binary=True)
 
     def entries(self, oid: bytes) -> Iterator[Entry]:
         """The directory's entries in name order, across its parts."""

@@ -7,7 +7,6 @@ exclusive ``flock`` on ``<key>.lock`` while it checks and replaces the object.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -35,7 +34,7 @@ def _version(data: bytes) -> str:
 
 
 def _translate(exc: OSError, key: str) -> StorageError:
-    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
         return ObjectNotFound(key)
     if isinstance(exc, PermissionError):
         return AccessDenied(f"permission denied for {key}: {exc}")
@@ -60,7 +59,12 @@ class LocalBackend:
         return self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        check_key(key)
+        name = key.rsplit("/", 1)[-1]
+        if TMP_MARK in name or name.endswith(LOCK_SUFFIX):
+            # These names are this backend's own temporary and lock files.
+            raise StorageError(f"invalid storage key {key!r}: reserved name on local disk")
+        return self.root / key
 
     def get(self, key: str) -> bytes:
         try:
@@ -156,8 +160,14 @@ class LocalBackend:
             os.close(lock_fd)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+        path = self._path(key)
+        for target in (path, path.with_name(path.name + LOCK_SUFFIX)):
+            try:
+                target.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as exc:
+                raise _translate(exc, key) from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
         check_prefix(prefix)

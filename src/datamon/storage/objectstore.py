@@ -64,11 +64,11 @@ DEFAULT_CLIENT: dict[str, str] = {"connect_timeout": "4s", "timeout": "60s"}
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_TIMEOUT = 10.0
 
-# obstore still emits NotFoundError from some code paths of older releases.
+# NotFoundError is deprecated (obstore raises FileNotFoundError) but still exported.
 _NOT_FOUND = (FileNotFoundError, obx.NotFoundError)
 _OBSTORE_ERRORS = (obx.BaseError, FileNotFoundError, ValueError)
 
-_STATUS = re.compile(r"status code: (\d{3})")
+_STATUS = re.compile(r"status code: (\d{3})(?: ([A-Za-z -]{1,40}))?")
 _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 _ENDPOINT = re.compile(r"Error performing [A-Z]+ (\w+://[^/\s?]+)")
@@ -88,6 +88,8 @@ def _summary(exc: BaseException) -> str:
     status = _status(exc)
     if status is not None:
         parts = [f"HTTP {status}"]
+        if (reason := _STATUS.search(head)) and reason.group(2):
+            parts.append(reason.group(2))
         if code := _XML_CODE.search(head):
             parts.append(code.group(1))
         line = " ".join(parts)
@@ -117,10 +119,6 @@ def _connection_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _split_options(
     scheme: str, options: Mapping[str, str]
 ) -> tuple[dict[str, str], dict[str, str], RetryConfig]:
@@ -132,9 +130,9 @@ def _split_options(
         if key in CLIENT_KEYS:
             client[key] = value
         elif key == "max_retries":
-            max_retries = _parse_number(key, value, int)
+            max_retries = int(_parse_number(key, value))
         elif key == "retry_timeout":
-            retry_timeout = _parse_number(key, value, float)
+            retry_timeout = _parse_number(key, value)
         elif key == "endpoint" and scheme == "gs":
             config["base_url"] = value
         else:
@@ -155,9 +153,9 @@ def _split_options(
     return config, client, retry
 
 
-def _parse_number[N: (int, float)](key: str, value: str, kind: type[N]) -> N:
+def _parse_number(key: str, value: str) -> float:
     try:
-        number = kind(value)
+        number = float(value)
     except ValueError:
         raise ConfigError(f"store option {key} must be a number, not {value!r}") from None
     if number < 0:
@@ -199,7 +197,7 @@ class ObjectStoreBackend:
 
     @property
     def bucket(self) -> str:
-        config = cast(Mapping[str, object], self._store.config)
+        config = cast(Mapping[str, object], getattr(self._store, "config", None) or {})
         return str(config.get("bucket") or config.get("container_name") or "")
 
     @property
@@ -207,13 +205,14 @@ class ObjectStoreBackend:
         prefix = getattr(self._store, "prefix", None)
         return str(prefix or "").strip("/")
 
-    def _translate(self, exc: BaseException, key: str, *, write: bool = False) -> StorageError:
+    def _translate(self, exc: BaseException, key: str, *, key_lookup: bool = True) -> StorageError:
+        """The Datamon error for ``exc``; a 404 means a missing key only when ``key_lookup``."""
         summary = _summary(exc)
         match = _ENDPOINT.search(str(exc))
         endpoint = match.group(1) if match else self._location
         if any(code in str(exc) for code in _NO_BUCKET_CODES):
             return StoreUnreachable(f"bucket {self.bucket!r} does not exist at {endpoint}")
-        if isinstance(exc, _NOT_FOUND) and not write:
+        if isinstance(exc, _NOT_FOUND) and key_lookup:
             return ObjectNotFound(key)
         if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError):
             return AccessDenied(f"access denied to {key} in {self._location}: {summary}")
@@ -265,7 +264,7 @@ class ObjectStoreBackend:
         try:
             self._put(key, data, "overwrite")
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, key, write=True) from None
+            raise self._translate(exc, key, key_lookup=False) from None
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         check_key(key)
@@ -280,23 +279,29 @@ class ObjectStoreBackend:
         except obx.NotSupportedError as exc:
             raise self._unsupported(exc) from None
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, key, write=True) from None
+            raise self._translate(exc, key, key_lookup=False) from None
         return True
 
     def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
         check_key(key)
-        mode: PutMode = "create" if expected is None else {self._version_field: expected}
+        mode: PutMode
+        if expected is None:
+            mode = "create"
+        elif self._version_field == "version":
+            mode = {"version": expected}
+        else:
+            mode = {"e_tag": expected}
         try:
             result = self._put(key, data, mode)
         except (obx.AlreadyExistsError, obx.PreconditionError, *_NOT_FOUND) as exc:
             if any(code in str(exc) for code in _NO_BUCKET_CODES):
-                raise self._translate(exc, key, write=True) from None
+                raise self._translate(exc, key, key_lookup=False) from None
             # A precondition on a deleted object fails as not-found on some stores.
             raise RefConflict(key, expected, None) from None
         except obx.NotSupportedError as exc:
             raise self._unsupported(exc) from None
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, key, write=True) from None
+            raise self._translate(exc, key, key_lookup=False) from None
         version = self._version_of(result)
         return version or self.stat(key).version
 
@@ -324,7 +329,7 @@ class ObjectStoreBackend:
                 for meta in chunk:
                     yield meta["path"]
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, prefix or "/", write=True) from None
+            raise self._translate(exc, prefix or "/", key_lookup=False) from None
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)

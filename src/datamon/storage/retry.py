@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from datamon.errors import TransientStorageError
+from datamon.errors import ObjectNotFound, RefConflict, TransientStorageError
 from datamon.storage.base import Backend, ObjectInfo
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ class RetryingBackend:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.inner = inner
-        self.attempts = attempts
+        self.attempts = max(1, attempts)
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
@@ -62,10 +62,40 @@ class RetryingBackend:
         self._call(f"put {key}", lambda: self.inner.put(key, data))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self._call(f"put {key}", lambda: self.inner.put_if_absent(key, data))
+        tries = [0]
+
+        def attempt() -> bool:
+            tries[0] += 1
+            return self.inner.put_if_absent(key, data)
+
+        created = self._call(f"put {key}", attempt)
+        if not created and tries[0] > 1:
+            # An earlier try may have landed before its reply was lost.
+            return self._holds(key, data) is not None
+        return created
 
     def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
-        return self._call(f"swap {key}", lambda: self.inner.compare_and_swap(key, data, expected))
+        tries = [0]
+
+        def attempt() -> str:
+            tries[0] += 1
+            return self.inner.compare_and_swap(key, data, expected)
+
+        try:
+            return self._call(f"swap {key}", attempt)
+        except RefConflict:
+            version = self._holds(key, data) if tries[0] > 1 else None
+            if version is None:
+                raise
+            return version
+
+    def _holds(self, key: str, data: bytes) -> str | None:
+        """The object's version if it holds exactly ``data``, else None."""
+        try:
+            current, version = self.get_versioned(key)
+        except ObjectNotFound:
+            return None
+        return version if current == data else None
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))

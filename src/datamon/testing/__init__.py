@@ -1,0 +1,1 @@
+"""Test helpers shipped with Datamon: backend contract tests and service fixtures."""

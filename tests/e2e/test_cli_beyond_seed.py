@@ -1,0 +1,329 @@
+"""User stories past the seed's CLI Guide: branches, get, diff, update, verify, JSON, help."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+
+from datamon.cli import cli
+
+from .support import (
+    BUNDLE_ID,
+    TIMESTAMP,
+    Datamon,
+    describe,
+    make_tree,
+    shortest_unique_prefix,
+    snapshot,
+    stderr_lines,
+    stdout_lines,
+    tree_files,
+)
+
+REPO = "beyond"
+AUTHOR = "Test User <t@example.com>"
+# bundle diff init v2, as A/D/M lines
+V1_TO_V2 = ["A data/new.txt", "D data/values.csv", "M a.txt", "M link"]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """One store holding repo ``beyond`` with v1 (label init) and v2 (label v2) on main."""
+
+    dm: Datamon
+    base: Path
+    v1_tree: Path
+    v2_tree: Path
+    v1: str
+    v2: str
+
+
+def _derive(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
+    base = tmp_path_factory.mktemp("beyond")
+    dm = Datamon.at(base / "user")
+    dm.configure()
+    dm("repo", "create", "--repo", REPO, "--description", "beyond the seed")
+    v1_tree = make_tree(base / "v1")
+    v2_tree = _derive(v1_tree, base / "v2")
+    (v2_tree / "a.txt").write_text("hello again\n")
+    (v2_tree / "data" / "values.csv").unlink()
+    (v2_tree / "data" / "new.txt").write_text("new file\n")
+    (v2_tree / "link").unlink()
+    (v2_tree / "link").symlink_to("run.sh")
+    v1 = dm.upload(v1_tree, REPO, "first", "--label", "init")
+    v2 = dm.upload(v2_tree, REPO, "second", "--label", "v2")
+    return Shared(dm, base, v1_tree, v2_tree, v1, v2)
+
+
+def _rows(result: subprocess.CompletedProcess[str], pattern: str) -> list[tuple[str, ...]]:
+    rows = []
+    for text in stdout_lines(result):
+        match = re.match(pattern, text)
+        assert match, f"unexpected line {text!r}\n{describe(result)}"
+        rows.append(match.groups())
+    return rows
+
+
+def test_branch_create_list_and_log(shared: Shared, tmp_path: Path) -> None:
+    dm = shared.dm
+    made = dm("branch", "create", "--repo", REPO, "--name", "experiment", "--label", "init")
+    assert stdout_lines(made) == [f"Created branch experiment at bundle {shared.v1}"]
+
+    heads = dict(_rows(dm("branch", "list", "--repo", REPO), rf"^(\S+) , ({BUNDLE_ID}) , {TIMESTAMP}$"))
+    assert heads["main"] == shared.v2
+    assert heads["experiment"] == shared.v1
+
+    tree = _derive(shared.v1_tree, tmp_path / "v3")
+    (tree / "experiment.txt").write_text("only on the branch\n")
+    v3 = dm.upload(tree, REPO, "on a branch", "--branch", "experiment")
+
+    heads = dict(_rows(dm("branch", "list", "--repo", REPO), rf"^(\S+) , ({BUNDLE_ID}) , {TIMESTAMP}$"))
+    assert heads["experiment"] == v3
+    assert heads["main"] == shared.v2
+
+    log_pattern = rf"^({BUNDLE_ID}) , {TIMESTAMP} , (.*)$"
+    branch_log = _rows(dm("branch", "log", "--repo", REPO, "--branch", "experiment"), log_pattern)
+    assert branch_log == [(v3, "on a branch"), (shared.v1, "first")]
+    main_log = _rows(dm("branch", "log", "--repo", REPO), log_pattern)
+    assert main_log == [(shared.v2, "second"), (shared.v1, "first")]
+
+    got = stdout_lines(dm("bundle", "get", "--repo", REPO, "--branch", "experiment"))
+    assert got[0].startswith(f"{v3} , ")
+    assert f"parents: {shared.v1}" in got
+    assert "branch: experiment" in got
+
+
+def test_bundle_get(shared: Shared) -> None:
+    dm = shared.dm
+    lines = stdout_lines(dm("bundle", "get", "--repo", REPO, "--label", "v2"))
+    assert re.match(rf"^{shared.v2} , {TIMESTAMP} , second$", lines[0]), lines
+    sizes = {
+        p: s for p, s in tree_files(shared.v2_tree).items() if not (shared.v2_tree / p).is_symlink()
+    }
+    assert lines[1:] == [
+        f"author: {AUTHOR}",
+        f"parents: {shared.v1}",
+        "branch: main",
+        f"files: {len(sizes)}",
+        f"size: {sum(sizes.values())}",
+    ]
+    first = stdout_lines(dm("bundle", "get", "--repo", REPO, "--bundle", shared.v1))
+    assert "parents: -" in first
+
+
+def test_bundle_diff_between_bundles(shared: Shared) -> None:
+    dm = shared.dm
+    by_id = dm("bundle", "diff", "--repo", REPO, shared.v1, shared.v2)
+    assert sorted(stdout_lines(by_id)) == V1_TO_V2
+    assert stderr_lines(by_id) == ["1 added, 1 deleted, 2 modified"]
+    by_name = dm("bundle", "diff", "--repo", REPO, "label:init", "v2")
+    assert by_name.stdout == by_id.stdout
+    backwards = dm("bundle", "diff", "--repo", REPO, "init", shared.v2[:12])
+    assert backwards.stdout == by_id.stdout
+    rows = json.loads(dm("bundle", "diff", "--repo", REPO, "init", "v2", "--json").stdout)
+    marks = {"added": "A", "deleted": "D", "modified": "M"}
+    assert sorted(f"{marks[r['status']]} {r['path']}" for r in rows) == V1_TO_V2
+    same = dm("bundle", "diff", "--repo", REPO, "init", "init")
+    assert same.stdout == ""
+
+
+def test_bundle_diff_against_local_folder(shared: Shared) -> None:
+    dm = shared.dm
+    changed = dm("bundle", "diff", "--repo", REPO, "init", "--path", shared.v2_tree)
+    assert sorted(stdout_lines(changed)) == V1_TO_V2
+    same = dm("bundle", "diff", "--repo", REPO, "v2", "--path", shared.v2_tree)
+    assert same.stdout == ""
+    assert stderr_lines(same) == ["0 added, 0 deleted, 0 modified"]
+
+
+def test_bundle_update_brings_folder_to_another_bundle(shared: Shared, tmp_path: Path) -> None:
+    dm = shared.dm
+    folder = tmp_path / "checkout"
+    dm("bundle", "download", "--repo", REPO, "--label", "init", "--destination", folder)
+    done = dm("bundle", "update", "--repo", REPO, "--label", "v2", "--destination", folder)
+    assert stdout_lines(done) == [f"Updated {folder} to bundle {shared.v2}: 4 paths changed"]
+    assert snapshot(folder, mtimes=True) == snapshot(shared.v2_tree, mtimes=True)
+    assert dm("bundle", "diff", "--repo", REPO, "v2", "--path", folder).stdout == ""
+    # and back again
+    dm("bundle", "update", "--repo", REPO, "--bundle", shared.v1, "--destination", folder)
+    assert snapshot(folder) == snapshot(shared.v1_tree)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: diff_local ignores empty folders and permission bits, so `bundle update` "
+    "neither creates/removes empty folders nor fixes modes (api/diff.py, api/repository.py)",
+)
+def test_bundle_update_reproduces_empty_folders_and_modes(shared: Shared, tmp_path: Path) -> None:
+    dm = shared.dm
+    tree = _derive(shared.v1_tree, tmp_path / "layout")
+    (tree / "empty").rmdir()
+    (tree / "data" / "empty-too").mkdir()
+    (tree / "run.sh").chmod(0o644)
+    (tree / "a.txt").chmod(0o600)
+    target = dm.upload(tree, REPO, "layout only", "--branch", "layout")
+    folder = tmp_path / "checkout"
+    dm("bundle", "download", "--repo", REPO, "--label", "init", "--destination", folder)
+    dm("bundle", "update", "--repo", REPO, "--bundle", target, "--destination", folder)
+    fresh = tmp_path / "fresh"
+    dm("bundle", "download", "--repo", REPO, "--bundle", target, "--destination", fresh)
+    assert snapshot(fresh) == snapshot(tree)
+    assert snapshot(folder) == snapshot(fresh)
+
+
+def _flip_byte_of(store: Path, needle: bytes) -> Path:
+    """Flip one byte of the pack that stores ``needle`` verbatim; returns the pack."""
+    for pack in sorted((store / "packs").rglob("*")):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            at = data.find(needle)
+            if at >= 0:
+                data[at + len(needle) // 2] ^= 0xFF
+                pack.write_bytes(bytes(data))
+                return pack
+    raise AssertionError(f"no pack under {store} holds the chunk")
+
+
+def test_bundle_verify_reports_damaged_pack(datamon: Datamon, tree: Path) -> None:
+    dm = datamon
+    dm.configure()
+    dm("repo", "create", "--repo", "checked", "--description", "verify me")
+    bid = dm.upload(tree, "checked", "to verify", "--label", "init")
+    healthy = dm("bundle", "verify", "--repo", "checked")
+    assert re.match(rf"^{bid} , 3 files , \d+ chunks checked , ok$", healthy.stdout), healthy.stdout
+
+    # deep.bin is random, so its chunk is stored raw: find it in its pack and flip a byte.
+    raw = (tree / "data" / "nested" / "deep.bin").read_bytes()
+    pack = _flip_byte_of(dm.default_store, raw[1000:1064])
+    key = pack.relative_to(dm.default_store).as_posix()
+
+    for ref in (("--label", "init"), ()):
+        damaged = dm("bundle", "verify", "--repo", "checked", *ref, check=False)
+        assert damaged.returncode != 0, describe(damaged)
+        assert "Traceback" not in damaged.stderr
+        problems = [ln for ln in stdout_lines(damaged) if ln.startswith("DAMAGED ")]
+        assert len(problems) == 1, describe(damaged)
+        assert problems[0].startswith(f"DAMAGED {bid} data/nested/deep.bin: ")
+        assert key in problems[0]
+        assert re.search(rf"^{bid} , 3 files , .* , 1 problems$", damaged.stdout, re.M)
+        assert stderr_lines(damaged) == ["error: 1 of 1 bundles are damaged"]
+
+
+def test_json_output(shared: Shared) -> None:
+    dm = shared.dm
+
+    def as_json(*args: str) -> list[dict[str, object]]:
+        data = json.loads(dm(*args, "--json").stdout)
+        assert isinstance(data, list)
+        return data
+
+    repos = {r["name"]: r for r in as_json("repo", "list")}
+    assert repos[REPO]["description"] == "beyond the seed"
+    assert repos[REPO]["author"] == AUTHOR
+
+    bundles = {b["id"]: b for b in as_json("bundle", "list", "--repo", REPO)}
+    assert {shared.v1, shared.v2} <= bundles.keys()
+    assert bundles[shared.v2]["parents"] == [shared.v1]
+    assert bundles[shared.v2]["message"] == "second"
+    assert bundles[shared.v1]["author"] == {"name": "Test User", "email": "t@example.com"}
+
+    files = {f["name"]: f for f in as_json("bundle", "list", "files", "--repo", REPO, "--label", "init")}
+    assert {name: f["size"] for name, f in files.items()} == tree_files(shared.v1_tree)
+    assert files["link"]["kind"] == "symlink"
+    assert files["link"]["target"] == "a.txt"
+    assert files["run.sh"]["mode"] == 0o755
+
+    labels = {r["name"]: r["bundle"] for r in as_json("label", "list", "--repo", REPO)}
+    assert labels["init"] == shared.v1
+    assert labels["v2"] == shared.v2
+
+    branches = {r["name"]: r["bundle"] for r in as_json("branch", "list", "--repo", REPO)}
+    assert branches["main"] == shared.v2
+
+    log = [b["id"] for b in as_json("branch", "log", "--repo", REPO, "--branch", "main")]
+    assert log == [shared.v2, shared.v1]
+
+
+def test_unique_prefix_names_a_bundle(shared: Shared, tmp_path: Path) -> None:
+    dm = shared.dm
+    ids = [b["id"] for b in json.loads(dm("bundle", "list", "--repo", REPO, "--json").stdout)]
+    prefix = shortest_unique_prefix(shared.v1, ids)
+    got = stdout_lines(dm("bundle", "get", "--repo", REPO, "--bundle", prefix))
+    assert got[0].startswith(f"{shared.v1} , ")
+    listed = dm("bundle", "list", "files", "--repo", REPO, "--bundle", prefix)
+    assert listed.stdout == dm("bundle", "list", "files", "--repo", REPO, "--label", "init").stdout
+    out = tmp_path / "out"
+    dm("bundle", "download", "--repo", REPO, "--bundle", prefix, "--destination", out)
+    assert snapshot(out) == snapshot(shared.v1_tree)
+    moved = dm("label", "set", "--repo", REPO, "--label", "by-prefix", "--bundle", prefix.upper())
+    assert stdout_lines(moved) == [f"Label by-prefix set to bundle {shared.v1}"]
+
+
+def _command_paths(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            yield from _command_paths(sub, (*path, name))
+
+
+def _groups(cmd: click.Command, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    found = {path} if isinstance(cmd, click.Group) and not cmd.invoke_without_command else set()
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            found |= _groups(sub, (*path, name))
+    return found
+
+
+ALL_COMMANDS = list(_command_paths(cli))
+# Pure groups (no action of their own) other than the root command.
+PURE_GROUPS = _groups(cli) - {()}
+
+
+def _helps_without_example(
+    dm: Datamon, paths: list[tuple[str, ...]]
+) -> dict[tuple[str, ...], str]:
+    def run(path: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+        return dm(*path, "--help", check=None)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(paths, pool.map(run, paths), strict=True))
+    bad = {}
+    for path, result in results.items():
+        if result.returncode != 0 or "Example" not in result.stdout:
+            bad[path] = describe(result)
+    return bad
+
+
+def test_help_of_every_command_has_an_example(datamon: Datamon) -> None:
+    assert len(ALL_COMMANDS) > 20
+    paths = [p for p in ALL_COMMANDS if p not in PURE_GROUPS]
+    bad = _helps_without_example(datamon, paths)
+    assert not bad, "\n".join(bad.values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="deviation: the help of the groups config, repo, bundle, label and branch has no "
+    "Example section (their docstrings in src/datamon/cli/*_cmd.py have none)",
+)
+def test_help_of_every_group_has_an_example(datamon: Datamon) -> None:
+    assert PURE_GROUPS
+    bad = _helps_without_example(datamon, sorted(PURE_GROUPS))
+    assert not bad, "\n".join(bad.values())

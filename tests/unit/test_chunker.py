@@ -1,0 +1,136 @@
+"""Content-defined chunking: boundaries follow content, so an insert moves few of them."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datamon.cafs.chunker import FastCDCChunker
+from datamon.core.ids import digest
+from datamon.core.model import ChunkerParams
+from datamon.errors import ConfigError
+
+PARAMS = ChunkerParams()
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def chunker() -> FastCDCChunker:
+    return FastCDCChunker(PARAMS)
+
+
+def _check_sizes(chunks: list[bytes], params: ChunkerParams) -> None:
+    for chunk in chunks[:-1]:
+        assert params.min_size <= len(chunk) <= params.max_size
+    if chunks:
+        assert 0 < len(chunks[-1]) <= params.max_size
+
+
+def _ids(chunks: list[bytes]) -> list[bytes]:
+    return [digest(c) for c in chunks]
+
+
+@given(
+    seed=st.integers(min_value=0, max_value=2**32),
+    size=st.integers(min_value=MiB, max_value=2 * MiB),
+    where=st.floats(min_value=0.0, max_value=1.0),
+    inserted=st.binary(min_size=1, max_size=300),
+)
+@settings(max_examples=20, deadline=None)
+def test_insert_changes_only_nearby_chunks(
+    seed: int, size: int, where: float, inserted: bytes
+) -> None:
+    chunker = FastCDCChunker(PARAMS)
+    data = random.Random(seed).randbytes(size)
+    offset = int(where * size)
+    changed = data[:offset] + inserted + data[offset:]
+
+    before = list(chunker.chunks_of(data))
+    after = list(chunker.chunks_of(changed))
+    assert b"".join(before) == data
+    assert b"".join(after) == changed
+    _check_sizes(before, PARAMS)
+    _check_sizes(after, PARAMS)
+
+    # Every chunk that ends at or before the insert point is cut exactly as before
+    # (except the last one, which the end of the data cut, not its content).
+    ends = 0
+    unchanged_prefix = 0
+    for chunk in before[:-1]:
+        ends += len(chunk)
+        if ends > offset:
+            break
+        unchanged_prefix += 1
+    assert after[:unchanged_prefix] == before[:unchanged_prefix]
+
+    # After the insert the cuts fall back in step within a chunk or two.
+    old, new = set(_ids(before)), set(_ids(after))
+    assert len(old - new) <= 3, (len(before), len(old - new))
+    assert len(new - old) <= 3, (len(after), len(new - old))
+    assert len(old & new) >= len(old) - 3
+
+
+@given(
+    seed=st.integers(min_value=0, max_value=2**32),
+    size=st.integers(min_value=0, max_value=3 * MiB),
+)
+@settings(max_examples=15, deadline=None)
+def test_stream_and_buffer_cut_alike(seed: int, size: int) -> None:
+    # Uploads cut files as streams; diff and tests cut buffers: they must agree.
+    chunker = FastCDCChunker(PARAMS)
+    data = random.Random(seed).randbytes(size)
+    from_buffer = list(chunker.chunks_of(data))
+    from_stream = list(chunker.chunks(io.BufferedReader(io.BytesIO(data), buffer_size=1 << 16)))
+    assert from_stream == from_buffer
+    assert b"".join(from_stream) == data
+    _check_sizes(from_stream, PARAMS)
+
+
+def test_empty_input_has_no_chunks(chunker: FastCDCChunker) -> None:
+    assert list(chunker.chunks_of(b"")) == []
+    assert list(chunker.chunks(io.BytesIO(b""))) == []
+
+
+def test_small_input_is_one_chunk(chunker: FastCDCChunker) -> None:
+    assert list(chunker.chunks_of(b"tiny")) == [b"tiny"]
+    data = random.Random(1).randbytes(PARAMS.min_size - 1)
+    assert list(chunker.chunks_of(data)) == [data]
+
+
+def test_zeros_cut_at_max_size(chunker: FastCDCChunker) -> None:
+    data = bytes(PARAMS.max_size * 3 + 10)
+    chunks = list(chunker.chunks_of(data))
+    assert [len(c) for c in chunks] == [PARAMS.max_size] * 3 + [10]
+
+
+def test_average_chunk_size_is_near_the_parameter(chunker: FastCDCChunker) -> None:
+    data = random.Random(2).randbytes(8 * MiB)
+    chunks = list(chunker.chunks_of(data))
+    average = len(data) / len(chunks)
+    # FastCDC's effective average is about avg_size + min_size.
+    assert PARAMS.avg_size * 0.6 <= average <= (PARAMS.avg_size + PARAMS.min_size) * 1.6
+
+
+def test_parameters_change_the_cuts() -> None:
+    data = random.Random(3).randbytes(2 * MiB)
+    small = ChunkerParams(min_size=4096, avg_size=16384, max_size=65536)
+    a = list(FastCDCChunker(PARAMS).chunks_of(data))
+    b = list(FastCDCChunker(small).chunks_of(data))
+    _check_sizes(b, small)
+    assert len(b) > len(a)
+
+
+def test_chunks_outlive_the_next_one(chunker: FastCDCChunker) -> None:
+    data = random.Random(4).randbytes(MiB)
+    kept = list(chunker.chunks(io.BytesIO(data)))  # each chunk must be its own bytes
+    assert all(isinstance(c, bytes) for c in kept)
+    assert b"".join(kept) == data
+
+
+def test_unknown_algorithm_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        FastCDCChunker(ChunkerParams(algorithm="rabin"))

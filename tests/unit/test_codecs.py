@@ -1,0 +1,288 @@
+"""Encodings of stored objects: frames, chunk blobs, canonical JSON, msgspec structs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datamon.core.codecs import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    FRAME_MAGIC,
+    FRAME_VERSION,
+    ChunkCodec,
+    decode_frame,
+    encode_frame,
+    from_json,
+    pack_msg,
+    to_json,
+    unpack_msg,
+)
+from datamon.core.ids import DIGEST_SIZE, bundle_id, digest, shard
+from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind, Tree
+from datamon.errors import ChecksumMismatch, CorruptObject, IntegrityError, UnsupportedFormat
+from datamon.testing.workloads import random_bytes, text_bytes
+
+HEADER = len(FRAME_MAGIC) + 1 + DIGEST_SIZE
+
+
+# frames ---------------------------------------------------------------------------------
+
+
+def test_frame_layout() -> None:
+    payload = b"hello frame " * 100
+    oid, framed = encode_frame(payload)
+    assert oid == digest(payload)
+    assert framed[:3] == FRAME_MAGIC
+    assert framed[3] == FRAME_VERSION
+    assert framed[4:HEADER] == oid
+    assert len(framed) < len(payload)  # compressed
+    assert decode_frame("k", framed) == payload
+    assert decode_frame("k", framed, expected=oid) == payload
+
+
+def test_frame_of_empty_payload() -> None:
+    oid, framed = encode_frame(b"")
+    assert decode_frame("k", framed, expected=oid) == b""
+
+
+@pytest.mark.parametrize("position", ["digest", "body-start", "body-end"])
+def test_corrupted_frame_is_detected(position: str) -> None:
+    _oid, framed = encode_frame(text_bytes(1, 20_000))
+    at = {"digest": 10, "body-start": HEADER + 8, "body-end": len(framed) - 3}[position]
+    bad = bytearray(framed)
+    bad[at] ^= 0x01
+    with pytest.raises((ChecksumMismatch, CorruptObject)) as info:
+        decode_frame("trees/ab/abcd", bytes(bad))
+    assert info.value.key == "trees/ab/abcd"
+    assert "trees/ab/abcd" in str(info.value)
+
+
+def test_frame_with_wrong_expected_digest() -> None:
+    _oid, framed = encode_frame(b"payload")
+    other = digest(b"something else")
+    with pytest.raises(ChecksumMismatch) as info:
+        decode_frame("obj", framed, expected=other)
+    assert info.value.expected == other.hex()
+    assert info.value.actual == digest(b"payload").hex()
+
+
+def test_frame_substituted_whole_is_detected() -> None:
+    # A valid frame of other content stored under this name: the name's id must win.
+    wanted, _ = encode_frame(b"the real tree")
+    _other, impostor = encode_frame(b"another tree")
+    with pytest.raises(ChecksumMismatch):
+        decode_frame("obj", impostor, expected=wanted)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"DM", b"XYZ\x01" + bytes(40), b"DMF\x01" + bytes(DIGEST_SIZE), b"not a frame at all"],
+    ids=["empty", "short", "bad-magic", "header-only", "text"],
+)
+def test_not_a_frame(data: bytes) -> None:
+    with pytest.raises(CorruptObject) as info:
+        decode_frame("obj", data)
+    assert info.value.key == "obj"
+
+
+def test_truncated_frame() -> None:
+    _oid, framed = encode_frame(random_bytes(2, 5_000))
+    with pytest.raises((CorruptObject, ChecksumMismatch)):
+        decode_frame("obj", framed[:-10])
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_unknown_frame_version(version: int) -> None:
+    _oid, framed = encode_frame(b"payload")
+    future = framed[:3] + bytes([version]) + framed[4:]
+    with pytest.raises(UnsupportedFormat) as info:
+        decode_frame("obj", future)
+    assert info.value.version == version
+    assert "obj" in str(info.value)
+
+
+@given(st.binary(max_size=50_000), st.integers(min_value=1, max_value=9))
+@settings(max_examples=60, deadline=None)
+def test_frame_roundtrip(payload: bytes, level: int) -> None:
+    oid, framed = encode_frame(payload, level=level)
+    assert oid == digest(payload)
+    assert decode_frame("k", framed, expected=oid) == payload
+
+
+# chunk codec ----------------------------------------------------------------------------
+
+
+def test_compressible_chunk_is_stored_compressed() -> None:
+    codec = ChunkCodec()
+    raw = text_bytes(3, 64 * 1024)
+    blob = codec.encode(raw)
+    assert blob[0] == CODEC_ZSTD
+    assert len(blob) < len(raw) * 0.75
+    assert codec.decode("c", blob, len(raw)) == raw
+
+
+def test_incompressible_chunk_is_stored_raw() -> None:
+    codec = ChunkCodec()
+    raw = random_bytes(4, 64 * 1024)
+    blob = codec.encode(raw)
+    assert blob[0] == CODEC_RAW
+    assert blob[1:] == raw
+    assert len(blob) == len(raw) + 1
+    assert codec.decode("c", blob, len(raw)) == raw
+
+
+def test_barely_compressible_chunk_is_stored_raw() -> None:
+    # Compression must save at least 1/32 of the size to be worth decompressing later.
+    codec = ChunkCodec()
+    raw = random_bytes(5, 32 * 1024) + bytes(512)  # 512 zeros save < 1/32
+    assert codec.encode(raw)[0] == CODEC_RAW
+
+
+def test_chunk_codec_accepts_memoryview() -> None:
+    codec = ChunkCodec()
+    raw = text_bytes(6, 10_000)
+    assert codec.decode("c", memoryview(codec.encode(memoryview(raw))), len(raw)) == raw
+
+
+def test_empty_chunk_blob_is_corrupt() -> None:
+    with pytest.raises(CorruptObject):
+        ChunkCodec().decode("chunk x", b"", 0)
+
+
+def test_unknown_chunk_codec() -> None:
+    with pytest.raises(UnsupportedFormat) as info:
+        ChunkCodec().decode("chunk x", b"\x07abc", 3)
+    assert "chunk x" in str(info.value)
+
+
+def test_damaged_compressed_chunk() -> None:
+    codec = ChunkCodec()
+    raw = text_bytes(7, 50_000)
+    blob = bytearray(codec.encode(raw))
+    assert blob[0] == CODEC_ZSTD
+    blob[1:5] = b"\xff\xff\xff\xff"  # the zstd magic number
+    with pytest.raises(CorruptObject) as info:
+        codec.decode("packs/ab/abc", bytes(blob), len(raw))
+    assert info.value.key == "packs/ab/abc"
+
+
+@given(st.binary(max_size=100_000))
+@settings(max_examples=100, deadline=None)
+def test_chunk_codec_roundtrip(raw: bytes) -> None:
+    codec = ChunkCodec()
+    blob = codec.encode(raw)
+    assert blob[0] in (CODEC_RAW, CODEC_ZSTD)
+    assert len(blob) <= len(raw) + 1  # never larger than raw plus the codec byte
+    assert codec.decode("c", blob, len(raw)) == raw
+
+
+@given(st.integers(min_value=0, max_value=2**32), st.integers(min_value=1, max_value=200_000))
+@settings(max_examples=30, deadline=None)
+def test_chunk_codec_roundtrip_text(seed: int, size: int) -> None:
+    codec = ChunkCodec(level=1)
+    raw = text_bytes(seed, size)
+    assert codec.decode("c", codec.encode(raw), size) == raw
+
+
+# canonical JSON -------------------------------------------------------------------------
+
+
+def _bundle(**changes: object) -> Bundle:
+    fields: dict[str, object] = {
+        "format": 1,
+        "repo": "r",
+        "parents": ("a" * 40,),
+        "message": "msg",
+        "author": Author("A", "a@x"),
+        "timestamp": datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "tree": "ab" * 32,
+        "packs": ("cd" * 32,),
+        "files": 2,
+        "size": 10,
+    }
+    fields.update(changes)
+    return Bundle(**fields)  # type: ignore[arg-type]
+
+
+def test_json_is_canonical() -> None:
+    assert to_json({"b": 1, "a": [2, {"d": 3, "c": 4}]}) == b'{"a":[2,{"c":4,"d":3}],"b":1}'
+    data = to_json(_bundle())
+    assert b" " not in data.replace(b'"msg"', b"")
+    keys = list(msgspec.json.decode(data))
+    assert keys == sorted(keys)
+    assert data == to_json(msgspec.json.decode(data))  # re-encoding a decoded dict: same bytes
+
+
+def test_json_roundtrip_and_bundle_id_stability() -> None:
+    bundle = _bundle()
+    data = to_json(bundle)
+    again = from_json("b", data, Bundle)
+    assert again == bundle
+    assert to_json(again) == data
+    assert bundle_id(to_json(again)) == bundle_id(data)
+    assert bundle_id(to_json(_bundle(message="other"))) != bundle_id(data)
+    assert len(bundle_id(data)) == 40
+
+
+def test_json_decode_errors_are_corrupt_object() -> None:
+    with pytest.raises(CorruptObject) as info:
+        from_json("bundles/r/x.json", b"{not json", Bundle)
+    assert info.value.key == "bundles/r/x.json"
+    with pytest.raises(CorruptObject):
+        from_json("bundles/r/x.json", b'{"format": 1}', Bundle)  # fields missing
+    assert issubclass(CorruptObject, IntegrityError)
+
+
+def test_msgpack_decode_errors_are_corrupt_object() -> None:
+    with pytest.raises(CorruptObject):
+        unpack_msg("trees/x", b"\xc1\xc1", Tree)
+
+
+def test_shard() -> None:
+    assert shard("abcdef") == "ab/abcdef"
+
+
+# msgspec structs ------------------------------------------------------------------------
+
+names = st.text(min_size=1, max_size=40)
+ints = st.integers(min_value=0, max_value=2**63 - 1)
+chunk_refs = st.builds(ChunkRef, id=st.binary(min_size=32, max_size=32), size=ints)
+entries = st.builds(
+    Entry,
+    name=names,
+    kind=st.sampled_from(Kind),
+    mode=st.integers(min_value=0, max_value=0o7777),
+    mtime_ns=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    size=ints,
+    chunks=st.lists(chunk_refs, max_size=5).map(tuple),
+    target=st.text(max_size=40),
+    tree=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
+    files=ints,
+)
+trees = st.builds(
+    Tree,
+    format=st.just(1),
+    entries=st.lists(entries, max_size=8).map(tuple),
+    parts=st.lists(st.binary(min_size=32, max_size=32), max_size=4).map(tuple),
+)
+
+
+@given(entries)
+@settings(max_examples=200, deadline=None)
+def test_entry_roundtrip(entry: Entry) -> None:
+    assert unpack_msg("e", pack_msg(entry), Entry) == entry
+
+
+@given(trees)
+@settings(max_examples=100, deadline=None)
+def test_tree_roundtrip_through_frame(tree: Tree) -> None:
+    oid, framed = encode_frame(pack_msg(tree))
+    assert unpack_msg("t", decode_frame("t", framed, expected=oid), Tree) == tree
+    # Equal trees encode to equal bytes: the id is a function of the content.
+    assert encode_frame(pack_msg(unpack_msg("t", pack_msg(tree), Tree)))[0] == oid
+
