@@ -66,9 +66,8 @@ class PackWriter:
         with self._lock:
             self._futures.append(future)
 
-    def _write(self, buffer: bytearray, entries: list[PackEntry]) -> str:
-        data = bytes(buffer)
-        del buffer
+    def _write(self, data: bytearray, entries: list[PackEntry]) -> str:
+        # The buffer is written as it is: a copy would double the memory of each pack.
         pack_id = hexdigest(data)
         # Write order: the pack, then its index, then (in the index copy) where to find chunks.
         self.blob.put_if_absent(pack_key(pack_id), data)

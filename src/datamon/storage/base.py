@@ -13,6 +13,9 @@ from typing import Protocol, runtime_checkable
 
 from datamon.errors import StorageError
 
+Payload = bytes | bytearray
+"""What backends accept to write; packs are written from the bytearray they were built in."""
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -40,15 +43,15 @@ class Backend(Protocol):
         """The object and its current version, read together."""
         ...
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Payload) -> None:
         """Write atomically, replacing any existing object."""
         ...
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Payload) -> bool:
         """Write only if ``key`` does not exist; True if this call created it."""
         ...
 
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+    def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         """Write if the current version is ``expected`` (None: must not exist).
 
         Returns the new version; raises RefConflict otherwise.

@@ -23,13 +23,13 @@ from datamon.errors import (
     StorageError,
     StoreUnreachable,
 )
-from datamon.storage.base import ObjectInfo, check_key, check_prefix
+from datamon.storage.base import ObjectInfo, Payload, check_key, check_prefix
 
 TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
 
 
-def _version(data: bytes) -> str:
+def _version(data: Payload) -> str:
     return blake3.blake3(data).hexdigest()[:32]
 
 
@@ -89,7 +89,7 @@ class LocalBackend:
         data = self.get(key)
         return data, _version(data)
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _write_temp(self, path: Path, data: Payload) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -105,7 +105,7 @@ class LocalBackend:
         os.close(fd)
         return tmp
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Payload) -> None:
         path = self._path(key)
         try:
             tmp = self._write_temp(path, data)
@@ -113,7 +113,7 @@ class LocalBackend:
         except OSError as exc:
             raise _translate(exc, key) from None
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Payload) -> bool:
         path = self._path(key)
         if path.exists():
             return False
@@ -129,7 +129,7 @@ class LocalBackend:
             raise _translate(exc, key) from None
         return True
 
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+    def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 from datamon.errors import ObjectNotFound, RefConflict
-from datamon.storage.base import ObjectInfo, check_key, check_prefix
+from datamon.storage.base import ObjectInfo, Payload, check_key, check_prefix
 
 _registry: dict[str, MemoryBackend] = {}
 _registry_lock = threading.Lock()
@@ -47,17 +47,17 @@ class MemoryBackend:
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         return self._entry(key)
 
-    def _store(self, key: str, data: bytes) -> str:
+    def _store(self, key: str, data: Payload) -> str:
         version = str(next(self._counter))
         self._objects[key] = (bytes(data), version)
         return version
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Payload) -> None:
         check_key(key)
         with self._lock:
             self._store(key, data)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Payload) -> bool:
         check_key(key)
         with self._lock:
             if key in self._objects:
@@ -65,7 +65,7 @@ class MemoryBackend:
             self._store(key, data)
             return True
 
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+    def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         check_key(key)
         with self._lock:
             current = self._objects.get(key)

@@ -27,7 +27,7 @@ from datamon.errors import (
     StoreUnreachable,
     TransientStorageError,
 )
-from datamon.storage.base import ObjectInfo, check_key, check_prefix
+from datamon.storage.base import ObjectInfo, Payload, check_key, check_prefix
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta, PutMode, PutResult
@@ -256,17 +256,17 @@ class ObjectStoreBackend:
         except _OBSTORE_ERRORS as exc:
             raise self._translate(exc, key) from None
 
-    def _put(self, key: str, data: bytes, mode: PutMode) -> PutResult:
+    def _put(self, key: str, data: Payload, mode: PutMode) -> PutResult:
         return obstore.put(self._store, key, data, mode=mode)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Payload) -> None:
         check_key(key)
         try:
             self._put(key, data, "overwrite")
         except _OBSTORE_ERRORS as exc:
             raise self._translate(exc, key, key_lookup=False) from None
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Payload) -> bool:
         check_key(key)
         try:
             self._put(key, data, "create")
@@ -282,7 +282,7 @@ class ObjectStoreBackend:
             raise self._translate(exc, key, key_lookup=False) from None
         return True
 
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+    def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         check_key(key)
         mode: PutMode
         if expected is None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from datamon.errors import ObjectNotFound, RefConflict, TransientStorageError
-from datamon.storage.base import Backend, ObjectInfo
+from datamon.storage.base import Backend, ObjectInfo, Payload
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -58,10 +58,10 @@ class RetryingBackend:
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         return self._call(f"get {key}", lambda: self.inner.get_versioned(key))
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Payload) -> None:
         self._call(f"put {key}", lambda: self.inner.put(key, data))
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: Payload) -> bool:
         tries = [0]
 
         def attempt() -> bool:
@@ -74,7 +74,7 @@ class RetryingBackend:
             return self._holds(key, data) is not None
         return created
 
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+    def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         tries = [0]
 
         def attempt() -> str:
@@ -89,7 +89,7 @@ class RetryingBackend:
                 raise
             return version
 
-    def _holds(self, key: str, data: bytes) -> str | None:
+    def _holds(self, key: str, data: Payload) -> str | None:
         """The object's version if it holds exactly ``data``, else None."""
         try:
             current, version = self.get_versioned(key)
