@@ -8,6 +8,7 @@ from pathlib import Path
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.reader import ChunkReader
+from datamon.cafs.statcache import StatCache
 from datamon.config import cache_dir
 from datamon.core.model import StoreConfig
 from datamon.metadata.bundles import BundleStore
@@ -41,6 +42,7 @@ class Store:
         self.index = ChunkIndex(self.blob, self.cache_dir / "index.sqlite")
         self.chunker = FastCDCChunker(self.config.chunker)
         self.reader = ChunkReader(self.index)
+        self.stat_cache = StatCache(self.cache_dir / "stat.sqlite")
 
     @classmethod
     def open(
@@ -62,6 +64,7 @@ class Store:
 
     def close(self) -> None:
         self.index.close()
+        self.stat_cache.close()
         self.meta.close()
         if self.blob is not self.meta:
             self.blob.close()

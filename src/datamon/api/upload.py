@@ -54,12 +54,18 @@ def upload(
     files = root.all_files()
     store.index.sync()
     packer = PackWriter(store.index, store.config.pack_size)
-    ingester = Ingester(store.chunker, store.index, packer, store.config.compression_level)
+    ingester = Ingester(
+        store.chunker,
+        store.index,
+        packer,
+        store.config.compression_level,
+        stat_cache=store.stat_cache,
+    )
     refs: dict[str, tuple[ChunkRef, ...]] = {}
 
     def ingest(f: LocalFile) -> tuple[ChunkRef, ...]:
         try:
-            return ingester.ingest_path(f.path)
+            return ingester.ingest_path(os.path.abspath(f.path), f.st)
         except OSError as exc:
             raise SourceUnreadable(f.path, exc.strerror or str(exc)) from None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter
+from datamon.cafs.statcache import StatCache
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -50,11 +51,13 @@ class Ingester:
         packer: PackWriter,
         level: int,
         workers: int | None = None,
+        stat_cache: StatCache | None = None,
     ) -> None:
         self.chunker = chunker
         self.index = index
         self.packer = packer
         self.level = level
+        self.stat_cache = stat_cache
         self.stats = IngestStats()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -71,9 +74,26 @@ class Ingester:
             codec = self._local.codec = ChunkCodec(self.level)
         return codec
 
-    def ingest_path(self, path: str) -> tuple[ChunkRef, ...]:
+    def ingest_path(self, path: str, st: os.stat_result | None = None) -> tuple[ChunkRef, ...]:
+        """The file's chunks; with ``st`` and a stat cache, an unchanged file is not read."""
+        if st is not None and self.stat_cache is not None:
+            known = self.stat_cache.get(path, st)
+            if known is not None and self._reuse(known):
+                return known
         with self.chunker.open(path) as stream:
-            return self.ingest_chunks(self.chunker.chunks(stream))
+            refs = self.ingest_chunks(self.chunker.chunks(stream))
+        if st is not None and self.stat_cache is not None:
+            self.stat_cache.put(path, st, refs)
+        return refs
+
+    def _reuse(self, refs: tuple[ChunkRef, ...]) -> bool:
+        """Count cached chunks as read if the store still has every one of them."""
+        ids = [r.id for r in refs]
+        where = self.index.lookup_many(ids)
+        if any(cid not in where and not self.packer.seen(cid) for cid in ids):
+            return False
+        self._collect(_Batch(list(refs), 0, {loc.pack for loc in where.values()}), [])
+        return True
 
     def ingest_bytes(self, data: bytes) -> tuple[ChunkRef, ...]:
         return self.ingest_chunks(self.chunker.chunks_of(data))
