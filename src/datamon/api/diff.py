@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from datamon.api.scan import LocalDir, scan
+from datamon.api.scan import LocalDir, LocalFile, scan
 from datamon.api.store import Store
 from datamon.core.ids import digest
 from datamon.core.model import Entry, Kind
@@ -87,7 +87,7 @@ def _diff_local_dir(store: Store, tree: bytes, node: LocalDir, prefix: str) -> I
             elif entry.kind == Kind.SYMLINK:
                 if entry.target != here[1]:
                     yield Change(MODIFIED, path, Kind.SYMLINK)
-            elif not _same_file(store, entry, getattr(here[1], "path", "")):
+            elif not _same_file(store, entry, here[1]):
                 yield Change(MODIFIED, path, Kind.FILE)
             continue
         if entry is not None:
@@ -110,9 +110,10 @@ def _local_all(status: str, path: str, here: tuple[Kind, object]) -> Iterator[Ch
         yield from _local_all(status, f"{path}/{sub.name}", (Kind.DIR, sub))
 
 
-def _same_file(store: Store, entry: Entry, path: str) -> bool:
-    if os.path.getsize(path) != entry.size:
+def _same_file(store: Store, entry: Entry, local: object) -> bool:
+    assert isinstance(local, LocalFile)
+    if local.st.st_size != entry.size or stat.S_IMODE(local.st.st_mode) != entry.mode:
         return False
-    with store.chunker.open(path) as stream:
+    with store.chunker.open(local.path) as stream:
         ids = [digest(raw) for raw in store.chunker.chunks(stream)]
     return ids == [c.id for c in entry.chunks]

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from datamon.api.parallel import bounded_map
-from datamon.api.paths import check_entry
+from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
 from datamon.core.model import Bundle, Entry, Kind
@@ -25,11 +25,13 @@ def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[t
     """Every entry to write, checked for safety before anything touches the disk."""
     pattern = re.compile(name_filter) if name_filter else None
     chosen: list[tuple[str, Entry]] = []
+    guard = TreeGuard()
     for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
-        check_entry(path, entry)
+        guard.add(path, entry)
         if pattern and (entry.kind == Kind.DIR or not pattern.search(path)):
             continue
         chosen.append((path, entry))
+    guard.check()
     return chosen
 
 
@@ -103,8 +105,3 @@ def write_file(store: Store, entry: Entry, target: str) -> None:
         raise
     os.chmod(target, entry.mode)
     os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def plan_one(path: str, entry: Entry) -> None:
-    """The safety check of :func:`plan` for a single entry."""
-    check_entry(path, entry)

@@ -24,6 +24,42 @@ def check_link(path: str, target: str) -> None:
         raise UnsafePath(path, f"symlink points outside the bundle ({target!r})")
 
 
+class TreeGuard:
+    """Checks a whole tree's entries, including how its symlinks combine.
+
+    A symlink may point at another symlink, but its target must not pass *through*
+    one: ``a/e -> ..`` and ``l -> a/e/..`` each look harmless alone, yet ``l``
+    resolves outside. Duplicate names are refused too, since a folder written
+    over a same-named symlink would be written through it.
+    """
+
+    def __init__(self) -> None:
+        self._paths: set[str] = set()
+        self._links: dict[str, str] = {}
+
+    def add(self, path: str, entry: Entry) -> None:
+        check_entry(path, entry)
+        if path in self._paths:
+            raise UnsafePath(path, "the bundle names this path twice")
+        self._paths.add(path)
+        if entry.kind == Kind.SYMLINK:
+            self._links[path] = entry.target
+
+    def check(self) -> None:
+        for path, target in self._links.items():
+            parts = [p for p in posixpath.dirname(path).split("/") if p]
+            steps = [s for s in target.split("/") if s not in ("", ".")]
+            for i, step in enumerate(steps):
+                if step == "..":
+                    if not parts:
+                        raise UnsafePath(path, f"symlink points outside the bundle ({target!r})")
+                    parts.pop()
+                    continue
+                parts.append(step)
+                if i < len(steps) - 1 and "/".join(parts) in self._links:
+                    raise UnsafePath(path, f"symlink target passes through a symlink ({target!r})")
+
+
 def check_entry(path: str, entry: Entry) -> None:
     """Refuse names that are not single path components, and symlinks leaving the tree."""
     name = entry.name

@@ -23,6 +23,7 @@ from datamon.errors import (
     DatamonError,
     DestinationNotEmpty,
     LabelNotFound,
+    PathNotInBundle,
     RefConflict,
 )
 
@@ -129,32 +130,17 @@ class Repository:
         )
 
     def download_file(self, bid: str, path: str, destination: str) -> str:
-        """Write one file of the bundle to ``destination/path``; returns where it went."""
+        """Write one file (or folder) of the bundle to ``destination/path``; returns where."""
         bundle = self.bundle(bid)
-        entry = self.store.trees.lookup(bytes.fromhex(bundle.tree), path)
         clean = "/".join(p for p in path.split("/") if p)
+        entries = {p: e for p, e in _download.plan(self.store, bundle)}
+        if clean not in entries:
+            raise PathNotInBundle(path, f"bundle {bid}")
         target = os.path.join(destination, clean)
         if os.path.lexists(target):
             raise DestinationNotEmpty(target)
-        _download.plan_one(clean, entry)
-        self.store.index.ensure(bundle.packs)
-        if entry.kind == Kind.SYMLINK:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.symlink(entry.target, target)
-        elif entry.kind == Kind.FILE:
-            _download.write_file(self.store, entry, target)
-        else:
-            _download.write_entries(
-                self.store,
-                bundle,
-                target,
-                [
-                    (p[len(clean) + 1 :], e)
-                    for p, e in _download.plan(self.store, bundle)
-                    if p.startswith(clean + "/")
-                ],
-                _upload.DEFAULT_CONCURRENCY,
-            )
+        below = [(p, e) for p, e in entries.items() if p == clean or p.startswith(clean + "/")]
+        _download.write_entries(self.store, bundle, destination, below, _upload.DEFAULT_CONCURRENCY)
         return target
 
     def diff(self, old: str, new: str) -> Iterator[_diff.Change]:
@@ -166,22 +152,30 @@ class Repository:
         return _diff.diff_local(self.store, bytes.fromhex(self.bundle(bid).tree), folder)
 
     def update(self, bid: str, folder: str, progress: Progress | None = None) -> list[_diff.Change]:
-        """Bring ``folder`` to bundle ``bid``, writing only what differs; returns the changes."""
+        """Bring ``folder`` to bundle ``bid``, writing only what differs; returns the changes.
+
+        Files, symlinks and folders the bundle lacks are removed; folders it has are
+        created (empty ones too) and given its modes and times.
+        """
         bundle = self.bundle(bid)
-        tree = bytes.fromhex(bundle.tree)
-        changes = list(_diff.diff_local(self.store, tree, folder))
+        entries = dict(_download.plan(self.store, bundle))
+        changes = list(_diff.diff_local(self.store, bytes.fromhex(bundle.tree), folder))
         wanted: list[tuple[str, Entry]] = []
         for change in changes:
-            target = os.path.join(folder, change.path)
-            if change.status in (_diff.MODIFIED, _diff.ADDED) and os.path.lexists(target):
-                if os.path.isdir(target) and not os.path.islink(target):
-                    shutil.rmtree(target)
-                else:
-                    os.unlink(target)
+            if change.status in (_diff.MODIFIED, _diff.ADDED):
+                _remove(os.path.join(folder, change.path))
             if change.status in (_diff.MODIFIED, _diff.DELETED):
-                entry = self.store.trees.lookup(tree, change.path)
-                _download.plan_one(change.path, entry)
-                wanted.append((change.path, entry))
+                # A local folder may stand where the bundle has a file: it is empty by now.
+                _remove(os.path.join(folder, change.path))
+                wanted.append((change.path, entries[change.path]))
+        for root, dirs, _files in os.walk(folder, topdown=False):
+            for name in dirs:
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, folder).replace(os.sep, "/")
+                kept = entries.get(rel)
+                if (kept is None or kept.kind != Kind.DIR) and not os.path.islink(full):
+                    shutil.rmtree(full)
+        wanted.extend((p, e) for p, e in entries.items() if e.kind == Kind.DIR)
         _download.write_entries(
             self.store, bundle, folder, wanted, _upload.DEFAULT_CONCURRENCY, progress
         )
@@ -237,3 +231,10 @@ def _info(path: str, entry: Entry) -> FileInfo:
     # without reading the data (within one store, whose chunking parameters are fixed).
     content = hexdigest(b"".join(c.id for c in entry.chunks)) if entry.kind == Kind.FILE else ""
     return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target, content)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)

@@ -13,7 +13,13 @@ from datamon.cli.output import emit_json, line, timestamp
 
 @click.group()
 def branch() -> None:
-    """Create, list and follow branches (uploads go to 'main' unless told otherwise)."""
+    """Create, list and follow branches (uploads go to 'main' unless told otherwise).
+
+    \b
+    Example:
+      datamon branch create --repo my-data --name experiment --label init
+      datamon branch log --repo my-data --branch experiment
+    """
 
 
 @branch.command("create")

@@ -33,7 +33,13 @@ def _require(value: str | None, flag: str) -> str:
 
 @click.group()
 def bundle() -> None:
-    """Upload, list, download, compare and verify bundles."""
+    """Upload, list, download, compare and verify bundles.
+
+    \b
+    Example:
+      datamon bundle upload --path ./data --message "v1" --repo my-data --label init
+      datamon bundle download --repo my-data --label init --destination /tmp/data
+    """
 
 
 @bundle.command("upload")

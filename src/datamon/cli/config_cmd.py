@@ -10,7 +10,13 @@ from datamon.config import Config, config_path
 
 @click.group()
 def config() -> None:
-    """Create or show the configuration file (~/.datamon/datamon.yaml)."""
+    """Create or show the configuration file (~/.datamon/datamon.yaml).
+
+    \b
+    Example:
+      datamon config create --name "Ada" --email ada@example.com
+      datamon config show
+    """
 
 
 @config.command("create")

@@ -31,7 +31,13 @@ def ref_row(ref: Ref, history: bool = False) -> dict[str, object]:
 
 @click.group()
 def label() -> None:
-    """Set, list and show labels (one bundle per label; setting again moves it)."""
+    """Set, list and show labels (one bundle per label; setting again moves it).
+
+    \b
+    Example:
+      datamon label set --repo my-data --label production --bundle 1a2b3c
+      datamon label list --repo my-data
+    """
 
 
 @label.command("set")

@@ -13,7 +13,13 @@ from datamon.core.model import Repo
 
 @click.group()
 def repo() -> None:
-    """Create, list and inspect repos."""
+    """Create, list and inspect repos.
+
+    \b
+    Example:
+      datamon repo create --repo my-data --description "training data"
+      datamon repo list
+    """
 
 
 @repo.command("create")

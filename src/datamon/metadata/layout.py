@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name) or ".." in name or ".tmp-" in name or name.endswith(".lock"):
+    if not _NAME.fullmatch(name) or ".." in name or ".tmp-" in name or name.endswith(".lock"):
         raise InvalidName(
             kind,
             name,
