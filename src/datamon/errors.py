@@ -31,7 +31,8 @@ Every error Datamon raises derives from :class:`DatamonError`; foreign errors
     ├── DestinationNotEmpty
     ├── SourceUnreadable
     ├── UnsafePath
-    └── InvalidName
+    ├── InvalidName
+    └── InvalidArgument
 """
 
 from __future__ import annotations
@@ -240,3 +241,7 @@ class InvalidName(DatamonError):
 
     def __str__(self) -> str:
         return f"invalid {self.kind} name {self.name!r}: {self.reason}"
+
+
+class InvalidArgument(DatamonError):
+    """A value given by the caller cannot be used (a bad pattern, say)."""

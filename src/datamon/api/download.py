@@ -12,7 +12,7 @@ from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
 from datamon.core.model import Bundle, Entry, Kind
-from datamon.errors import DestinationNotEmpty, SourceUnreadable
+from datamon.errors import DestinationNotEmpty, InvalidArgument, SourceUnreadable
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,10 @@ class DownloadResult:
 
 def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[tuple[str, Entry]]:
     """Every entry to write, checked for safety before anything touches the disk."""
-    pattern = re.compile(name_filter) if name_filter else None
+    try:
+        pattern = re.compile(name_filter) if name_filter else None
+    except re.error as exc:
+        raise InvalidArgument(f"invalid name filter {name_filter!r}: {exc}") from None
     chosen: list[tuple[str, Entry]] = []
     guard = TreeGuard()
     for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
