@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,13 @@ def _flatten(data: dict[str, object]) -> dict[str, object]:
 
 @pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_seed_cli_guide(
-    request: pytest.FixtureRequest, backend: str, tmp_path: Path, tree: Path
+    request: pytest.FixtureRequest, backend: str, datamon: Datamon, tmp_path: Path, tree: Path
 ) -> None:
+    dm = datamon
     # The seed's timestamps are in US Pacific time ("-0700 PDT"); use that zone if we can.
     pacific = LOS_ANGELES.exists()
-    dm = Datamon.at(tmp_path / "user", **({"TZ": "America/Los_Angeles"} if pacific else {}))
+    if pacific:
+        dm.extra_env["TZ"] = "America/Los_Angeles"
     zone = r"(?:-0700 PDT|-0800 PST)" if pacific else r"[+-]\d{4} \S+"
     stamp = TIMESTAMP.replace(r"[+-]\d{4} \S+", zone)
     store_args, expected_store = _store_args(request, backend)
@@ -112,7 +115,9 @@ def test_seed_cli_guide(
     by_id, by_label = tmp_path / "by-id", tmp_path / "by-label"
     dm("bundle", "download", "--repo", REPO, "--destination", by_id, "--bundle", bid)
     assert snapshot(by_id, mtimes=True) == want
-    dm("bundle", "download", "--repo", REPO, "--destination", by_label, "--label", "init")
+    # (by label as on another machine: same HOME and store, an empty chunk-index cache)
+    elsewhere = replace(dm, cache=tmp_path / "other-machine-cache")
+    elsewhere("bundle", "download", "--repo", REPO, "--destination", by_label, "--label", "init")
     assert snapshot(by_label, mtimes=True) == want
 
     # List bundle contents, by hash and by label.
@@ -153,3 +158,27 @@ def test_seed_cli_guide(
         assert entry, text
         names.add(entry.group(1))
     assert names == {"init", "anotherlabel"}
+
+    # "setting a label or uploading a bundle with a label that already exists overwrites
+    # the commit hash previously associated with the label"
+    (tree / "more.txt").write_text("a second bundle\n")
+    fresh_cache = replace(dm, cache=tmp_path / "fresh-cache")
+    up = fresh_cache(
+        "bundle", "upload", "--path", tree, "--message", "Updating test bundle", "--repo", REPO,
+        "--label", "init",
+    )  # fmt: skip
+    second = re.match(rf"^Uploaded bundle id:({BUNDLE_ID})$", stdout_lines(up)[-1])
+    assert second, up.stdout
+    bid2 = second.group(1)
+    assert bid2 != bid
+    # only the new file's chunk is stored, though the uploader's chunk-index cache was empty
+    assert re.search(r"\b1/\d+ chunks new\b", up.stderr), up.stderr
+    dm("label", "set", "--repo", REPO, "--label", "anotherlabel", "--bundle", bid2)
+    labels = stdout_lines(dm("label", "list", "--repo", REPO))
+    assert [text.split(" , ")[:2] for text in labels] == [
+        ["anotherlabel", bid2],
+        ["init", bid2],
+    ]
+
+    # The S3 store holds everything: nothing went to the default local store.
+    assert dm.default_store.exists() == (backend == "local")

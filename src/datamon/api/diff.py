@@ -38,7 +38,7 @@ def _diff_entry(store: Store, path: str, a: Entry | None, b: Entry | None) -> It
         yield from diff_trees(store, a.tree, b.tree, path + "/")
         return
     if a is not None and b is not None and a.kind == b.kind:
-        if _content(a) != _content(b):
+        if _content(a) != _content(b) or a.mode != b.mode:
             yield Change(MODIFIED, path, b.kind)
         return
     if a is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,7 +43,7 @@ def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[t
 def prepare_destination(destination: str) -> None:
     if os.path.exists(destination):
         if not os.path.isdir(destination):
-            raise DestinationNotEmpty(destination)
+            raise InvalidArgument(f"destination is a file, not a folder: {destination}")
         if os.listdir(destination):
             raise DestinationNotEmpty(destination)
     try:
@@ -108,3 +110,14 @@ def write_file(store: Store, entry: Entry, target: str) -> None:
         raise
     os.chmod(target, entry.mode)
     os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def empty_folder(folder: str) -> None:
+    """Remove everything inside ``folder`` (which this download found empty)."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

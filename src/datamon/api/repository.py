@@ -125,14 +125,19 @@ class Repository:
         bundle = self.bundle(bid)
         entries = _download.plan(self.store, bundle, name_filter)
         _download.prepare_destination(destination)
-        return _download.write_entries(
-            self.store, bundle, destination, entries, concurrency, progress
-        )
+        try:
+            return _download.write_entries(
+                self.store, bundle, destination, entries, concurrency, progress
+            )
+        except BaseException:
+            # The destination was empty: leave it so, and a retry can start afresh.
+            _download.empty_folder(destination)
+            raise
 
     def download_file(self, bid: str, path: str, destination: str) -> str:
         """Write one file (or folder) of the bundle to ``destination/path``; returns where."""
         bundle = self.bundle(bid)
-        clean = "/".join(p for p in path.split("/") if p)
+        clean = "/".join(p for p in path.split("/") if p not in ("", "."))
         entries = {p: e for p, e in _download.plan(self.store, bundle)}
         if clean not in entries:
             raise PathNotInBundle(path, f"bundle {bid}")

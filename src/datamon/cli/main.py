@@ -63,8 +63,12 @@ def run(group: click.Group, args: list[str] | None = None) -> int:
         group.main(args=argv, prog_name="datamon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "datamon"
+        click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
     except click.Abort:
         click.echo("interrupted", err=True)
