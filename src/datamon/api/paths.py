@@ -27,11 +27,13 @@ def check_link(path: str, target: str) -> None:
 class TreeGuard:
     """Checks a whole tree's entries, including how its symlinks combine.
 
-    A symlink may point at another symlink, but its target must not pass *through*
-    one: ``a/e -> ..`` and ``l -> a/e/..`` each look harmless alone, yet ``l``
-    resolves outside. Duplicate names are refused too, since a folder written
-    over a same-named symlink would be written through it.
+    Each symlink is resolved the way the kernel would, following the tree's other
+    symlinks, and must stay inside the tree: ``a/e -> ..`` and ``l -> a/e/..`` each
+    look harmless alone, yet ``l`` resolves outside. Duplicate names are refused too,
+    since a folder written over a same-named symlink would be written through it.
     """
+
+    MAX_HOPS = 40
 
     def __init__(self) -> None:
         self._paths: set[str] = set()
@@ -45,19 +47,32 @@ class TreeGuard:
         if entry.kind == Kind.SYMLINK:
             self._links[path] = entry.target
 
+    def add_link(self, path: str, target: str) -> None:
+        check_link(path, target)
+        self._links[path] = target
+
     def check(self) -> None:
         for path, target in self._links.items():
-            parts = [p for p in posixpath.dirname(path).split("/") if p]
-            steps = [s for s in target.split("/") if s not in ("", ".")]
-            for i, step in enumerate(steps):
-                if step == "..":
-                    if not parts:
-                        raise UnsafePath(path, f"symlink points outside the bundle ({target!r})")
-                    parts.pop()
-                    continue
-                parts.append(step)
-                if i < len(steps) - 1 and "/".join(parts) in self._links:
-                    raise UnsafePath(path, f"symlink target passes through a symlink ({target!r})")
+            parent = [p for p in posixpath.dirname(path).split("/") if p]
+            self._resolve(path, parent, target, 0)
+
+    def _resolve(self, link: str, parts: list[str], target: str, hops: int) -> list[str]:
+        if hops > self.MAX_HOPS:
+            raise UnsafePath(link, "too many levels of symlinks")
+        if posixpath.isabs(target):
+            raise UnsafePath(link, f"symlink points outside the bundle ({target!r})")
+        parts = list(parts)
+        for step in (s for s in target.split("/") if s not in ("", ".")):
+            if step == "..":
+                if not parts:
+                    raise UnsafePath(link, f"symlink points outside the bundle ({target!r})")
+                parts.pop()
+                continue
+            parts.append(step)
+            inner = self._links.get("/".join(parts))
+            if inner is not None:
+                parts = self._resolve(link, parts[:-1], inner, hops + 1)
+        return parts
 
 
 def check_entry(path: str, entry: Entry) -> None:

@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from datamon.api.paths import check_link, check_name
+from datamon.api.paths import TreeGuard, check_name
 from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def scan(root: str) -> LocalDir:
     if not stat.S_ISDIR(st.st_mode):
         raise SourceUnreadable(root, "not a directory")
     top = LocalDir(root, "", st)
+    guard = TreeGuard()
     stack = [top]
     while stack:
         node = stack.pop()
@@ -76,7 +77,7 @@ def scan(root: str) -> LocalDir:
                 if stat.S_ISLNK(est.st_mode):
                     target = os.readlink(entry.path)
                     check_name(rel, target)
-                    check_link(rel, target)
+                    guard.add_link(rel, target)
                     node.links.append(LocalLink(entry.name, target, est))
                 elif stat.S_ISDIR(est.st_mode):
                     child = LocalDir(entry.path, entry.name, est, rel + "/")
@@ -90,4 +91,5 @@ def scan(root: str) -> LocalDir:
                     log.warning("skipping %s: not a regular file, folder or symlink", entry.path)
             except OSError as exc:
                 raise SourceUnreadable(entry.path, exc.strerror or str(exc)) from None
+    guard.check()
     return top

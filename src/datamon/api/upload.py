@@ -154,7 +154,8 @@ def _commit(
             store.refs.move(repo, "branch", options.branch, bid, options.author.email, head)
         except RefConflict:
             now = store.refs.read(repo, "branch", options.branch)
-            if now is None or now[0].bundle != bid:
+            # A swap whose reply was lost may have landed: then the bundle is in the history.
+            if now is None or all(move.bundle != bid for move in now[0].history):
                 # Another writer moved the branch first: this bundle's parent is stale.
                 store.bundles.delete(repo, bid)
                 continue

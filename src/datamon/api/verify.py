@@ -39,6 +39,7 @@ def verify_bundle(
         report.problems.append(f"tree: {exc}")
         return report
     progress.start("verifying", sum(e.size for _p, e in entries if e.kind == Kind.FILE))
+    bad: dict[bytes, str] = {}
     try:
         for path, entry in entries:
             if entry.kind != Kind.FILE:
@@ -49,13 +50,29 @@ def verify_bundle(
                 if ref.id not in seen:
                     seen.add(ref.id)
                     todo.append(ref)
-            try:
-                for data in store.reader.read(todo):
-                    report.chunks += 1
-                    report.bytes += len(data)
-            except DatamonError as exc:
-                report.problems.append(f"{path}: {exc}")
+            _check(store, todo, report, bad)
+            damage = sorted({bad[r.id] for r in entry.chunks if r.id in bad})
+            for problem in damage:
+                report.problems.append(f"{path}: {problem}")
             progress.advance(entry.size)
     finally:
         progress.finish()
     return report
+
+
+def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[bytes, str]) -> None:
+    """Read ``refs``; on damage, read them one by one so that every bad chunk is named."""
+    try:
+        for data in store.reader.read(refs):
+            report.chunks += 1
+            report.bytes += len(data)
+        return
+    except DatamonError:
+        pass
+    for ref in refs:
+        try:
+            for data in store.reader.read([ref]):
+                report.chunks += 1
+                report.bytes += len(data)
+        except DatamonError as exc:
+            bad[ref.id] = str(exc)

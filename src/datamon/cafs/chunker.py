@@ -19,6 +19,10 @@ class FastCDCChunker:
     def __init__(self, params: ChunkerParams) -> None:
         if params.algorithm != "fastcdc2020":
             raise ConfigError(f"unknown chunker {params.algorithm!r}")
+        if not 0 <= params.seed < 2**64:
+            raise ConfigError(f"chunker seed {params.seed} is outside 0..2^64-1")
+        if not 64 <= params.min_size <= params.avg_size <= params.max_size:
+            raise ConfigError(f"chunker sizes are inconsistent: {params}")
         self.params = params
 
     def _cdc(self) -> pyfastcdc.FastCDC:

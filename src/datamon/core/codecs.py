@@ -117,10 +117,22 @@ class ChunkCodec:
         codec = blob[0]
         body = blob[1:]
         if codec == CODEC_RAW:
-            return bytes(body)
-        if codec == CODEC_ZSTD:
+            raw = bytes(body)
+        elif codec == CODEC_ZSTD:
             try:
-                return self._decompressor.decompress(body, max_output_size=raw_size)
+                size = zstandard.frame_content_size(body)
             except zstandard.ZstdError as exc:
                 raise CorruptObject(key, f"zstd: {exc}") from None
+            if size != raw_size:
+                # Checked before decompressing, so a damaged header cannot claim huge memory.
+                raise CorruptObject(key, f"chunk claims {size} bytes, index says {raw_size}")
+            try:
+                raw = self._decompressor.decompress(body)
+            except zstandard.ZstdError as exc:
+                raise CorruptObject(key, f"zstd: {exc}") from None
+        else:
+            raise UnsupportedFormat(f"chunk codec in {key}", codec)
+        if len(raw) != raw_size:
+            raise CorruptObject(key, f"chunk has {len(raw)} bytes, index says {raw_size}")
+        return raw
         raise UnsupportedFormat(f"chunk codec in {key}", codec)
