@@ -89,7 +89,9 @@ class RefConflict(StorageError):
         self.actual = actual
 
     def __str__(self) -> str:
-        return f"{self.name} changed concurrently (expected version {self.expected})"
+        expected = self.expected or "nothing"
+        actual = self.actual or "nothing"
+        return f"{self.name} changed concurrently (expected {expected}, found {actual})"
 
 
 class IntegrityError(DatamonError):

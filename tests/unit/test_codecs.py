@@ -58,8 +58,10 @@ def test_corrupted_frame_is_detected(position: str) -> None:
     bad[at] ^= 0x01
     with pytest.raises((ChecksumMismatch, CorruptObject)) as info:
         decode_frame("trees/ab/abcd", bytes(bad))
-    assert info.value.key == "trees/ab/abcd"
-    assert "trees/ab/abcd" in str(info.value)
+    error = info.value
+    assert isinstance(error, ChecksumMismatch | CorruptObject)
+    assert error.key == "trees/ab/abcd"
+    assert "trees/ab/abcd" in str(error)
 
 
 def test_frame_with_wrong_expected_digest() -> None:
@@ -285,4 +287,3 @@ def test_tree_roundtrip_through_frame(tree: Tree) -> None:
     assert unpack_msg("t", decode_frame("t", framed, expected=oid), Tree) == tree
     # Equal trees encode to equal bytes: the id is a function of the content.
     assert encode_frame(pack_msg(unpack_msg("t", pack_msg(tree), Tree)))[0] == oid
-

@@ -14,7 +14,7 @@ from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
 from datamon.core.model import Bundle, Entry, Kind
-from datamon.errors import DestinationNotEmpty, InvalidArgument, SourceUnreadable
+from datamon.errors import DestinationNotEmpty, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def prepare_destination(destination: str) -> None:
     try:
         os.makedirs(destination, exist_ok=True)
     except OSError as exc:
-        raise SourceUnreadable(destination, exc.strerror or str(exc)) from None
+        raise InvalidArgument(f"cannot create destination {destination}: {exc.strerror}") from None
 
 
 def write_entries(

@@ -54,10 +54,12 @@ class TreeGuard:
     def check(self) -> None:
         for path, target in self._links.items():
             parent = [p for p in posixpath.dirname(path).split("/") if p]
-            self._resolve(path, parent, target, 0)
+            self._resolve(path, parent, target, [0])
 
-    def _resolve(self, link: str, parts: list[str], target: str, hops: int) -> list[str]:
-        if hops > self.MAX_HOPS:
+    def _resolve(self, link: str, parts: list[str], target: str, hops: list[int]) -> list[str]:
+        # One counter for the whole resolution, as the kernel counts: bounded work per link.
+        hops[0] += 1
+        if hops[0] > self.MAX_HOPS:
             raise UnsafePath(link, "too many levels of symlinks")
         if posixpath.isabs(target):
             raise UnsafePath(link, f"symlink points outside the bundle ({target!r})")
@@ -71,7 +73,7 @@ class TreeGuard:
             parts.append(step)
             inner = self._links.get("/".join(parts))
             if inner is not None:
-                parts = self._resolve(link, parts[:-1], inner, hops + 1)
+                parts = self._resolve(link, parts[:-1], inner, hops)
         return parts
 
 

@@ -25,6 +25,7 @@ from datamon.errors import (
     LabelNotFound,
     PathNotInBundle,
     RefConflict,
+    UnsafePath,
 )
 
 DEFAULT_BRANCH = _upload.DEFAULT_BRANCH
@@ -166,12 +167,15 @@ class Repository:
         entries = dict(_download.plan(self.store, bundle))
         changes = list(_diff.diff_local(self.store, bytes.fromhex(bundle.tree), folder))
         wanted: list[tuple[str, Entry]] = []
+        # Remove what the bundle does not have, shallowest first, so that a local symlink
+        # standing where the bundle has a folder is gone before anything below it is touched.
+        stale = [c for c in changes if c.status in (_diff.MODIFIED, _diff.ADDED)]
+        for change in sorted(stale, key=lambda c: c.path.count("/")):
+            _remove(folder, change.path)
         for change in changes:
-            if change.status in (_diff.MODIFIED, _diff.ADDED):
-                _remove(os.path.join(folder, change.path))
             if change.status in (_diff.MODIFIED, _diff.DELETED):
                 # A local folder may stand where the bundle has a file: it is empty by now.
-                _remove(os.path.join(folder, change.path))
+                _remove(folder, change.path)
                 wanted.append((change.path, entries[change.path]))
         for root, dirs, _files in os.walk(folder, topdown=False):
             for name in dirs:
@@ -238,7 +242,13 @@ def _info(path: str, entry: Entry) -> FileInfo:
     return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target, content)
 
 
-def _remove(path: str) -> None:
+def _remove(folder: str, rel: str) -> None:
+    """Remove ``folder/rel``, never following a symlink on the way there."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        if os.path.islink(os.path.join(folder, *parts[:i])):
+            raise UnsafePath(rel, "a local symlink stands in its path")
+    path = os.path.join(folder, *parts)
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):

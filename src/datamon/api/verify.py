@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
+from datamon.cafs.index import load_pack_index
+from datamon.cafs.layout import pack_key
 from datamon.core.model import Bundle, ChunkRef, Kind
 from datamon.errors import DatamonError
 
@@ -32,8 +34,15 @@ def verify_bundle(
     progress = progress or NoProgress()
     report = VerifyReport()
     seen = checked if checked is not None else set()
+    for pack_id in bundle.packs:
+        try:
+            # Read from the store, not the local cache: other machines depend on these.
+            store.index.record(load_pack_index(store.blob, pack_id))
+            if not store.blob.exists(pack_key(pack_id)):
+                report.problems.append(f"pack {pack_id}: missing from the store")
+        except DatamonError as exc:
+            report.problems.append(f"pack index {pack_id}: {exc}")
     try:
-        store.index.ensure(bundle.packs)
         entries = list(store.trees.walk(bytes.fromhex(bundle.tree)))
     except DatamonError as exc:
         report.problems.append(f"tree: {exc}")

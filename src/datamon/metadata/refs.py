@@ -48,7 +48,9 @@ class RefStore:
             old_ref, version = current if current else (None, None)
             old = old_ref.bundle if old_ref else None
             if expected is not ANY and old != expected:
-                raise RefConflict(f"{kind} {name}", str(expected), old)
+                raise RefConflict(
+                    f"{kind} {name}", None if expected is None else str(expected), old
+                )
             now = datetime.now(UTC)
             move = RefMove(bundle=bundle, previous=old, timestamp=now, author=author)
             history = (old_ref.history if old_ref else ()) + (move,)
