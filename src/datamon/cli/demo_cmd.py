@@ -16,6 +16,8 @@ from datamon.cli.output import line, timestamp
 from datamon.config import Config
 from datamon.core.model import Author
 
+MESSAGE = "The initial commit"
+
 
 def _sample_tree(root: str) -> None:
     rng = random.Random(7)
@@ -61,9 +63,10 @@ def demo(app: AppContext) -> None:
         )
         repo = Repository.create(store, name, "Datamon demo repo", author)
         click.echo(
-            f"$ datamon bundle upload --path {source} --message 'first' --repo {name} --label init"
+            f"$ datamon bundle upload --path {source} --message '{MESSAGE}' --repo {name} "
+            "--label init"
         )
-        result = repo.upload(source, UploadOptions("The initial commit", author, label="init"))
+        result = repo.upload(source, UploadOptions(MESSAGE, author, label="init"))
         click.echo(f"Uploaded bundle id:{result.bundle_id}")
         click.echo(f"$ datamon bundle list --repo {name}")
         for bid, b in repo.bundles():
