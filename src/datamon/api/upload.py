@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,6 +20,8 @@ from datamon.metadata.layout import check_name
 
 DEFAULT_BRANCH = "main"
 DEFAULT_CONCURRENCY = 4
+GROUP_FILES = 256
+GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ def upload(
     root = scan(path)
     files = root.all_files()
     store.index.sync()
-    packer = PackWriter(store.index, store.config.pack_size)
+    # Remote stores need several PUTs in flight to fill the network; local disk does not.
+    writers = 2 if store.blob.url.startswith("file:") else max(2, min(options.concurrency, 4))
+    packer = PackWriter(store.index, store.config.pack_size, writers, writers)
     ingester = Ingester(
         store.chunker,
         store.index,
@@ -63,17 +68,19 @@ def upload(
     )
     refs: dict[str, tuple[ChunkRef, ...]] = {}
 
-    def ingest(f: LocalFile) -> tuple[ChunkRef, ...]:
+    def ingest(group: list[LocalFile]) -> list[tuple[ChunkRef, ...]]:
         try:
-            return ingester.ingest_path(os.path.abspath(f.path), f.st)
+            return ingester.ingest_files([(os.path.abspath(f.path), f.st) for f in group])
         except OSError as exc:
-            raise SourceUnreadable(f.path, exc.strerror or str(exc)) from None
+            where = exc.filename or (group[0].path if len(group) == 1 else path)
+            raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
     progress.start("uploading", sum(f.st.st_size for f in files))
     try:
-        for f, chunk_refs in bounded_map(ingest, files, max(1, options.concurrency)):
-            refs[f.path] = chunk_refs
-            progress.advance(f.st.st_size)
+        for group, results in bounded_map(ingest, _groups(files), max(1, options.concurrency)):
+            for f, chunk_refs in zip(group, results, strict=True):
+                refs[f.path] = chunk_refs
+            progress.advance(sum(f.st.st_size for f in group))
         written = packer.close()
     except BaseException:
         packer.abort()
@@ -96,6 +103,24 @@ def upload(
         packs_written=len(written),
         trees_written=store.trees.written - trees_before,
     )
+
+
+def _groups(files: list[LocalFile]) -> Iterator[list[LocalFile]]:
+    """Work units: a large file alone, small files together (one index query per group)."""
+    group: list[LocalFile] = []
+    size = 0
+    for f in files:
+        if f.st.st_size > GROUP_BYTES:
+            yield [f]
+            continue
+        group.append(f)
+        size += f.st.st_size
+        if len(group) >= GROUP_FILES or size >= GROUP_BYTES:
+            yield group
+            group = []
+            size = 0
+    if group:
+        yield group
 
 
 def _mode(st: os.stat_result) -> int:

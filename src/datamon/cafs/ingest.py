@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 
 BATCH_BYTES = 4 << 20
+SMALL_FILE = 1 << 20
 WINDOW = 3
 
 
@@ -76,24 +77,77 @@ class Ingester:
 
     def ingest_path(self, path: str, st: os.stat_result | None = None) -> tuple[ChunkRef, ...]:
         """The file's chunks; with ``st`` and a stat cache, an unchanged file is not read."""
-        if st is not None and self.stat_cache is not None:
-            known = self.stat_cache.get(path, st)
-            if known is not None and self._reuse(known):
-                return known
+        if st is not None:
+            return self.ingest_files([(path, st)])[0]
         with self.chunker.open(path) as stream:
-            refs = self.ingest_chunks(self.chunker.chunks(stream))
-        if st is not None and self.stat_cache is not None:
-            self.stat_cache.put(path, st, refs)
-        return refs
+            return self.ingest_chunks(self.chunker.chunks(stream))
 
-    def _reuse(self, refs: tuple[ChunkRef, ...]) -> bool:
-        """Count cached chunks as read if the store still has every one of them."""
-        ids = [r.id for r in refs]
-        where = self.index.lookup_many(ids)
-        if any(cid not in where and not self.packer.seen(cid) for cid in ids):
-            return False
-        self._collect(_Batch(list(refs), 0, {loc.pack for loc in where.values()}), [])
-        return True
+    def ingest_files(
+        self, files: Sequence[tuple[str, os.stat_result]]
+    ) -> list[tuple[ChunkRef, ...]]:
+        """The chunks of each file, in order, with one index query per group of files.
+
+        Unchanged files come from the stat cache; small files are read whole and their
+        chunks looked up together; large files go through the batched pipeline.
+        """
+        done = self._reuse(files)
+        fresh = [(path, st) for path, st in files if path not in done]
+        small = [(path, st) for path, st in fresh if st.st_size <= SMALL_FILE]
+        if small:
+            done.update(self._ingest_small([path for path, _st in small]))
+        for path, st in fresh:
+            if st.st_size > SMALL_FILE:
+                with self.chunker.open(path) as stream:
+                    done[path] = self.ingest_chunks(self.chunker.chunks(stream))
+        if self.stat_cache is not None and fresh:
+            self.stat_cache.put_many([(path, st, done[path]) for path, st in fresh])
+        return [done[path] for path, _st in files]
+
+    def _reuse(
+        self, files: Sequence[tuple[str, os.stat_result]]
+    ) -> dict[str, tuple[ChunkRef, ...]]:
+        """Cached chunk lists of unchanged files whose chunks the store still holds."""
+        if self.stat_cache is None:
+            return {}
+        cached = self.stat_cache.get_many(files)
+        if not cached:
+            return {}
+        where = self.index.lookup_many([r.id for refs in cached.values() for r in refs])
+        kept = {
+            path: refs
+            for path, refs in cached.items()
+            if all(r.id in where or self.packer.seen(r.id) for r in refs)
+        }
+        batch = _Batch()
+        for refs in kept.values():
+            batch.refs.extend(refs)
+            batch.packs.update(where[r.id].pack for r in refs if r.id in where)
+        self._collect(batch, [])
+        return kept
+
+    def _ingest_small(self, paths: Sequence[str]) -> dict[str, tuple[ChunkRef, ...]]:
+        chunks: dict[str, list[tuple[bytes, bytes]]] = {}
+        for path in paths:
+            with self.chunker.open(path) as f:
+                data = f.read()
+            chunks[path] = [(digest(raw), raw) for raw in self.chunker.chunks_of(data)]
+        where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
+        batch = _Batch()
+        out: dict[str, tuple[ChunkRef, ...]] = {}
+        for path, items in chunks.items():
+            refs = tuple(ChunkRef(cid, len(raw)) for cid, raw in items)
+            for cid, raw in items:
+                found = where.get(cid)
+                if found is not None:
+                    batch.packs.add(found.pack)
+                elif not self.packer.seen(cid) and self.packer.add(
+                    cid, self._codec().encode(raw), len(raw)
+                ):
+                    batch.new += 1
+            batch.refs.extend(refs)
+            out[path] = refs
+        self._collect(batch, [])
+        return out
 
     def ingest_bytes(self, data: bytes) -> tuple[ChunkRef, ...]:
         return self.ingest_chunks(self.chunker.chunks_of(data))

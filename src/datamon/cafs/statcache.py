@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 """
 RACY_NS = 2_000_000_000
+_BATCH = 500
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 
@@ -48,28 +50,49 @@ class StatCache:
             self._local.db = db
         return db
 
-    def get(self, path: str, st: os.stat_result) -> tuple[ChunkRef, ...] | None:
-        row = (
-            self._db()
-            .execute(
-                "SELECT size, mtime_ns, ctime_ns, ino, chunks FROM files WHERE path = ?", (path,)
+    def get_many(
+        self, files: Sequence[tuple[str, os.stat_result]]
+    ) -> dict[str, tuple[ChunkRef, ...]]:
+        """The recorded chunks of those ``(path, stat)`` that are unchanged, in one query."""
+        found: dict[str, tuple[ChunkRef, ...]] = {}
+        wanted = {path: _key(st) for path, st in files}
+        paths = list(wanted)
+        db = self._db()
+        for start in range(0, len(paths), _BATCH):
+            batch = paths[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, ino, chunks FROM files"
+                f" WHERE path IN ({marks})",
+                batch,
             )
-            .fetchone()
-        )
-        if row is None or tuple(row[:4]) != _key(st):
-            return None
-        try:
-            return _decoder.decode(row[4])
-        except msgspec.DecodeError:
-            return None
+            for path, *key, blob in rows:
+                if tuple(key) != wanted[path]:
+                    continue
+                try:
+                    found[path] = _decoder.decode(blob)
+                except msgspec.DecodeError:
+                    continue
+        return found
 
-    def put(self, path: str, st: os.stat_result, chunks: tuple[ChunkRef, ...]) -> None:
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+    def put_many(self, files: Sequence[tuple[str, os.stat_result, tuple[ChunkRef, ...]]]) -> None:
+        """Record files in one transaction, skipping those modified too recently to trust."""
+        now = time.time_ns()
+        rows = [
+            (path, *_key(st), _encoder.encode(chunks))
+            for path, st, chunks in files
+            if now - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
+        ]
+        if not rows:
             return
-        self._db().execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-            (path, *_key(st), _encoder.encode(chunks)),
-        )
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
