@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from datamon.api.parallel import bounded_map
@@ -15,6 +16,9 @@ from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
 from datamon.core.model import Bundle, Entry, Kind
 from datamon.errors import DestinationNotEmpty, InvalidArgument
+
+GROUP_FILES = 256
+GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,9 @@ def write_entries(
     items = list(entries)
     dirs = [(p, e) for p, e in items if e.kind == Kind.DIR]
     files = [(p, e) for p, e in items if e.kind == Kind.FILE]
-    for path, _entry in dirs:
-        os.makedirs(os.path.join(destination, path), exist_ok=True)
+    parents = {os.path.dirname(os.path.join(destination, p)) for p, _e in files}
+    for folder in sorted(parents | {os.path.join(destination, p) for p, _e in dirs}):
+        os.makedirs(folder, exist_ok=True)
     for path, entry in items:
         if entry.kind == Kind.SYMLINK:
             target = os.path.join(destination, path)
@@ -75,15 +80,14 @@ def write_entries(
             os.symlink(entry.target, target)
             os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    def write(item: tuple[str, Entry]) -> int:
-        path, entry = item
-        write_file(store, entry, os.path.join(destination, path))
-        return entry.size
+    def write(group: list[tuple[str, Entry]]) -> int:
+        write_group(store, [(os.path.join(destination, p), e) for p, e in group])
+        return sum(e.size for _p, e in group)
 
     total = sum(e.size for _p, e in files)
     progress.start("downloading", total)
     try:
-        for _item, size in bounded_map(write, files, max(1, concurrency)):
+        for _group, size in bounded_map(write, _groups(files), max(1, concurrency)):
             progress.advance(size)
     finally:
         progress.finish()
@@ -94,22 +98,49 @@ def write_entries(
     return DownloadResult(files=len(files), bytes=total)
 
 
-def write_file(store: Store, entry: Entry, target: str) -> None:
-    """Write one file's chunks to ``target`` (created; never overwritten) with its mode and time."""
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+def _groups(files: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]:
+    """Small files travel together: their chunks sit side by side in packs."""
+    group: list[tuple[str, Entry]] = []
+    size = 0
+    for item in files:
+        if item[1].size > GROUP_BYTES:
+            yield [item]
+            continue
+        group.append(item)
+        size += item[1].size
+        if len(group) >= GROUP_FILES or size >= GROUP_BYTES:
+            yield group
+            group = []
+            size = 0
+    if group:
+        yield group
+
+
+def write_group(store: Store, files: list[tuple[str, Entry]]) -> None:
+    """Write files (parents existing) from one stream of chunks read in coalesced ranges."""
+    chunks = store.reader.read([ref for _target, entry in files for ref in entry.chunks])
+    for target, entry in files:
+        write_file(entry, target, itertools.islice(chunks, len(entry.chunks)))
+
+
+def write_file(entry: Entry, target: str, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``target`` (created, never overwritten) with mode and time."""
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise DestinationNotEmpty(target) from None
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            for data in store.reader.read(entry.chunks):
-                out.write(data)
+        for data in chunks:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     except BaseException:
+        os.close(fd)
         os.unlink(target)
         raise
-    os.chmod(target, entry.mode)
-    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+    os.close(fd)
 
 
 def empty_folder(folder: str) -> None:

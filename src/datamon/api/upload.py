@@ -54,7 +54,8 @@ def upload(
         check_name("label", options.label)
     progress = progress or NoProgress()
     root = scan(path)
-    files = root.all_files()
+    # In the order downloads walk the tree, so that packs hold files as they are read back.
+    files = sorted(root.all_files(), key=lambda f: os.path.relpath(f.path, path).split(os.sep))
     store.index.sync()
     # Remote stores need several PUTs in flight to fill the network; local disk does not.
     writers = 2 if store.blob.url.startswith("file:") else max(2, min(options.concurrency, 4))

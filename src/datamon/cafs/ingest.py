@@ -134,18 +134,19 @@ class Ingester:
         where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
         batch = _Batch()
         out: dict[str, tuple[ChunkRef, ...]] = {}
+        new: list[tuple[bytes, bytes, int]] = []
         for path, items in chunks.items():
             refs = tuple(ChunkRef(cid, len(raw)) for cid, raw in items)
             for cid, raw in items:
                 found = where.get(cid)
                 if found is not None:
                     batch.packs.add(found.pack)
-                elif not self.packer.seen(cid) and self.packer.add(
-                    cid, self._codec().encode(raw), len(raw)
-                ):
-                    batch.new += 1
+                elif not self.packer.seen(cid):
+                    new.append((cid, self._codec().encode(raw), len(raw)))
             batch.refs.extend(refs)
             out[path] = refs
+        # One call, so the group's chunks lie side by side in the pack, as they are read.
+        batch.new = self.packer.add_many(new)
         self._collect(batch, [])
         return out
 

@@ -38,19 +38,26 @@ class PackWriter:
 
     def add(self, cid: bytes, blob: bytes, size: int) -> bool:
         """Queue an encoded chunk; False if this writer already has it."""
-        sealed: tuple[bytearray, list[PackEntry]] | None = None
+        return self.add_many([(cid, blob, size)]) == 1
+
+    def add_many(self, chunks: list[tuple[bytes, bytes, int]]) -> int:
+        """Queue encoded chunks side by side in one pack; returns how many were new."""
+        sealed: list[tuple[bytearray, list[PackEntry]]] = []
+        added = 0
         with self._lock:
-            if cid in self._seen:
-                return False
-            self._seen.add(cid)
-            self._entries.append(PackEntry(cid, len(self._buffer), len(blob), size))
-            self._buffer += blob
-            self.chunks_written += 1
-            if len(self._buffer) >= self.pack_size:
-                sealed = self._take()
-        if sealed is not None:
-            self._submit(*sealed)
-        return True
+            for cid, blob, size in chunks:
+                if cid in self._seen:
+                    continue
+                self._seen.add(cid)
+                self._entries.append(PackEntry(cid, len(self._buffer), len(blob), size))
+                self._buffer += blob
+                added += 1
+                if len(self._buffer) >= self.pack_size:
+                    sealed.append(self._take())
+            self.chunks_written += added
+        for pack in sealed:
+            self._submit(*pack)
+        return added
 
     def _take(self) -> tuple[bytearray, list[PackEntry]]:
         data, entries = self._buffer, self._entries

@@ -12,8 +12,9 @@ from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 from datamon.errors import ChecksumMismatch, CorruptObject
 
-_WINDOW = 256
+_WINDOW = 128
 MAX_READ = 8 << 20
+MAX_GAP = 64 << 10
 
 
 class ChunkReader:
@@ -31,51 +32,59 @@ class ChunkReader:
         return codec
 
     def read(self, refs: Sequence[ChunkRef]) -> Iterator[bytes]:
-        """The raw bytes of each chunk, in order."""
+        """The raw bytes of each chunk, in order.
+
+        Each window of chunks is read in pack order, in ranges that cover neighbours
+        and small gaps, so chunks scattered over a pack cost few reads.
+        """
         for start in range(0, len(refs), _WINDOW):
             window = refs[start : start + _WINDOW]
             where = self.index.lookup_many([r.id for r in window])
-            yield from self._read_window(window, where)
+            missing = next((r for r in window if r.id not in where), None)
+            if missing is not None:
+                raise CorruptObject(f"chunk {missing.id.hex()}", "no pack in the store holds it")
+            got = self._fetch({r.id: where[r.id] for r in window})
+            for ref in window:
+                yield got[ref.id]
 
-    def _read_window(
-        self, refs: Sequence[ChunkRef], where: dict[bytes, Location]
-    ) -> Iterator[bytes]:
-        run: list[tuple[ChunkRef, Location]] = []
-        for ref in refs:
-            loc = where.get(ref.id)
-            if loc is None:
-                raise CorruptObject(f"chunk {ref.id.hex()}", "no pack in the store holds it")
+    def _fetch(self, wanted: dict[bytes, Location]) -> dict[bytes, bytes]:
+        ordered = sorted(wanted.items(), key=lambda item: (item[1].pack, item[1].offset))
+        got: dict[bytes, bytes] = {}
+        run: list[tuple[bytes, Location]] = []
+        for cid, loc in ordered:
             if run and not _extends(run, loc):
-                yield from self._read_run(run)
+                self._read_run(run, got)
                 run = []
-            run.append((ref, loc))
+            run.append((cid, loc))
         if run:
-            yield from self._read_run(run)
+            self._read_run(run, got)
+        return got
 
-    def _read_run(self, run: list[tuple[ChunkRef, Location]]) -> Iterator[bytes]:
+    def _read_run(self, run: list[tuple[bytes, Location]], got: dict[bytes, bytes]) -> None:
         first = run[0][1]
-        last = run[-1][1]
+        end = max(loc.offset + loc.length for _cid, loc in run)
         key = pack_key(first.pack)
-        span = last.offset + last.length - first.offset
+        span = end - first.offset
         data = self.blob.get_range(key, first.offset, span)
         if len(data) < span:
             raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
         view = memoryview(data)
         codec = self._codec()
-        for ref, loc in run:
+        for cid, loc in run:
             at = loc.offset - first.offset
             raw = codec.decode(key, view[at : at + loc.length], loc.size)
             actual = digest(raw)
-            if actual != ref.id:
-                raise ChecksumMismatch(f"chunk {ref.id.hex()} in {key}", ref.id.hex(), actual.hex())
-            yield raw
+            if actual != cid:
+                raise ChecksumMismatch(f"chunk {cid.hex()} in {key}", cid.hex(), actual.hex())
+            got[cid] = raw
 
 
-def _extends(run: list[tuple[ChunkRef, Location]], loc: Location) -> bool:
+def _extends(run: list[tuple[bytes, Location]], loc: Location) -> bool:
+    """Whether ``loc`` is worth reading in the same range as ``run`` (sorted by offset)."""
     first = run[0][1]
-    prev = run[-1][1]
+    prev_end = max(run[-1][1].offset + run[-1][1].length, first.offset)
     return (
-        loc.pack == prev.pack
-        and loc.offset == prev.offset + prev.length
+        loc.pack == first.pack
+        and loc.offset - prev_end <= MAX_GAP
         and loc.offset + loc.length - first.offset <= MAX_READ
     )
