@@ -91,6 +91,8 @@ def upload(
         progress.finish()
     trees_before = store.trees.written
     top = _build(store, root, refs)
+    # Packs (and their indexes) must be durable before a ref can name them.
+    store.blob.flush()
     packs = tuple(sorted(set(written) | ingester.stats.packs_used))
     bid, bundle = _commit(store, repo, top, packs, options)
     stats = ingester.stats

@@ -70,6 +70,10 @@ class Backend(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def flush(self) -> None:
+        """Make every write that has returned durable (a barrier before refs move)."""
+        ...
+
     def close(self) -> None: ...
 
 

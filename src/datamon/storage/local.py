@@ -1,12 +1,17 @@
 """LocalBackend: the embedded default, a folder on local disk.
 
-Writes go to a temporary file beside the target, are fsynced, then renamed into
-place, so a reader sees a whole object or none. Compare-and-swap holds an
-exclusive ``flock`` on ``<key>.lock`` while it checks and replaces the object.
+Writes go to a temporary file beside the target, then are renamed into place, so
+a reader sees a whole object or none. Plain writes are made durable together by
+:meth:`LocalBackend.flush` (one ``syncfs``), which every compare-and-swap calls
+first: an object is on disk before any ref can point at it. Compare-and-swap
+holds an exclusive ``flock`` on ``<key>.lock`` while it checks and replaces the
+object, and fsyncs the new ref and its folder.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -27,6 +32,18 @@ from datamon.storage.base import ObjectInfo, Payload, check_key, check_prefix
 
 TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.syncfs  # noqa: B018 - present on Linux only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
 
 
 def _version(data: Payload) -> str:
@@ -53,6 +70,7 @@ class LocalBackend:
                 raise StoreUnreachable(f"cannot create store folder {self.root}: {exc}") from None
         if not self.root.is_dir():
             raise StoreUnreachable(f"store folder does not exist: {self.root}")
+        self._dirty = False
 
     @property
     def url(self) -> str:
@@ -89,7 +107,7 @@ class LocalBackend:
         data = self.get(key)
         return data, _version(data)
 
-    def _write_temp(self, path: Path, data: Payload) -> Path:
+    def _write_temp(self, path: Path, data: Payload, sync: bool = False) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -97,7 +115,10 @@ class LocalBackend:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
+            else:
+                self._dirty = True
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -146,7 +167,8 @@ class LocalBackend:
                 actual = None
             if actual != expected:
                 raise RefConflict(key, expected, actual)
-            tmp = self._write_temp(path, data)
+            self.flush()
+            tmp = self._write_temp(path, data, sync=True)
             os.replace(tmp, path)
             dir_fd = os.open(path.parent, os.O_RDONLY)
             try:
@@ -186,6 +208,18 @@ class LocalBackend:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def flush(self) -> None:
+        """One file-system-wide sync instead of an fsync per object written."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _LIBC is None or _LIBC.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         pass

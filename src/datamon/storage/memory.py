@@ -91,5 +91,8 @@ class MemoryBackend:
     def exists(self, key: str) -> bool:
         return check_key(key) in self._objects
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass

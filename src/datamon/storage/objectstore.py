@@ -346,5 +346,8 @@ class ObjectStoreBackend:
             return False
         return True
 
+    def flush(self) -> None:
+        """Object stores acknowledge a PUT only once it is durable: nothing to do."""
+
     def close(self) -> None:
         pass

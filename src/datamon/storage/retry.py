@@ -109,5 +109,8 @@ class RetryingBackend:
     def exists(self, key: str) -> bool:
         return self._call(f"stat {key}", lambda: self.inner.exists(key))
 
+    def flush(self) -> None:
+        self._call("flush", self.inner.flush)
+
     def close(self) -> None:
         self.inner.close()

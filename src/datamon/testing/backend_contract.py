@@ -159,6 +159,14 @@ class BackendContract:
         backend.delete("gone")
         backend.delete("never/existed")
 
+    def test_flush_keeps_what_was_written(self, backend: Backend) -> None:
+        backend.put("durable/a", b"a")
+        assert backend.put_if_absent("durable/b", b"b")
+        backend.flush()
+        backend.flush()
+        assert backend.get("durable/a") == b"a"
+        assert backend.get("durable/b") == b"b"
+
     def test_stat(self, backend: Backend) -> None:
         backend.put("sized", b"12345")
         info = backend.stat("sized")
