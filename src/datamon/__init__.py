@@ -3,6 +3,11 @@
 Versioned, deduplicated datasets ("bundles") in a local folder or your own bucket.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
+
 from datamon.api.diff import Change
 from datamon.api.repository import FileInfo, Repository
 from datamon.api.store import Store
@@ -10,6 +15,9 @@ from datamon.api.upload import UploadOptions, UploadResult
 from datamon.api.verify import VerifyReport
 from datamon.core.model import Author, Bundle, Ref
 from datamon.errors import DatamonError
+
+if TYPE_CHECKING:
+    from datamon.fs.sdk import NotebookRepository
 
 __all__ = [
     "Author",
@@ -23,6 +31,33 @@ __all__ = [
     "UploadOptions",
     "UploadResult",
     "VerifyReport",
+    "open",
+    "repo",
 ]
 
 __version__ = "0.1.0"
+
+
+# fsspec takes a fifth of a second to import: the filesystem loads on first use only.
+def open(
+    url: str, mode: str = "rb", encoding: str | None = None, **storage_options: Any
+) -> IO[Any]:
+    """Open ``datamon://repo@ref/path``; writing modes commit a new bundle on close.
+
+    See :func:`datamon.fs.open`.
+    """
+    from datamon.fs.sdk import open as open_url
+
+    return open_url(url, mode, encoding, **storage_options)
+
+
+def repo(
+    name: str,
+    store: str | None = None,
+    blob: str | None = None,
+    options: Mapping[str, str] | None = None,
+) -> NotebookRepository:
+    """Repo ``name`` of the configured store, with reads by path; see :func:`datamon.fs.repo`."""
+    from datamon.fs.sdk import repo as open_repo
+
+    return open_repo(name, store, blob, options)

@@ -23,7 +23,8 @@ Every error Datamon raises derives from :class:`DatamonError`; foreign errors
     │   ├── BundleNotFound
     │   ├── LabelNotFound
     │   ├── BranchNotFound
-    │   └── PathNotInBundle
+    │   ├── PathNotInBundle
+    │   └── RunNotFound
     ├── AmbiguousId
     ├── AlreadyExists
     │   ├── RepoExists
@@ -32,7 +33,11 @@ Every error Datamon raises derives from :class:`DatamonError`; foreign errors
     ├── SourceUnreadable
     ├── UnsafePath
     ├── InvalidName
-    └── InvalidArgument
+    ├── InvalidArgument
+    └── PipelineError
+        ├── TaskDefinitionError
+        │   └── ParameterError
+        └── DependencyCycle
 """
 
 from __future__ import annotations
@@ -247,3 +252,42 @@ class InvalidName(DatamonError):
 
 class InvalidArgument(DatamonError):
     """A value given by the caller cannot be used (a bad pattern, say)."""
+
+
+# pipelines -----------------------------------------------------------------------------------
+
+
+class RunNotFound(NotFound):
+    kind = "run"
+
+
+class PipelineError(DatamonError):
+    """A pipeline cannot be planned or run as defined."""
+
+
+class TaskDefinitionError(PipelineError):
+    """A task class or instance is malformed (no output, not importable, bad requires)."""
+
+
+class ParameterError(TaskDefinitionError):
+    """A task parameter is missing, unknown, of the wrong type or not JSON-serialisable."""
+
+    def __init__(self, task: str, name: str, reason: str) -> None:
+        super().__init__(task, name, reason)
+        self.task = task
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"parameter {self.name!r} of {self.task}: {self.reason}"
+
+
+class DependencyCycle(PipelineError):
+    """Tasks require each other in a loop; ``cycle`` names them, first repeated last."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        super().__init__(tuple(cycle))
+        self.cycle = tuple(cycle)
+
+    def __str__(self) -> str:
+        return "dependency cycle: " + " -> ".join(self.cycle)

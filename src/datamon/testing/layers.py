@@ -3,7 +3,7 @@
 Every module of the ``datamon`` package belongs to one layer and may import only
 modules of its own layer or lower ones, at module level or inside functions alike.
 ``datamon.testing`` is outside the layers (it may import anything), and the package
-facade ``datamon/__init__.py`` may import the API layer and below.
+facade ``datamon/__init__.py`` may import the fs layer and below (``datamon.open``).
 
 The checker reads source with :mod:`ast` and imports nothing, so it also sees
 imports that only run inside functions (lazy imports of heavy dependencies).
@@ -19,7 +19,7 @@ from pathlib import Path
 ANYTHING = 99
 """The level of modules that may import every layer."""
 
-FACADE_LEVEL = 3
+FACADE_LEVEL = 4
 
 LAYERS: dict[str, int] = {
     "datamon.errors": 0,
