@@ -16,6 +16,7 @@ from datamon.cli.context import AppContext
 from datamon.cli.demo_cmd import demo
 from datamon.cli.label_cmd import label
 from datamon.cli.repo_cmd import repo
+from datamon.cli.run_cmd import run_group
 from datamon.errors import DatamonError
 
 EXIT_ERROR = 1
@@ -51,7 +52,7 @@ def cli(ctx: click.Context, debug: bool, store_override: str | None) -> None:
     )
 
 
-for command in (config, repo, bundle, label, branch, demo):
+for command in (config, repo, bundle, label, branch, demo, run_group):
     cli.add_command(command)
 
 

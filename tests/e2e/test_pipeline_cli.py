@@ -1,0 +1,181 @@
+"""``datamon run``: failures, bad input, logs and Ctrl-C, through the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .support import Datamon, assert_clean_error, describe
+
+TASKS = """
+import os, time
+from pathlib import Path
+from datamon.pipeline import BundleOutput, IntParameter, StrParameter, Task
+
+class Make(Task):
+    text = StrParameter(default="hello")
+
+    def output(self):
+        return BundleOutput("made")
+
+    def run(self, ctx):
+        ctx.output.mkdir()
+        (ctx.output / "text.txt").write_text(self.text)
+        print("made", self.text)
+
+
+class Broken(Task):
+    def requires(self):
+        return Make()
+
+    def output(self):
+        return BundleOutput("broken")
+
+    def run(self, ctx):
+        print("about to fail")
+        raise RuntimeError("this step is broken")
+
+
+class Sleepy(Task):
+    marker = StrParameter(significant=False, default="")
+
+    def requires(self):
+        return Make()
+
+    def output(self):
+        return BundleOutput("sleepy")
+
+    def run(self, ctx):
+        Path(self.marker).write_text("started")
+        time.sleep(60)
+        ctx.output.mkdir()
+
+
+class Ticker(Task):
+    def output(self):
+        return BundleOutput("ticks")
+
+    def run(self, ctx):
+        for i in range(6):
+            print(f"tick {i}", flush=True)
+            time.sleep(0.4)
+        ctx.output.mkdir()
+
+
+class Cycle(Task):
+    def requires(self):
+        return Cycle2()
+
+    def output(self):
+        return BundleOutput("c")
+
+
+class Cycle2(Task):
+    def requires(self):
+        return Cycle()
+
+    def output(self):
+        return BundleOutput("c")
+"""
+
+
+@pytest.fixture
+def dm(tmp_path: Path) -> Datamon:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "cli_tasks.py").write_text(TASKS)
+    runner = Datamon.at(tmp_path / "user", PYTHONPATH=str(code))
+    runner("config", "create", "--name", "Test User", "--email", "t@example.com")
+    return runner
+
+
+def test_failed_step_exits_non_zero_with_traceback_in_logs(dm: Datamon) -> None:
+    result = dm("run", "start", "cli_tasks:Broken", "--executor", "inline", check=False)
+    assert "RUN     failed      Broken-" in result.stdout, describe(result)
+    assert "error: RuntimeError: this step is broken" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(": failed")
+    logs = dm("run", "logs", "latest", "Broken")
+    assert "about to fail" in logs.stdout
+    assert "Traceback (most recent call last)" in logs.stdout
+    assert "RuntimeError: this step is broken" in logs.stdout
+    show = dm("run", "show", "latest")
+    assert "task Make-" in show.stdout and "RUN , succeeded" in show.stdout
+    # The upstream output stays committed: running again starts at the failed step.
+    again = dm("run", "start", "cli_tasks:Broken", "--executor", "inline", check=False)
+    assert "REUSE   reused      Make-" in again.stdout, describe(again)
+
+
+def test_bad_input_is_one_clean_error(dm: Datamon) -> None:
+    assert_clean_error(dm("run", "start", "cli_tasks:Cycle", check=False), "dependency cycle")
+    assert_clean_error(
+        dm("run", "start", "cli_tasks:Make", "--param", "nope=1", check=False), "no parameter"
+    )
+    assert_clean_error(dm("run", "start", "no_such_module:Task", check=False), "cannot import")
+    assert_clean_error(dm("run", "show", "nope", check=False), "run not found")
+    assert_clean_error(dm("run", "start", "cli_tasks:Make", "--force", "X", check=False), "no such")
+
+
+def test_dry_run_and_json_listings(dm: Datamon) -> None:
+    plan = dm("run", "start", "cli_tasks:Make", "--dry-run")
+    assert "RUN     Make-" in plan.stdout and "no previous run" in plan.stdout
+    assert json.loads(dm("run", "list", "--json").stdout) == []
+    dm("run", "start", "cli_tasks:Make", "--param", "text=hi", "--executor", "inline")
+    built = json.loads(dm("run", "start", "cli_tasks:Make", "--param", "text=hi", "--json").stdout)
+    assert built["status"] == "succeeded"
+    assert [s["decision"] for s in built["steps"]] == ["REUSE"]
+    assert len(json.loads(dm("run", "list", "--json").stdout)) == 2
+    lines = dm("run", "list").stdout.splitlines()
+    assert len(lines) == 2 and lines[0].count(" , ") == 3
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_rerun_resumes(dm: Datamon, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    args = ["run", "start", "cli_tasks:Sleepy", "--param", f"marker={marker}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "datamon", *args],
+        env=dm.env,
+        cwd=dm.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), process.communicate()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (out, err)
+    assert "interrupted" in err
+    show = json.loads(dm("run", "show", "latest", "--json").stdout)
+    assert show["status"] == "interrupted"
+    status = {t["family"].rpartition(".")[2]: t["status"] for t in show["tasks"]}
+    assert status == {"Make": "succeeded", "Sleepy": "interrupted"}
+    plan = dm("run", "start", "cli_tasks:Sleepy", "--dry-run")
+    assert "REUSE   Make-" in plan.stdout and "RUN     Sleepy-" in plan.stdout
+
+
+def test_logs_follow_prints_output_while_the_run_goes_on(dm: Datamon) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "datamon", "run", "start", "cli_tasks:Ticker"],
+        env=dm.env,
+        cwd=dm.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = dm.default_store / "runs"
+    deadline = time.monotonic() + 60
+    while not list(runs.glob("*/logs/*.log")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    followed = dm("run", "logs", "latest", "Ticker", "--follow")
+    assert process.wait(timeout=60) == 0
+    ticks = [ln for ln in followed.stdout.splitlines() if ln.startswith("tick ")]
+    assert ticks == [f"tick {i}" for i in range(6)], describe(followed)
+    show = json.loads(dm("run", "show", "latest", "--json").stdout)
+    assert show["status"] == "succeeded"
