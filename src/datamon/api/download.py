@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from datamon.api.parallel import bounded_map
+from datamon.api.parallel import bounded_map, size_groups
 from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
@@ -100,20 +100,7 @@ def write_entries(
 
 def _groups(files: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]:
     """Small files travel together: their chunks sit side by side in packs."""
-    group: list[tuple[str, Entry]] = []
-    size = 0
-    for item in files:
-        if item[1].size > GROUP_BYTES:
-            yield [item]
-            continue
-        group.append(item)
-        size += item[1].size
-        if len(group) >= GROUP_FILES or size >= GROUP_BYTES:
-            yield group
-            group = []
-            size = 0
-    if group:
-        yield group
+    return size_groups(files, lambda item: item[1].size, GROUP_FILES, GROUP_BYTES)
 
 
 def write_group(store: Store, files: list[tuple[str, Entry]]) -> None:

@@ -30,3 +30,24 @@ def bounded_map(
         finally:
             for _item, future in pending:
                 future.cancel()
+
+
+def size_groups(
+    items: Iterable[T], size: Callable[[T], int], max_items: int, max_bytes: int
+) -> Iterator[list[T]]:
+    """Work units: an item over ``max_bytes`` alone, smaller ones together up to the limits."""
+    group: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if n > max_bytes:
+            yield [item]
+            continue
+        group.append(item)
+        total += n
+        if len(group) >= max_items or total >= max_bytes:
+            yield group
+            group = []
+            total = 0
+    if group:
+        yield group

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from datamon.api.parallel import bounded_map
+from datamon.api.parallel import bounded_map, size_groups
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.scan import LocalDir, LocalFile, scan
 from datamon.api.store import Store
@@ -109,21 +109,8 @@ def upload(
 
 
 def _groups(files: list[LocalFile]) -> Iterator[list[LocalFile]]:
-    """Work units: a large file alone, small files together (one index query per group)."""
-    group: list[LocalFile] = []
-    size = 0
-    for f in files:
-        if f.st.st_size > GROUP_BYTES:
-            yield [f]
-            continue
-        group.append(f)
-        size += f.st.st_size
-        if len(group) >= GROUP_FILES or size >= GROUP_BYTES:
-            yield group
-            group = []
-            size = 0
-    if group:
-        yield group
+    """A large file alone, small files together: one index query per group."""
+    return size_groups(files, lambda f: f.st.st_size, GROUP_FILES, GROUP_BYTES)
 
 
 def _mode(st: os.stat_result) -> int:
