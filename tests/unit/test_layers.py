@@ -68,6 +68,7 @@ def test_every_module_has_a_layer() -> None:
         ("datamon.fs.spec", 4),
         ("datamon.pipeline.task", 4),
         ("datamon.cli.main", 5),
+        ("datamon.contrib.luigi", 5),
         ("datamon.server.app", 5),
         ("datamon.testing.workloads", ANYTHING),
     ],

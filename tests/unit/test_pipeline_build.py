@@ -339,7 +339,7 @@ def test_process_pool_runs_independent_tasks_and_captures_their_output(store: St
 
 def test_executor_and_workers_are_checked(store: Store) -> None:
     with pytest.raises(InvalidArgument, match="unknown executor"):
-        run(store, Scale(), executor="dask")
+        run(store, Scale(), executor="spark")
     with pytest.raises(InvalidArgument, match="workers"):
         run(store, Scale(), workers=0)
 

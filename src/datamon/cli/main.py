@@ -11,10 +11,13 @@ import click
 from datamon import __version__
 from datamon.cli.branch_cmd import branch
 from datamon.cli.bundle_cmd import bundle
+from datamon.cli.chain_cmd import chain
 from datamon.cli.config_cmd import config
 from datamon.cli.context import AppContext
 from datamon.cli.demo_cmd import demo
 from datamon.cli.label_cmd import label
+from datamon.cli.lineage_cmd import lineage
+from datamon.cli.mount_cmd import mount, unmount
 from datamon.cli.repo_cmd import repo
 from datamon.cli.run_cmd import run_group
 from datamon.errors import DatamonError
@@ -52,8 +55,11 @@ def cli(ctx: click.Context, debug: bool, store_override: str | None) -> None:
     )
 
 
-for command in (config, repo, bundle, label, branch, demo, run_group):
+for command in (config, repo, bundle, label, branch, demo, run_group, chain):
     cli.add_command(command)
+# Bundle commands that live in their own modules (they pull in FUSE and pipeline code lazily).
+for sub in (mount, unmount, lineage):
+    bundle.add_command(sub)
 
 
 def run(group: click.Group, args: list[str] | None = None) -> int:

@@ -9,8 +9,9 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -104,20 +105,42 @@ def _step_line(step: StepResult) -> None:
         click.echo(f"{'':<7} {'':<11} {step.id}  error: {step.error}")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def build_options(f: F) -> F:
+    """The options of a build: workers, executor, scheduler, dry run and forcing."""
+    options = [
+        click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True),
+        click.option(
+            "--executor",
+            type=click.Choice(["process", "inline", "dask"]),
+            default="process",
+            show_default=True,
+            help="A pool of spawned processes, the build's own threads, or a Dask cluster.",
+        ),
+        click.option(
+            "--scheduler",
+            metavar="ADDRESS",
+            envvar="DATAMON_DASK_SCHEDULER",
+            default=None,
+            help="The Dask scheduler (tcp://host:8786) for --executor dask.",
+        ),
+        click.option(
+            "--dry-run", is_flag=True, help="Print the plan (REUSE / RUN / BLOCKED, and why)."
+        ),
+        click.option("--force", multiple=True, metavar="TASK", help="Run this task even if done."),
+        click.option("--force-downstream", is_flag=True, help="Also run everything below --force."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @run_group.command("start")
 @click.argument("target")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A task parameter.")
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option(
-    "--executor",
-    type=click.Choice(["process", "inline"]),
-    default="process",
-    show_default=True,
-    help="A pool of spawned processes, or the build's own threads.",
-)
-@click.option("--dry-run", is_flag=True, help="Print the plan (REUSE / RUN / BLOCKED, and why).")
-@click.option("--force", multiple=True, metavar="TASK", help="Run this task even if done.")
-@click.option("--force-downstream", is_flag=True, help="Also run everything below --force.")
+@build_options
 @json_option
 @pass_app
 def start(
@@ -126,6 +149,7 @@ def start(
     params: tuple[str, ...],
     workers: int,
     executor: str,
+    scheduler: str | None,
     dry_run: bool,
     force: tuple[str, ...],
     force_downstream: bool,
@@ -138,11 +162,41 @@ def start(
       datamon run start mlpipe.tasks:Evaluate --param C=0.5 --workers 2
       datamon run start mlpipe.tasks:Evaluate --dry-run
       datamon run start mlpipe.tasks:Evaluate --force Clean --force-downstream
+      datamon run start mlpipe.tasks:Evaluate --executor dask --scheduler tcp://10.0.0.5:8786
     """
-    from datamon.pipeline import BuildOptions, build
-
     cls = _load_task_class(target)
     task = cls(**_parse_params(cls, params))
+    build_and_report(
+        app,
+        task,
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        dry_run=dry_run,
+        force=force,
+        force_downstream=force_downstream,
+        as_json=as_json,
+    )
+
+
+def build_and_report(
+    app: AppContext,
+    task: Task,
+    *,
+    workers: int,
+    executor: str,
+    scheduler: str | None,
+    dry_run: bool,
+    force: tuple[str, ...],
+    force_downstream: bool,
+    as_json: bool,
+) -> None:
+    """Build ``task`` and print the steps and the outcome (``run start``, ``chain run``)."""
+    from datamon.pipeline import BuildOptions, build
+    from datamon.pipeline.location import StoreLocation
+
+    if executor == "dask" and not scheduler and not dry_run:
+        raise click.UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
     options = BuildOptions(
         author=_author(app), on_step=None if (as_json or dry_run) else _step_line
     )
@@ -155,6 +209,9 @@ def start(
         force=force,
         force_downstream=force_downstream,
         options=options,
+        scheduler=scheduler,
+        # Dask workers open the store themselves, exactly as this command did.
+        location=StoreLocation.from_config(app.config, app.store_override),
     )
     if as_json:
         emit_json(result)

@@ -29,6 +29,7 @@ from datamon.pipeline.code import CodeHasher
 from datamon.pipeline.environment import code_version, environment
 from datamon.pipeline.executor import StepRunner
 from datamon.pipeline.graph import EXTERNAL, TASK, WRAPPER, Graph, build_graph
+from datamon.pipeline.location import StoreLocation
 from datamon.pipeline.locks import DEFAULT_STALE_AFTER
 from datamon.pipeline.params import json_value
 from datamon.pipeline.planner import Decision, Planner, Resolved, blocked_by
@@ -57,14 +58,16 @@ from datamon.pipeline.result import BuildResult, StepResult
 from datamon.pipeline.runstore import RunStore, new_run_id
 from datamon.pipeline.task import Task
 
-EXECUTORS = ("process", "inline")
+EXECUTORS = ("process", "inline", "dask")
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build. ``executor`` is ``process`` (a spawned process pool) or ``inline``
+    """How to build. ``executor`` is ``process`` (a spawned process pool), ``inline``
     (tasks run in the build's threads: no import needed, but a running task cannot be
-    stopped and only WARNING-and-up logging of other loggers is captured)."""
+    stopped and only WARNING-and-up logging of other loggers is captured) or ``dask``
+    (attempts run on the Dask cluster at ``scheduler``, whose workers open the store at
+    ``location`` and download and upload bundles themselves)."""
 
     workers: int = 1
     executor: str = "process"
@@ -77,6 +80,8 @@ class BuildOptions:
     lock_stale_after: float = DEFAULT_STALE_AFTER
     log_interval: float = 1.0
     on_step: Callable[[StepResult], None] | None = None
+    scheduler: str | None = None
+    location: StoreLocation | None = None
 
 
 def build(
@@ -89,6 +94,8 @@ def build(
     force: Sequence[object] = (),
     force_downstream: bool = False,
     options: BuildOptions | None = None,
+    scheduler: str | None = None,
+    location: StoreLocation | None = None,
 ) -> BuildResult:
     """Build ``tasks`` and everything they require; returns each step's outcome.
 
@@ -96,21 +103,32 @@ def build(
     task id, class name or family); ``force_downstream`` also runs everything below them.
     With ``dry_run`` nothing runs and the result is the plan. Without ``store`` the
     configured store is used. Ctrl-C marks the run interrupted and re-raises.
+
+    ``executor="dask"`` sends attempts to the Dask scheduler at ``scheduler``
+    (``tcp://host:8786``); its workers open the store themselves at ``location``, which
+    defaults to where the configured store is, or is derived from ``store`` when that is
+    a local folder (a store opened with options needs ``location`` passed explicitly).
     """
+    base = options or BuildOptions()
     chosen = replace(
-        options or BuildOptions(),
+        base,
         workers=workers,
         executor=executor,
         dry_run=dry_run,
         force=tuple(force),
         force_downstream=force_downstream,
+        scheduler=scheduler or base.scheduler,
+        location=location or base.location,
     )
     if store is not None:
+        if chosen.executor == "dask" and chosen.location is None and not dry_run:
+            chosen = replace(chosen, location=StoreLocation.of_store(store))
         return Builder(store, list(tasks), chosen).run()
     config = load_config()
-    opened = Store.open(config.metadata_location, config.blob_location, config.options)
+    where = chosen.location or StoreLocation.from_config(config)
+    opened = where.open()
     try:
-        return Builder(opened, list(tasks), chosen).run()
+        return Builder(opened, list(tasks), replace(chosen, location=where)).run()
     finally:
         opened.close()
 
@@ -136,7 +154,9 @@ class Builder:
         self.runs = RunStore(store.meta)
         self.graph = build_graph(tasks)
         _check_params(self.graph)
-        if options.executor == "process" and not options.dry_run:
+        if options.executor == "dask" and not options.dry_run and not options.scheduler:
+            raise InvalidArgument("the dask executor needs a scheduler address (tcp://...)")
+        if options.executor in ("process", "dask") and not options.dry_run:
             _check_importable(self.graph)
         self.forced = _forced(self.graph, options.force, options.force_downstream)
         self.planner = Planner(store, self.graph, self.runs, self.forced, CodeHasher())

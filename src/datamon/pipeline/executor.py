@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from datamon.api.repository import Repository
+from datamon.api.store import Store
 from datamon.api.upload import UploadOptions
 from datamon.core.codecs import to_json
 from datamon.core.model import Author
@@ -54,6 +55,7 @@ from datamon.pipeline.worker import AttemptOutcome, AttemptSpec, run_in_process,
 
 if TYPE_CHECKING:
     from datamon.pipeline.build import Execution
+    from datamon.pipeline.daskexec import DaskPool
 
 SOURCE_EPOCH = 315532800
 """1980-01-01T00:00:00Z, the mtime of every file of an output bundle (as in zip files)."""
@@ -70,6 +72,7 @@ class StepRunner:
         self.store = execution.builder.store
         self.author = author
         self._pool: ProcessPoolExecutor | None = None
+        self._dask: DaskPool | None = None
         self._pool_lock = threading.Lock()
         self._leases: set[Lease] = set()
         self._live: dict[str, list[Path]] = {}
@@ -185,13 +188,14 @@ class StepRunner:
         )
         execution.save()
         folder = execution.work / node.id
-        local = self._download(folder / "inputs", decision.inputs)
+        remote = self.builder.options.executor == "dask"
+        local = [] if remote else self._download(folder / "inputs", decision.inputs)
         attempts = 1 + max(0, int(node.task.retry_count))
         for number in range(1, attempts + 1):
             if execution.cancelled.is_set():
                 self._end(task, INTERRUPTED, "interrupted")
                 return
-            if number > 1:
+            if number > 1 and not remote:
                 self._refresh_inputs(local, decision.inputs)
             staging = folder / f"attempt-{number}"
             staging.mkdir(parents=True, exist_ok=True)
@@ -213,12 +217,20 @@ class StepRunner:
                 task_id=node.id,
                 attempt=number,
             )
-            outcome = self._execute(node, spec)
+            uploaded: BundleRef | None = None
+            if remote:
+                outcome, uploaded = self._execute_remote(node, decision, spec)
+            else:
+                outcome = self._execute(node, spec)
             if outcome.status == SUCCEEDED and execution.cancelled.is_set():
                 outcome = AttemptOutcome(INTERRUPTED, "interrupted", outcome.metrics)
             if outcome.status == SUCCEEDED:
                 try:
-                    output = self._commit(node, decision, Path(spec.output), outcome.metrics)
+                    if uploaded is not None:
+                        output = uploaded
+                        self._record(node, decision, output, outcome.metrics)
+                    else:
+                        output = self._commit(node, decision, Path(spec.output), outcome.metrics)
                 except (DatamonError, OSError) as exc:
                     _append(log, f"committing the output failed: {exc}\n")
                     outcome = AttemptOutcome(FAILED, f"commit failed: {exc}", outcome.metrics)
@@ -291,38 +303,24 @@ class StepRunner:
         self, node: Node, decision: Decision, folder: Path, metrics: dict[str, Any]
     ) -> BundleRef:
         assert isinstance(node.output, BundleOutput)
+        output = upload_output(
+            self.store,
+            folder,
+            task_id=node.id,
+            family=node.family,
+            significant=node.task.significant_params,
+            target=node.output,
+            author=self.author,
+            message=f"{node.id} (run {self.execution.record.id})",
+        )
+        self._record(node, decision, output, metrics)
+        return output
+
+    def _record(
+        self, node: Node, decision: Decision, output: BundleRef, metrics: dict[str, Any]
+    ) -> None:
+        """Commit the fingerprint entry of an output bundle that is already uploaded."""
         assert decision.manifest is not None
-        for name in (PARAMS_JSON, PARAMS_TXT):
-            if os.path.lexists(folder / name):
-                raise TaskDefinitionError(
-                    f"{node.id} wrote {name} into its output; Datamon writes that file"
-                )
-        significant = node.task.significant_params
-        (folder / PARAMS_JSON).write_bytes(
-            msgspec.json.format(to_json({"params": significant, "task": node.family}), indent=2)
-            + b"\n"
-        )
-        (folder / PARAMS_TXT).write_text(
-            "".join(f"{k}={_plain(v)}\n" for k, v in sorted(significant.items()))
-        )
-        normalize_mtimes(folder)
-        repo = self._repo(node.output.repo, node.id)
-        result = repo.upload(
-            str(folder),
-            UploadOptions(
-                message=f"{node.id} (run {self.execution.record.id})",
-                author=self.author,
-                branch=node.output.branch,
-                label=node.output.label,
-            ),
-        )
-        output = BundleRef(
-            repo=repo.name,
-            bundle=result.bundle_id,
-            tree=result.bundle.tree,
-            label=node.output.label,
-            branch=node.output.branch,
-        )
         entry = FingerprintEntry(
             format=RUN_FORMAT,
             fingerprint=decision.fingerprint,
@@ -335,15 +333,6 @@ class StepRunner:
             metrics=dict(metrics),
         )
         self.builder.runs.commit(entry, replace=node.id in self.builder.forced)
-        return output
-
-    def _repo(self, name: str, nid: str) -> Repository:
-        try:
-            return Repository(self.store, name)
-        except RepoNotFound:
-            with contextlib.suppress(RepoExists):
-                Repository.create(self.store, name, f"outputs of pipeline task {nid}", self.author)
-            return Repository(self.store, name)
 
     # workers -------------------------------------------------------------------------------
 
@@ -359,6 +348,39 @@ class StepRunner:
             self._drop_pool(pool)
             _append(Path(spec.log), "the worker process died\n")
             return AttemptOutcome(FAILED, "the worker process died")
+
+    def _execute_remote(
+        self, node: Node, decision: Decision, spec: AttemptSpec
+    ) -> tuple[AttemptOutcome, BundleRef | None]:
+        """One attempt on a Dask worker, which downloads, runs and uploads by itself."""
+        from datamon.pipeline.daskexec import RemoteAttempt, RemoteInput
+
+        assert isinstance(node.output, BundleOutput)
+        options = self.builder.options
+        assert options.location is not None
+        attempt = RemoteAttempt(
+            spec=spec,
+            location=options.location,
+            inputs=[RemoteInput(i.name, i.repo, i.bundle) for i in decision.inputs],
+            family=node.family,
+            target=node.output,
+            author=self.author,
+            message=f"{node.id} (run {self.execution.record.id})",
+        )
+        result = self._get_dask().run(attempt)
+        if result.log:
+            _append(Path(spec.log), result.log)
+        if result.outcome.status == SUCCEEDED and result.output is None:
+            return AttemptOutcome(FAILED, "the worker reported no output", {}), None
+        return result.outcome, result.output
+
+    def _get_dask(self) -> DaskPool:
+        from datamon.pipeline.daskexec import DaskPool
+
+        with self._pool_lock:
+            if self._dask is None:
+                self._dask = DaskPool(self.builder.options.scheduler or "")
+            return self._dask
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._pool_lock:
@@ -378,7 +400,9 @@ class StepRunner:
     def stop_workers(self) -> None:
         """Ctrl-C: end the worker processes now (their attempts are recorded interrupted)."""
         with self._pool_lock:
-            pool = self._pool
+            pool, dask = self._pool, self._dask
+        if dask is not None:
+            dask.stop()
         if pool is None:
             return
         # ProcessPoolExecutor has no public way to stop running work before Python 3.14.
@@ -390,6 +414,9 @@ class StepRunner:
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            dask, self._dask = self._dask, None
+        if dask is not None:
+            dask.close()
         if pool is not None:
             pool.shutdown(wait=not self.execution.cancelled.is_set(), cancel_futures=True)
 
@@ -467,6 +494,58 @@ class StepRunner:
         finally:
             stop.set()
             thread.join()
+
+
+def upload_output(
+    store: Store,
+    folder: Path,
+    *,
+    task_id: str,
+    family: str,
+    significant: dict[str, Any],
+    target: BundleOutput,
+    author: Author,
+    message: str,
+) -> BundleRef:
+    """Add ``params.json``/``params.txt``, normalise mtimes, upload ``folder`` as a bundle.
+
+    Used by the build (process and inline executors) and by Dask workers, which upload
+    their outputs themselves.
+    """
+    for name in (PARAMS_JSON, PARAMS_TXT):
+        if os.path.lexists(folder / name):
+            raise TaskDefinitionError(
+                f"{task_id} wrote {name} into its output; Datamon writes that file"
+            )
+    (folder / PARAMS_JSON).write_bytes(
+        msgspec.json.format(to_json({"params": significant, "task": family}), indent=2) + b"\n"
+    )
+    (folder / PARAMS_TXT).write_text(
+        "".join(f"{k}={_plain(v)}\n" for k, v in sorted(significant.items()))
+    )
+    normalize_mtimes(folder)
+    repo = output_repo(store, target.repo, task_id, author)
+    result = repo.upload(
+        str(folder),
+        UploadOptions(message=message, author=author, branch=target.branch, label=target.label),
+    )
+    return BundleRef(
+        repo=repo.name,
+        bundle=result.bundle_id,
+        tree=result.bundle.tree,
+        label=target.label,
+        branch=target.branch,
+    )
+
+
+def output_repo(store: Store, name: str, task_id: str, author: Author) -> Repository:
+    """The output repo ``name``, created if missing (by whichever writer comes first)."""
+    try:
+        return Repository(store, name)
+    except RepoNotFound:
+        with contextlib.suppress(RepoExists):
+            Repository.create(store, name, f"outputs of pipeline task {task_id}", author)
+        return Repository(store, name)
 
 
 def normalize_mtimes(folder: Path) -> None:

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "datamon.fs": 4,
     "datamon.pipeline": 4,
     "datamon.cli": 5,
+    "datamon.contrib": 5,
     "datamon.fuse": 5,
     "datamon.server": 5,
     "datamon.batteries": 5,

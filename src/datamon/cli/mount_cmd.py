@@ -1,0 +1,270 @@
+"""``datamon bundle mount`` / ``mount new`` / ``mount commit`` and ``datamon bundle unmount``.
+
+The FUSE code (and its binding) is imported only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from datamon.api.upload import DEFAULT_BRANCH
+from datamon.cli.context import AppContext, pass_app
+from datamon.cli.options import resolve
+from datamon.config import cache_dir
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``1G``, ``2GiB`` or a number of bytes."""
+    found = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not found:
+        raise click.BadParameter(f"{text!r} is not a size such as 512M or 2G", param_hint="SIZE")
+    return int(found.group(1)) * _UNITS[found.group(2).upper()]
+
+
+def _app(ctx: click.Context) -> AppContext:
+    app: AppContext = ctx.find_object(AppContext)  # type: ignore[assignment]
+    return app
+
+
+def _need(value: str | None, flag: str) -> str:
+    if not value:
+        raise click.UsageError(f"missing option {flag}")
+    return value
+
+
+def _check_cache() -> None:
+    """Before the store is opened: opening it writes its index under the cache folder."""
+    from datamon.fuse import check_writable
+
+    check_writable(cache_dir(), "cache folder")
+
+
+def _prepare(app: AppContext, mountpoint: str, stream: bool) -> str:
+    """Every check that can fail before anything is mounted or written."""
+    from datamon.fuse import check_mountpoint, check_writable
+
+    real = check_mountpoint(mountpoint)
+    if not stream:
+        check_writable(app.store.cache_dir / "chunks", "chunk cache folder")
+    return real
+
+
+def _daemonize(app: AppContext, mountpoint: str, args: list[str]) -> None:
+    """Run this command again in the background and return once its mount is ready."""
+    from datamon.fuse import MountError, MountState
+    from datamon.fuse.mount import wait_ready
+
+    argv = [sys.executable, "-m", "datamon"]
+    if app.debug:
+        argv.append("--debug")
+    if app.store_override:
+        argv += ["--store", app.store_override]
+    state = MountState(mountpoint)
+    state.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(state.log, "wb") as log:
+        process = subprocess.Popen(
+            [*argv, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_ready(mountpoint, process, str(state.log))
+    except MountError:
+        process.wait(10)
+        state.log.unlink(missing_ok=True)
+        raise
+    click.echo(f"Mount process {process.pid} serves {mountpoint}; log: {state.log}", err=True)
+
+
+def _options(cache_size: str, prefetch: int, stream: bool) -> Any:
+    from datamon.fuse import MountOptions
+
+    return MountOptions(prefetch=prefetch, cache_size=parse_size(cache_size), stream=stream)
+
+
+@click.group("mount", invoke_without_command=True)
+@click.option("--repo", default=None, help="Name of the repo.")
+@click.option("--bundle", default=None, help="Bundle id, or a unique prefix of one.")
+@click.option("--label", default=None, help="Mount the bundle this label names.")
+@click.option("--branch", default=None, help="Mount the head of this branch.")
+@click.option("--mount", "mountpoint", default=None, type=str, help="Empty folder.")
+@click.option("--stream", is_flag=True, help="Keep no chunks in the local disk cache.")
+@click.option("--cache-size", default="1G", show_default=True, help="Disk chunk cache bound.")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 1024),
+    default=8,
+    show_default=True,
+    help="Chunks read ahead on sequential reads.",
+)
+@click.option("--daemonize", is_flag=True, help="Return once mounted; serve in the background.")
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    repo: str | None,
+    bundle: str | None,
+    label: str | None,
+    branch: str | None,
+    mountpoint: str | None,
+    stream: bool,
+    cache_size: str,
+    prefetch: int,
+    daemonize: bool,
+) -> None:
+    """Mount a bundle read-only; files are fetched lazily as they are read.
+
+    Runs until unmounted (or Ctrl-C); with --daemonize it returns once the mount is ready.
+
+    \b
+    Example:
+      datamon bundle mount --repo my-data --label init --mount /mnt/data --daemonize
+      datamon bundle unmount /mnt/data
+    """
+    if ctx.invoked_subcommand:
+        return
+    app = _app(ctx)
+    _check_cache()
+    r = app.repo(_need(repo, "--repo"))
+    where = _need(mountpoint, "--mount")
+    options = _options(cache_size, prefetch, stream)
+    real = _prepare(app, where, stream)
+    bid = resolve(r, bundle, label, branch)
+    if daemonize:
+        args = ["bundle", "mount", "--repo", r.name, "--bundle", bid, "--mount", real]
+        args += ["--cache-size", cache_size, "--prefetch", str(prefetch)]
+        _daemonize(app, real, [*args, *(["--stream"] if stream else [])])
+        click.echo(f"Mounted bundle {bid} of repo {r.name} at {real}")
+        return
+    from datamon.fuse import serve_readonly
+
+    click.echo(f"Mounting bundle {bid} of repo {r.name} at {real} (Ctrl-C to unmount)", err=True)
+    serve_readonly(app.store, r.name, bid, real, options)
+
+
+def _from(app: AppContext, repo: str, ref: str) -> tuple[str, str | None]:
+    """The bundle ``--from`` names (``label:X``, ``branch:X``, ``bundle:X`` or a bare name),
+    and the branch it names, if any."""
+    from datamon.fs.view import resolve_ref
+
+    r = app.repo(repo)
+    kind, sep, name = ref.partition(":")
+    if sep and kind in ("label", "branch", "bundle"):
+        return r.resolve(**{kind: name}), name if kind == "branch" else None
+    bid = resolve_ref(r, ref)
+    if bid is None:
+        raise click.UsageError(f"--from {ref}: nothing to start from")
+    is_branch = app.store.refs.read(repo, "branch", ref) is not None
+    return bid, ref if is_branch else None
+
+
+def _print_commit(reply: dict[str, Any]) -> None:
+    if reply.get("bundle"):
+        click.echo(f"{reply.get('new_chunks', 0)} new chunks stored", err=True)
+        click.echo(f"Uploaded bundle id:{reply['bundle']}")
+    else:
+        click.echo("Nothing to commit: the mount matches its branch head", err=True)
+
+
+@mount.command("new")
+@click.option("--repo", required=True, help="Name of the repo.")
+@click.option("--mount", "mountpoint", required=True, type=str, help="Empty folder.")
+@click.option("--message", required=True, help="Message of the bundles committed.")
+@click.option("--label", default=None, help="Point this label at each committed bundle.")
+@click.option("--branch", default=None, help="Branch to commit on [default: --from's or main].")
+@click.option(
+    "--from",
+    "from_ref",
+    default=None,
+    help="Start from this bundle: label:NAME, branch:NAME, bundle:ID or a bare name.",
+)
+@click.option("--cache-size", default="1G", show_default=True, help="Disk chunk cache bound.")
+@click.option("--prefetch", type=click.IntRange(0, 1024), default=8, show_default=True)
+@click.option("--daemonize", is_flag=True, help="Return once mounted; serve in the background.")
+@pass_app
+def mount_new(
+    app: AppContext,
+    repo: str,
+    mountpoint: str,
+    message: str,
+    label: str | None,
+    branch: str | None,
+    from_ref: str | None,
+    cache_size: str,
+    prefetch: int,
+    daemonize: bool,
+) -> None:
+    """Mount a writable tree, empty or starting from a bundle; changes stay on local disk
+    until unmount, Ctrl-C or `datamon bundle mount commit DIR` commit them as a new bundle.
+
+    \b
+    Example:
+      datamon bundle mount new --repo my-data --mount /mnt/w --message "fix" --from label:init
+      datamon bundle mount commit /mnt/w
+      datamon bundle unmount /mnt/w
+    """
+    from datamon.fuse import CommitTarget
+
+    options = _options(cache_size, prefetch, False)
+    _check_cache()
+    author = app.author
+    app.store.repos.get(repo)
+    real = _prepare(app, mountpoint, False)
+    base, from_branch = _from(app, repo, from_ref) if from_ref else (None, None)
+    target_branch = branch or from_branch or DEFAULT_BRANCH
+    target = CommitTarget(repo, target_branch, message, author, label)
+    if daemonize:
+        args = ["bundle", "mount", "new", "--repo", repo, "--mount", real, "--message", message]
+        args += ["--branch", target_branch, "--cache-size", cache_size, "--prefetch", str(prefetch)]
+        args += ["--label", label] if label else []
+        args += ["--from", f"bundle:{base}"] if base else []
+        _daemonize(app, real, args)
+        click.echo(f"Mounted a writable tree of repo {repo} at {real} (branch {target_branch})")
+        return
+    from datamon.fuse import serve_writable
+
+    click.echo(f"Mounting a writable tree of repo {repo} at {real} (Ctrl-C to commit)", err=True)
+    serve_writable(app.store, target, base, real, options, _print_commit)
+
+
+@mount.command("commit")
+@click.argument("mountpoint", type=str)
+def mount_commit(mountpoint: str) -> None:
+    """Commit what a writable mount has staged, as one new bundle; the mount stays.
+
+    \b
+    Example:
+      datamon bundle mount commit /mnt/w
+    """
+    from datamon.fuse import commit
+
+    _print_commit(commit(mountpoint))
+
+
+@click.command("unmount")
+@click.argument("mountpoint", type=str)
+def unmount(mountpoint: str) -> None:
+    """Unmount (committing a writable mount first); also cleans up after a killed mount.
+
+    \b
+    Example:
+      datamon bundle unmount /mnt/data
+    """
+    from datamon.fuse import unmount as do_unmount
+
+    reply = do_unmount(mountpoint)
+    if reply is not None:
+        _print_commit(reply)
+    click.echo(f"Unmounted {os.path.realpath(mountpoint)}", err=True)
+
+
+__all__ = ["mount", "unmount"]

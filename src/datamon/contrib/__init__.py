@@ -1,0 +1,1 @@
+"""Bridges to other tools (layer 5): :mod:`datamon.contrib.luigi` for luigi pipelines."""

@@ -1,0 +1,255 @@
+"""Serving a mount in this process, and the commands that talk to a running one.
+
+The FUSE loop runs in the foreground until the mountpoint is unmounted or the process gets
+SIGINT or SIGTERM (libfuse handles both by leaving its loop and unmounting). A writable mount
+then commits what is staged. A control socket lets ``datamon bundle mount commit`` and
+``datamon bundle unmount`` ask the process to commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from datamon.api.store import Store
+from datamon.cafs.chunkcache import DEFAULT_CACHE_SIZE, CachedChunkReader, ChunkCache
+from datamon.fs.view import BundleView, TreeCache
+from datamon.fuse.readahead import DEFAULT_MEMORY, DEFAULT_TIMEOUT, ReadAhead
+from datamon.fuse.readonly import BundleOperations
+from datamon.fuse.state import MountError, MountInfo, MountState, alive, mounted
+from datamon.fuse.writable import CommitTarget, StagingOperations
+
+log = logging.getLogger("datamon.fuse")
+
+READY_TIMEOUT = 30.0
+EXIT_TIMEOUT = 120.0
+CONTROL_TIMEOUT = 600.0
+# Bundles never change: the kernel may keep pages and attributes as long as it likes.
+FOREVER = 86400.0
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """How a mount reads: ``prefetch`` chunks ahead on sequential reads, a disk chunk cache
+    of ``cache_size`` bytes (none with ``stream``), at most ``memory`` bytes of chunks held."""
+
+    prefetch: int = 8
+    cache_size: int = DEFAULT_CACHE_SIZE
+    stream: bool = False
+    memory: int = DEFAULT_MEMORY
+    timeout: float = DEFAULT_TIMEOUT
+
+
+class Reading:
+    """The chunk reader and the bundle views of one mount."""
+
+    def __init__(self, store: Store, repo: str, options: MountOptions) -> None:
+        cache = None
+        if options.cache_size > 0 and not options.stream:
+            cache = ChunkCache(store.cache_dir / "chunks", options.cache_size)
+        self.store = store
+        self.repo = repo
+        self.trees = TreeCache(store.trees)
+        reader = CachedChunkReader(store.reader, cache)
+        self.readahead = ReadAhead(reader, options.prefetch, options.memory, options.timeout)
+
+    def view(self, bid: str | None) -> BundleView:
+        return BundleView(self.store, self.repo, bid, self.trees, self.readahead.reader)
+
+
+def serve_readonly(
+    store: Store, repo: str, bid: str, mountpoint: str, options: MountOptions
+) -> None:
+    reading = Reading(store, repo, options)
+    ops = BundleOperations(reading.view(bid), reading.readahead)
+    info = MountInfo(os.getpid(), mountpoint, repo, bid, writable=False)
+    fuse_options: dict[str, Any] = {"ro": True, "kernel_cache": True}
+    fuse_options |= {"attr_timeout": FOREVER, "entry_timeout": FOREVER}
+    try:
+        _serve(ops, info, fuse_options, {})
+    finally:
+        reading.readahead.close()
+
+
+def serve_writable(
+    store: Store,
+    target: CommitTarget,
+    base: str | None,
+    mountpoint: str,
+    options: MountOptions,
+    on_commit: Callable[[dict[str, Any]], None],
+) -> None:
+    """Serve until unmounted, then commit what is staged. If that commit fails, the staged
+    files stay in the mount's state folder and the error is raised."""
+    reading = Reading(store, target.repo, options)
+    state = MountState(mountpoint)
+    ops = StagingOperations(
+        store, target, reading.view(base), reading.view, reading.readahead, state.staging
+    )
+    info = MountInfo(os.getpid(), mountpoint, target.repo, base, writable=True)
+    try:
+        _serve(ops, info, {"attr_timeout": 1.0, "entry_timeout": 1.0}, {"commit": ops})
+        on_commit(_commit(ops))
+    finally:
+        reading.readahead.close()
+    ops.discard()
+
+
+def _commit(ops: StagingOperations) -> dict[str, Any]:
+    result = ops.commit()
+    if result is None:
+        return {"ok": True, "bundle": None}
+    return {"ok": True, "bundle": result.bundle_id, "new_chunks": result.new_chunks}
+
+
+def _serve(
+    ops: object, info: MountInfo, fuse_options: dict[str, Any], control: dict[str, Any]
+) -> None:
+    import mfusepy  # type: ignore[import-untyped]
+
+    state = MountState(info.mountpoint)
+    state.remove()
+    state.write(info)
+    server = _control_server(state, control)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="datamon-control")
+    thread.start()
+    try:
+        mfusepy.FUSE(
+            ops,
+            info.mountpoint,
+            foreground=True,
+            fsname=f"datamon:{info.repo}",
+            subtype="datamon",
+            **fuse_options,
+        )
+    except RuntimeError as exc:
+        raise MountError(f"could not mount {info.mountpoint}: libfuse returned {exc}") from None
+    finally:
+        server.shutdown()
+        server.server_close()
+        with contextlib.suppress(OSError):
+            os.unlink(state.socket)
+    if not control:
+        state.remove()
+
+
+def _control_server(state: MountState, control: dict[str, Any]) -> socketserver.UnixStreamServer:
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            request = json.loads(self.rfile.readline() or b"{}")
+            op = request.get("op")
+            try:
+                if op == "commit" and "commit" in control:
+                    reply = _commit(control["commit"])
+                elif op == "status":
+                    reply = {"ok": True, "pid": os.getpid()}
+                else:
+                    reply = {"ok": False, "error": f"unknown request {op!r}"}
+            except Exception as exc:
+                log.warning("commit failed: %s", exc)
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    with contextlib.suppress(OSError):
+        os.unlink(state.socket)
+    return socketserver.UnixStreamServer(state.socket, Handler)
+
+
+# talking to a running mount -----------------------------------------------------------------
+
+
+def request(mountpoint: str, op: str) -> dict[str, Any]:
+    """Send ``op`` to the process serving ``mountpoint`` and return its reply."""
+    state = MountState(mountpoint)
+    if state.live() is None:
+        raise MountError(f"no running datamon mount at {mountpoint}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONTROL_TIMEOUT)
+        try:
+            sock.connect(state.socket)
+            sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+            raw = sock.makefile("rb").readline()
+        except OSError as exc:
+            raise MountError(f"the mount at {mountpoint} did not answer: {exc}") from None
+    reply: dict[str, Any] = json.loads(raw or b'{"ok": false, "error": "no reply"}')
+    if not reply.get("ok"):
+        raise MountError(f"{op} failed at {mountpoint}: {reply.get('error')}")
+    return reply
+
+
+def commit(mountpoint: str) -> dict[str, Any]:
+    """Commit what a writable mount has staged; on failure it stays staged."""
+    info = MountState(mountpoint).live()
+    if info is not None and not info.writable:
+        raise MountError(f"{mountpoint} is a read-only mount: nothing to commit")
+    return request(mountpoint, "commit")
+
+
+def unmount(mountpoint: str) -> dict[str, Any] | None:
+    """Commit (if writable), unmount and wait for the process to end; a mount whose process
+    died is detached lazily. Returns the commit reply of a writable mount."""
+    state = MountState(mountpoint)
+    path = state.mountpoint
+    info = state.live()
+    if info is None:
+        stale = state.read() is not None
+        if mounted(path):
+            _fusermount("-u", "-z", path)
+        elif not stale:
+            raise MountError(f"nothing is mounted at {mountpoint}")
+        state.remove()
+        return None
+    reply = commit(path) if info.writable else None
+    _fusermount("-u", path)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while alive(info.pid):
+        if time.monotonic() > deadline:
+            raise MountError(f"the mount process {info.pid} did not exit after unmounting")
+        time.sleep(0.05)
+    return reply
+
+
+def _fusermount(*args: str) -> None:
+    try:
+        done = subprocess.run(["fusermount3", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise MountError("fusermount3 not found: install fuse3") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip() or f"exit code {done.returncode}"
+        if "busy" in reason.lower():
+            reason += " (close the files open under it, or leave the folder)"
+        raise MountError(f"could not unmount {args[-1]}: {reason}")
+
+
+def wait_ready(mountpoint: str, process: subprocess.Popen[bytes], log_file: str) -> None:
+    """Return once ``mountpoint`` is mounted by ``process``; raise with its last log line if
+    it exits first or takes too long."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not os.path.ismount(mountpoint):
+        code = process.poll()
+        if code is not None:
+            raise MountError(_last_error(log_file) or f"mount process exited with code {code}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise MountError(f"{mountpoint} was not mounted within {READY_TIMEOUT:.0f}s")
+        time.sleep(0.05)
+
+
+def _last_error(log_file: str) -> str:
+    with contextlib.suppress(OSError), open(log_file, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+        for line in reversed(lines):
+            if line.startswith("error:"):
+                return line.removeprefix("error:").strip()
+        return lines[-1] if lines else ""
+    return ""

@@ -1,0 +1,264 @@
+"""Real tools over FUSE mounts of bundles, driven through the ``datamon`` CLI.
+
+Skipped locally without /dev/fuse, fusermount3 or libfuse 3; failed on CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from datamon.testing.services import require_service
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    try:
+        import mfusepy  # type: ignore[import-untyped]  # noqa: F401
+    except (ImportError, OSError) as exc:
+        return f"mfusepy/libfuse3 cannot be loaded: {exc}"
+    return None
+
+
+class Cli:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = dict(os.environ)
+        self.env.update(
+            DATAMON_CONFIG=str(root / "datamon.yaml"),
+            DATAMON_CACHE_DIR=str(root / "cache"),
+        )
+        self.env.pop("DATAMON_STORE", None)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "datamon", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"datamon {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done
+
+    def sh(self, script: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-ec", script],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+
+def _force_unmount(path: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+
+
+def _source(root: Path) -> Path:
+    src = root / "src"
+    (src / "deep" / "er").mkdir(parents=True)
+    rng = random.Random(4)
+    (src / "big.bin").write_bytes(rng.randbytes(3 << 20))
+    (src / "a.txt").write_text("hello\n")
+    (src / "deep" / "b.csv").write_text("x,y\n" + "".join(f"{i},{i * i}\n" for i in range(5000)))
+    (src / "deep" / "er" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "deep" / "er" / "run.sh").chmod(0o755)
+    (src / "empty").write_bytes(b"")
+    os.symlink("deep/b.csv", src / "link.csv")
+    os.utime(src / "a.txt", ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    return src
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    missing = _fuse_missing()
+    if missing:
+        require_service("FUSE", missing)
+    (tmp_path / "datamon.yaml").write_text(
+        f"name: Ada\nemail: ada@example.com\nstore: {tmp_path / 'store'}\n"
+    )
+    c = Cli(tmp_path)
+    c.run("repo", "create", "--repo", "data", "--description", "fuse tests")
+    src = str(_source(tmp_path))
+    c.run("bundle", "upload", "--path", src, "--message", "v1", "--repo", "data", "--label", "v1")
+    yield c
+    for mnt in tmp_path.glob("mnt*"):
+        _force_unmount(mnt)
+
+
+def _head(c: Cli) -> str:
+    return c.run("bundle", "list", "--repo", "data").stdout.strip().splitlines()[-1].split(" , ")[0]
+
+
+@pytest.fixture
+def mounted(cli: Cli, tmp_path: Path) -> Path:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(
+        "bundle", "mount", "--repo", "data", "--label", "v1", "--mount", str(mnt), "--daemonize"
+    )
+    assert os.path.ismount(mnt)
+    return mnt
+
+
+def test_tools_read_the_mount(cli: Cli, mounted: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    found = cli.sh("find . | sort", mounted).stdout
+    assert found == cli.sh("find . | sort", src).stdout
+    cli.sh("find . -type f -print0 | xargs -0 sha256sum > ../sums", src)
+    assert "OK" in cli.sh(f"sha256sum -c {tmp_path / 'sums'}", mounted).stdout
+    assert cli.sh("cat a.txt link.csv | head -2", mounted).stdout == "hello\nx,y\n"
+    cli.sh(f"tar cf {tmp_path / 'x.tar'} . && mkdir -p {tmp_path / 'untar'}", mounted)
+    cli.sh(f"tar xf {tmp_path / 'x.tar'}", tmp_path / "untar")
+    cli.sh(f"cp -a . {tmp_path / 'copy'}", mounted)
+    for tree in ("untar", "copy"):
+        cmp = filecmp.dircmp(src, tmp_path / tree)
+        assert not (cmp.left_only or cmp.right_only or cmp.diff_files), tree
+        assert filecmp.cmp(src / "big.bin", tmp_path / tree / "big.bin", shallow=False)
+    data = (src / "big.bin").read_bytes()
+    for skip in (0, 17, 511, 3000, 6143):
+        out = subprocess.run(
+            ["dd", f"if={mounted / 'big.bin'}", "bs=512", f"skip={skip}", "count=3"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        assert out == data[skip * 512 : skip * 512 + 1536]
+    st = os.lstat(mounted / "deep" / "er" / "run.sh")
+    assert st.st_mode & 0o777 == 0o755
+    assert os.stat(mounted / "a.txt").st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.readlink(mounted / "link.csv") == "deep/b.csv"
+
+
+def test_writes_fail_with_erofs(cli: Cli, mounted: Path) -> None:
+    for script in ("touch new", "echo x >> a.txt", "rm a.txt", "mkdir d", "mv a.txt b.txt"):
+        done = cli.sh(script, mounted, check=False)
+        assert done.returncode != 0
+        assert "Read-only file system" in done.stderr, script
+    cli.run("bundle", "unmount", str(mounted))
+    assert not os.path.ismount(mounted)
+    assert list(mounted.iterdir()) == []
+
+
+def test_unreachable_store_fails_the_read_with_eio(cli: Cli, mounted: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    cli.sh("ls -lR > /dev/null", mounted)
+    store.rename(tmp_path / "gone")
+    try:
+        started = time.monotonic()
+        done = cli.sh("cat deep/b.csv > /dev/null", mounted, check=False)
+        assert done.returncode != 0 and "Input/output error" in done.stderr
+        assert time.monotonic() - started < 30
+    finally:
+        (tmp_path / "gone").rename(store)
+    log = next((tmp_path / "cache" / "mounts").glob("*.log")).read_text()
+    assert "read of /deep/b.csv failed" in log
+
+
+def test_kill_9_is_recovered_by_unmount(cli: Cli, mounted: Path, tmp_path: Path) -> None:
+    state = next((tmp_path / "cache" / "mounts").glob("*/state.json"))
+    pid = int(state.read_text().split('"pid": ')[1].split(",")[0])
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    again = cli.run(
+        "bundle", "mount", "--repo", "data", "--label", "v1", "--mount", str(mounted), check=False
+    )
+    assert again.returncode == 1 and "busy" in again.stderr
+    cli.run("bundle", "unmount", str(mounted))
+    assert not state.parent.exists()
+    cli.run(
+        "bundle", "mount", "--repo", "data", "--label", "v1", "--mount", str(mounted), "--daemonize"
+    )
+    assert (mounted / "a.txt").read_text() == "hello\n"
+    cli.run("bundle", "unmount", str(mounted))
+
+
+def test_bad_requests_fail_cleanly(cli: Cli, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    args = ["bundle", "mount", "--repo", "data", "--mount", str(mnt), "--daemonize"]
+    missing = cli.run(*args, "--label", "v1", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    mnt.mkdir()
+    unknown = cli.run(*args, "--label", "nope", check=False)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+    (mnt / "x").write_text("x")
+    full = cli.run(*args, "--label", "v1", check=False)
+    assert full.returncode == 1 and "not empty" in full.stderr
+    (mnt / "x").unlink()
+    (tmp_path / "file").write_text("")
+    cli.env["DATAMON_CACHE_DIR"] = str(tmp_path / "file" / "cache")
+    unwritable = cli.run(*args, "--label", "v1", check=False)
+    assert unwritable.returncode == 1 and "not writable" in unwritable.stderr
+    for done in (missing, unknown, full, unwritable):
+        assert len(done.stderr.strip().splitlines()[-1:]) == 1
+    assert not os.path.ismount(mnt) and list(mnt.iterdir()) == []
+    assert not (tmp_path / "cache" / "mounts").exists() or not any(
+        (tmp_path / "cache" / "mounts").iterdir()
+    )
+
+
+OPS = """
+echo created > new.txt
+echo changed > a.txt
+echo appended >> deep/b.csv
+mv deep/er/run.sh deep/run2.sh
+rm empty
+mkdir -p made/inner && echo in > made/inner/f
+mkdir gone && rmdir gone
+rmdir deep/er
+truncate -s 1000 big.bin
+ln -s new.txt new.lnk
+mv deep moved
+"""
+
+
+def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    parent = _head(cli)
+    cli.run(
+        "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "edited",
+        "--from", "label:v1", "--label", "edited", "--daemonize",
+    )  # fmt: skip
+    expected = tmp_path / "expected"
+    shutil.copytree(tmp_path / "src", expected, symlinks=True)
+    cli.sh(OPS, expected)
+    cli.sh(OPS, mnt)
+    first = cli.run("bundle", "mount", "commit", str(mnt)).stdout
+    assert "Uploaded bundle id:" in first
+    cli.sh("echo later > later.txt", mnt)
+    cli.sh("echo later > later.txt", expected)
+    last = cli.run("bundle", "unmount", str(mnt)).stdout
+    bid = last.split("Uploaded bundle id:")[1].strip()
+    assert not os.path.ismount(mnt)
+    got = tmp_path / "got"
+    cli.run("bundle", "download", "--repo", "data", "--label", "edited", "--destination", str(got))
+    assert cli.sh("find . | sort", got).stdout == cli.sh("find . | sort", expected).stdout
+    cli.sh("find . -type f -print0 | xargs -0 sha256sum > ../want", expected)
+    cli.sh(f"sha256sum -c {tmp_path / 'want'}", got)
+    assert os.readlink(got / "new.lnk") == "new.txt"
+    bundles = cli.run("bundle", "list", "--repo", "data", "--json").stdout
+    import json
+
+    rows = {row["id"]: row for row in json.loads(bundles)}
+    first_id = first.split("Uploaded bundle id:")[1].strip()
+    assert rows[first_id]["parents"] == [parent]
+    assert rows[bid]["parents"] == [first_id]
