@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from datamon.api.diff import Change
-from datamon.api.repository import FileInfo, Repository
+from datamon.api.repository import FileInfo
 from datamon.api.store import Store
 from datamon.api.upload import UploadOptions, UploadResult
 from datamon.api.verify import VerifyReport
@@ -18,6 +18,7 @@ from datamon.errors import DatamonError
 
 if TYPE_CHECKING:
     from datamon.fs.sdk import NotebookRepository
+    from datamon.fs.sdk import NotebookRepository as Repository
 
 __all__ = [
     "Author",
@@ -36,6 +37,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``datamon.Repository`` is the repository with reads by path (``open``, ``ls``), which
+    # need fsspec; fsspec takes a fifth of a second to import, so it loads on first use only.
+    if name == "Repository":
+        from datamon.fs.sdk import NotebookRepository
+
+        return NotebookRepository
+    raise AttributeError(f"module 'datamon' has no attribute {name!r}")
 
 
 # fsspec takes a fifth of a second to import: the filesystem loads on first use only.
