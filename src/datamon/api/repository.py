@@ -13,20 +13,19 @@ from datamon.api import upload as _upload
 from datamon.api.progress import Progress
 from datamon.api.store import Store
 from datamon.api.verify import VerifyReport, verify_bundle
-from datamon.core.ids import BUNDLE_ID_BYTES, hexdigest, is_hex
+from datamon.core.ids import hexdigest
 from datamon.core.model import Author, Bundle, Entry, Kind, Ref, Repo
 from datamon.errors import (
-    AmbiguousId,
     BranchExists,
     BranchNotFound,
-    BundleNotFound,
-    DatamonError,
     DestinationNotEmpty,
+    InvalidArgument,
     LabelNotFound,
     PathNotInBundle,
     RefConflict,
     UnsafePath,
 )
+from datamon.metadata.bundles import pick_id
 
 DEFAULT_BRANCH = _upload.DEFAULT_BRANCH
 
@@ -83,27 +82,13 @@ class Repository:
         """The full id named by a bundle id (or unique prefix), a label or a branch."""
         given = [x for x in (bundle, label, branch) if x]
         if len(given) != 1:
-            raise DatamonError("name exactly one of a bundle, a label or a branch")
+            raise InvalidArgument("name exactly one of a bundle, a label or a branch")
         if label:
             return self.label(label).bundle
         if branch:
             return self.branch(branch).bundle
         assert bundle is not None
-        text = bundle.strip().lower()
-        where = f"repo {self.name}"
-        if not is_hex(text):
-            raise BundleNotFound(bundle, where)
-        visible = self.visible_ids()
-        if len(text) == 2 * BUNDLE_ID_BYTES:
-            if text in visible:
-                return text
-            raise BundleNotFound(bundle, where)
-        matches = sorted(bid for bid in visible if bid.startswith(text))
-        if not matches:
-            raise BundleNotFound(bundle, where)
-        if len(matches) > 1:
-            raise AmbiguousId(bundle, matches)
-        return matches[0]
+        return pick_id(bundle, self.visible_ids(), f"repo {self.name}")
 
     def bundle(self, bid: str) -> Bundle:
         return self.store.bundles.get(self.name, bid)

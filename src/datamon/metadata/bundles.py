@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from datamon.core.codecs import load_versioned, to_json
 from datamon.core.ids import BUNDLE_ID_BYTES, bundle_id, is_hex
 from datamon.core.model import FORMAT_VERSION, Bundle
@@ -49,21 +51,26 @@ class BundleStore:
         return self.meta.exists(bundle_key(repo, bid))
 
     def resolve(self, repo: str, prefix: str) -> str:
-        """The bundle id that ``prefix`` abbreviates; errors if none or several match."""
-        text = prefix.strip().lower()
-        if not text or not is_hex(text):
-            raise BundleNotFound(prefix, f"repo {repo}")
-        if len(text) == 2 * BUNDLE_ID_BYTES and self.exists(repo, text):
-            return text
-        matches = [bid for bid in self.ids(repo) if bid.startswith(text)]
-        if not matches:
-            raise BundleNotFound(prefix, f"repo {repo}")
-        if len(matches) > 1:
-            raise AmbiguousId(prefix, matches)
-        return matches[0]
+        """The stored bundle id that ``prefix`` abbreviates; errors if none or several match."""
+        return pick_id(prefix, self.ids(repo), f"repo {repo}")
 
     def all(self, repo: str) -> list[tuple[str, Bundle]]:
         """Every bundle of the repo, oldest first."""
         found = [(bid, self.get(repo, bid)) for bid in self.ids(repo)]
         found.sort(key=lambda item: (item[1].timestamp, item[0]))
         return found
+
+
+def pick_id(prefix: str, candidates: Iterable[str], where: str) -> str:
+    """The one id among ``candidates`` that ``prefix`` (any case, spaces trimmed) starts."""
+    text = prefix.strip().lower()
+    if not text or not is_hex(text) or len(text) > 2 * BUNDLE_ID_BYTES:
+        raise BundleNotFound(prefix, where)
+    matches = sorted(bid for bid in candidates if bid.startswith(text))
+    if text in matches:
+        return text
+    if not matches:
+        raise BundleNotFound(prefix, where)
+    if len(matches) > 1:
+        raise AmbiguousId(prefix, matches)
+    return matches[0]
