@@ -262,3 +262,60 @@ def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
     first_id = first.split("Uploaded bundle id:")[1].strip()
     assert rows[first_id]["parents"] == [parent]
     assert rows[bid]["parents"] == [first_id]
+
+
+def _wait_exit(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"mount process {pid} did not exit")
+
+
+@pytest.mark.parametrize("retry", ["recover", "unmount"])
+def test_failed_commit_on_exit_is_kept_and_retried(cli: Cli, tmp_path: Path, retry: str) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(
+        "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "kept",
+        "--from", "label:v1", "--label", "kept", "--daemonize",
+    )  # fmt: skip
+    cli.sh("echo kept > new.txt && echo changed > a.txt && rm empty && mkdir d", mnt)
+    state = next((tmp_path / "cache" / "mounts").glob("*/state.json"))
+    pid = int(state.read_text().split('"pid": ')[1].split(",")[0])
+    store = tmp_path / "store"
+    store.rename(tmp_path / "away")
+    store.write_text("not a store")  # the store vanished: every write to it fails
+    try:
+        os.kill(pid, signal.SIGTERM)
+        _wait_exit(pid)
+        assert not os.path.ismount(mnt)
+        journal = state.parent / "journal.json"
+        assert journal.exists()
+        failed = cli.run("bundle", "mount", "recover", str(mnt), check=False)
+        assert failed.returncode == 1 and journal.exists()
+    finally:
+        store.unlink()
+        (tmp_path / "away").rename(store)
+    again = cli.run(
+        "bundle", "mount", "--repo", "data", "--label", "v1", "--mount", str(mnt), check=False
+    )
+    assert again.returncode == 1 and "recover" in again.stderr
+    if retry == "recover":
+        done = cli.run("bundle", "mount", "recover", str(mnt))
+    else:
+        done = cli.run("bundle", "unmount", str(mnt))
+    assert "Uploaded bundle id:" in done.stdout
+    assert not state.parent.exists()
+    got = tmp_path / "got"
+    cli.run("bundle", "download", "--repo", "data", "--label", "kept", "--destination", str(got))
+    assert (got / "new.txt").read_text() == "kept\n"
+    assert (got / "a.txt").read_text() == "changed\n"
+    assert not (got / "empty").exists() and (got / "d").is_dir()
+    assert filecmp.cmp(got / "big.bin", tmp_path / "src" / "big.bin", shallow=False)

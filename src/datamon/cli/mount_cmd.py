@@ -103,7 +103,7 @@ def _options(cache_size: str, prefetch: int, stream: bool) -> Any:
 @click.option(
     "--prefetch",
     type=click.IntRange(0, 1024),
-    default=8,
+    default=256,
     show_default=True,
     help="Chunks read ahead on sequential reads.",
 )
@@ -188,7 +188,7 @@ def _print_commit(reply: dict[str, Any]) -> None:
     help="Start from this bundle: label:NAME, branch:NAME, bundle:ID or a bare name.",
 )
 @click.option("--cache-size", default="1G", show_default=True, help="Disk chunk cache bound.")
-@click.option("--prefetch", type=click.IntRange(0, 1024), default=8, show_default=True)
+@click.option("--prefetch", type=click.IntRange(0, 1024), default=256, show_default=True)
 @click.option("--daemonize", is_flag=True, help="Return once mounted; serve in the background.")
 @pass_app
 def mount_new(
@@ -245,9 +245,32 @@ def mount_commit(mountpoint: str) -> None:
     Example:
       datamon bundle mount commit /mnt/w
     """
-    from datamon.fuse import commit
+    from datamon.fuse import MountState, commit, pending_journal, recover
 
+    if MountState(mountpoint).live() is None and pending_journal(mountpoint) is not None:
+        reply = recover(_app(click.get_current_context()).store, mountpoint)
+        assert reply is not None
+        _print_commit(reply)
+        return
     _print_commit(commit(mountpoint))
+
+
+@mount.command("recover")
+@click.argument("mountpoint", type=str)
+def mount_recover(mountpoint: str) -> None:
+    """Commit the changes a writable mount kept because its last commit failed (for
+    example when the store was unreachable as it was unmounted); retry until it succeeds.
+
+    \b
+    Example:
+      datamon bundle mount recover /mnt/w
+    """
+    from datamon.fuse import MountError, recover
+
+    reply = recover(_app(click.get_current_context()).store, mountpoint)
+    if reply is None:
+        raise MountError(f"no changes are kept for {mountpoint}: nothing to recover")
+    _print_commit(reply)
 
 
 @click.command("unmount")
@@ -259,8 +282,15 @@ def unmount(mountpoint: str) -> None:
     Example:
       datamon bundle unmount /mnt/data
     """
+    from datamon.fuse import MountState, pending_journal, recover
     from datamon.fuse import unmount as do_unmount
 
+    if MountState(mountpoint).live() is None and pending_journal(mountpoint) is not None:
+        reply = recover(_app(click.get_current_context()).store, mountpoint)
+        if reply is not None:
+            _print_commit(reply)
+        click.echo(f"Unmounted {os.path.realpath(mountpoint)}", err=True)
+        return
     reply = do_unmount(mountpoint)
     if reply is not None:
         _print_commit(reply)

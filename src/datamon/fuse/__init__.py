@@ -9,7 +9,15 @@ blocking reads for no gain here. mfusepy is imported only when a mount starts, s
 starts without it.
 """
 
-from datamon.fuse.mount import MountOptions, commit, serve_readonly, serve_writable, unmount
+from datamon.fuse.mount import (
+    MountOptions,
+    commit,
+    pending_journal,
+    recover,
+    serve_readonly,
+    serve_writable,
+    unmount,
+)
 from datamon.fuse.state import MountError, MountState, check_mountpoint, check_writable
 from datamon.fuse.writable import CommitTarget
 
@@ -21,6 +29,8 @@ __all__ = [
     "check_mountpoint",
     "check_writable",
     "commit",
+    "pending_journal",
+    "recover",
     "serve_readonly",
     "serve_writable",
     "unmount",

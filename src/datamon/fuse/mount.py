@@ -24,6 +24,9 @@ from typing import Any
 from datamon.api.store import Store
 from datamon.cafs.chunkcache import DEFAULT_CACHE_SIZE, CachedChunkReader, ChunkCache
 from datamon.fs.view import BundleView, TreeCache
+from datamon.fuse.journal import Journal
+from datamon.fuse.journal import load as load_journal
+from datamon.fuse.journal import save as save_journal
 from datamon.fuse.readahead import DEFAULT_MEMORY, DEFAULT_TIMEOUT, ReadAhead
 from datamon.fuse.readonly import BundleOperations
 from datamon.fuse.state import MountError, MountInfo, MountState, alive, mounted
@@ -43,7 +46,7 @@ class MountOptions:
     """How a mount reads: ``prefetch`` chunks ahead on sequential reads, a disk chunk cache
     of ``cache_size`` bytes (none with ``stream``), at most ``memory`` bytes of chunks held."""
 
-    prefetch: int = 8
+    prefetch: int = 256
     cache_size: int = DEFAULT_CACHE_SIZE
     stream: bool = False
     memory: int = DEFAULT_MEMORY
@@ -99,10 +102,71 @@ def serve_writable(
     info = MountInfo(os.getpid(), mountpoint, target.repo, base, writable=True)
     try:
         _serve(ops, info, {"attr_timeout": 1.0, "entry_timeout": 1.0}, {"commit": ops})
-        on_commit(_commit(ops))
+        try:
+            reply = _commit(ops)
+        except Exception as exc:
+            _keep(state, ops, exc)
+            raise MountError(
+                f"the commit of {mountpoint} failed: {type(exc).__name__}: {exc}; the changes "
+                f"are kept: run `datamon bundle mount recover {mountpoint}` to commit them"
+            ) from exc
+        on_commit(reply)
     finally:
         reading.readahead.close()
     ops.discard()
+
+
+def _keep(state: MountState, ops: StagingOperations, exc: Exception) -> None:
+    """Write the tree of a mount whose final commit failed, for :func:`recover`."""
+    with ops.locked():
+        found = Journal(
+            ops.target, ops.tree.view.bid, ops.tree.root, f"{type(exc).__name__}: {exc}"
+        )
+        save_journal(state.journal, found)
+    log.warning("commit failed (%s): changes kept in %s", exc, state.folder)
+
+
+def pending_journal(mountpoint: str) -> Journal | None:
+    """The journal a mount left when its final commit failed, if any."""
+    return load_journal(MountState(mountpoint).journal)
+
+
+def recover(
+    store: Store, mountpoint: str, options: MountOptions | None = None
+) -> dict[str, Any] | None:
+    """Commit the changes a writable mount kept when its final commit failed; None if it
+    kept none. On failure they stay kept, and this can be run again."""
+    state = MountState(mountpoint)
+    found = load_journal(state.journal)
+    if found is None:
+        return None
+    live = state.live()
+    if live is not None:
+        raise MountError(f"{mountpoint} is still served by process {live.pid}")
+    if mounted(state.mountpoint):
+        _fusermount("-u", "-z", state.mountpoint)
+    reading = Reading(store, found.target.repo, options or MountOptions(stream=True))
+    try:
+        ops = StagingOperations(
+            store,
+            found.target,
+            reading.view(found.base),
+            reading.view,
+            reading.readahead,
+            state.staging,
+        )
+        ops.tree.root = found.root
+        try:
+            reply = _commit(ops)
+        except Exception as exc:
+            raise MountError(
+                f"the commit of the changes kept for {mountpoint} failed again: "
+                f"{type(exc).__name__}: {exc}; they are still kept"
+            ) from exc
+    finally:
+        reading.readahead.close()
+    state.remove()
+    return reply
 
 
 def _commit(ops: StagingOperations) -> dict[str, Any]:
@@ -133,7 +197,11 @@ def _serve(
             **fuse_options,
         )
     except RuntimeError as exc:
-        raise MountError(f"could not mount {info.mountpoint}: libfuse returned {exc}") from None
+        # libfuse 3 reports leaving its loop on SIGINT/SIGTERM as an error too; once the
+        # file system was initialised, that is the normal end of a mount.
+        if not getattr(ops, "started", False):
+            raise MountError(f"could not mount {info.mountpoint}: libfuse returned {exc}") from None
+        log.info("mount of %s ended by a signal (libfuse returned %s)", info.mountpoint, exc)
     finally:
         server.shutdown()
         server.server_close()
@@ -202,6 +270,11 @@ def unmount(mountpoint: str) -> dict[str, Any] | None:
     path = state.mountpoint
     info = state.live()
     if info is None:
+        if load_journal(state.journal) is not None:
+            raise MountError(
+                f"{mountpoint} has changes kept from a failed commit: run "
+                f"`datamon bundle mount recover {mountpoint}` to commit them"
+            )
         stale = state.read() is not None
         if mounted(path):
             _fusermount("-u", "-z", path)

@@ -22,8 +22,10 @@ from datamon.core.model import ChunkRef
 from datamon.fs.view import FileChunks
 
 DEMAND_WORKERS = 4
-AHEAD_WORKERS = 2
-AHEAD_BATCH = 4
+AHEAD_WORKERS = 3
+# One background fetch covers about this many bytes of neighbouring chunks, which the chunk
+# reader turns into one range read of a pack: few, large reads instead of one per chunk.
+AHEAD_BATCH_BYTES = 4 << 20
 DEFAULT_MEMORY = 128 << 20
 DEFAULT_TIMEOUT = 60.0
 
@@ -69,11 +71,22 @@ class ReadAhead:
             return parts[0][skip : skip + end - start], stop
         return b"".join(parts)[skip : skip + end - start], stop
 
-    def ahead(self, chunks: FileChunks, index: int) -> None:
-        """Start fetching the ``prefetch`` chunks from ``index`` on, unless held already."""
-        refs = chunks.entry.chunks[index : index + self.prefetch]
-        for i in range(0, len(refs), AHEAD_BATCH):
-            self._submit(refs[i : i + AHEAD_BATCH], self._ahead)
+    def ahead(self, chunks: FileChunks, index: int, stop: int | None = None) -> int:
+        """Start fetching chunks ``[index, stop)`` (``prefetch`` of them by default), unless
+        held already, in batches of neighbours read together; returns the end index."""
+        end = index + self.prefetch if stop is None else stop
+        refs = chunks.entry.chunks[index:end]
+        batch: list[ChunkRef] = []
+        size = 0
+        for ref in refs:
+            batch.append(ref)
+            size += ref.size
+            if size >= AHEAD_BATCH_BYTES:
+                self._submit(batch, self._ahead)
+                batch, size = [], 0
+        if batch:
+            self._submit(batch, self._ahead)
+        return index + len(refs)
 
     def close(self) -> None:
         self._demand.shutdown(wait=False, cancel_futures=True)
@@ -117,13 +130,18 @@ class ReadAhead:
 
     def _evict(self) -> None:
         """Drop the least recently used chunks that have arrived, down to the bound."""
-        if self._bytes <= self.max_bytes:
+        excess = self._bytes - self.max_bytes
+        if excess <= 0:
             return
-        for cid, (_size, future) in list(self._chunks.items()):
-            if self._bytes <= self.max_bytes:
+        victims: list[bytes] = []
+        for cid, (size, future) in self._chunks.items():
+            if excess <= 0:
                 break
             if future.done():
-                self._forget(cid)
+                victims.append(cid)
+                excess -= size
+        for cid in victims:
+            self._forget(cid)
 
 
 def _failed(future: Future[bytes]) -> bool:

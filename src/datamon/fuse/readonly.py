@@ -52,9 +52,12 @@ class ChunkedReads:
             data, stop = self.readahead.read(handle.chunks, offset, offset + size)
         sequential = offset == handle.next_offset
         handle.next_offset = offset + len(data)
-        if sequential and self.readahead.prefetch and stop > handle.ahead_from:
-            handle.ahead_from = stop
-            self.readahead.ahead(handle.chunks, stop)
+        prefetch = self.readahead.prefetch
+        # Top the window up once half of it is consumed, so that each top-up is a batch of
+        # neighbours that the chunk reader fetches in few range reads.
+        if sequential and prefetch and stop + prefetch // 2 >= handle.ahead_from:
+            start = max(stop, handle.ahead_from)
+            handle.ahead_from = self.readahead.ahead(handle.chunks, start, stop + prefetch)
         return data
 
     def release(self, fh: int) -> None:
@@ -69,7 +72,12 @@ class BundleOperations:
 
     def __init__(self, view: BundleView, readahead: ReadAhead) -> None:
         self.view = view
+        self.started = False
         self.reads = ChunkedReads(readahead)
+
+    def init(self, path: str) -> None:
+        """Called by libfuse once the file system is mounted."""
+        self.started = True
 
     def _entry(self, path: str, follow: bool = False) -> Entry:
         with errnos(path):

@@ -50,6 +50,11 @@ class MountState:
         return str(self.folder / "staging")
 
     @property
+    def journal(self) -> Path:
+        """The tree of a writable mount whose final commit failed (see ``journal.py``)."""
+        return self.folder / "journal.json"
+
+    @property
     def log(self) -> Path:
         return self.folder.with_suffix(".log")
 
@@ -128,6 +133,11 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"mountpoint {path} is not a folder")
     if names:
         raise MountError(f"mountpoint {path} is not empty ({len(names)} entries)")
+    if (MountState(real).folder / "journal.json").exists():
+        raise MountError(
+            f"mountpoint {path} has changes kept from a failed commit: run "
+            f"`datamon bundle mount recover {path}` first"
+        )
     if MountState(real).live() is not None:
         raise MountError(f"mountpoint {path} is busy: a mount process is serving it; {hint}")
     return real

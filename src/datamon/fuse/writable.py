@@ -70,11 +70,16 @@ class StagingOperations:
         self.open_view = open_view
         self.staging = staging
         self.tree = Namespace(view)
+        self.started = False
         self.reads = ChunkedReads(readahead)
         self._staged: dict[int, StagedHandle] = {}
         self._ids = itertools.count(1 << 32)
         self._lock = threading.RLock()
         self.commits: list[CommitResult] = []
+
+    def init(self, path: str) -> None:
+        """Called by libfuse once the file system is mounted."""
+        self.started = True
 
     # the tree ------------------------------------------------------------------------------
 
@@ -339,6 +344,10 @@ class StagingOperations:
                 if entry.path not in open_locals and entry.is_file():
                     os.unlink(entry.path)
             return result
+
+    def locked(self) -> threading.RLock:
+        """The lock that orders every change to the tree."""
+        return self._lock
 
     def discard(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
