@@ -55,7 +55,7 @@ def upload(
     progress = progress or NoProgress()
     root = scan(path)
     # In the order downloads walk the tree, so that packs hold files as they are read back.
-    files = sorted(root.all_files(), key=lambda f: os.path.relpath(f.path, path).split(os.sep))
+    files = _ordered(root)
     store.index.sync()
     # Remote stores need several PUTs in flight to fill the network; local disk does not.
     writers = 2 if store.blob.url.startswith("file:") else max(2, min(options.concurrency, 4))
@@ -69,19 +69,19 @@ def upload(
     )
     refs: dict[str, tuple[ChunkRef, ...]] = {}
 
-    def ingest(group: list[LocalFile]) -> list[tuple[ChunkRef, ...]]:
+    def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
-            return ingester.ingest_files([(os.path.abspath(f.path), f.st) for f in group])
+            return ingester.ingest_files([(full, f.st) for full, f in group])
         except OSError as exc:
-            where = exc.filename or (group[0].path if len(group) == 1 else path)
+            where = exc.filename or (group[0][1].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
-    progress.start("uploading", sum(f.st.st_size for f in files))
+    progress.start("uploading", sum(f.st.st_size for _full, f in files))
     try:
         for group, results in bounded_map(ingest, _groups(files), max(1, options.concurrency)):
-            for f, chunk_refs in zip(group, results, strict=True):
+            for (_full, f), chunk_refs in zip(group, results, strict=True):
                 refs[f.path] = chunk_refs
-            progress.advance(sum(f.st.st_size for f in group))
+            progress.advance(sum(f.st.st_size for _full, f in group))
         written = packer.close()
     except BaseException:
         packer.abort()
@@ -93,6 +93,8 @@ def upload(
     top = _build(store, root, refs)
     # Packs (and their indexes) must be durable before a ref can name them.
     store.blob.flush()
+    # Only now that the packs are durable may the stat cache name them (design §9).
+    ingester.remember()
     packs = tuple(sorted(set(written) | ingester.stats.packs_used))
     bid, bundle = _commit(store, repo, top, packs, options)
     stats = ingester.stats
@@ -108,9 +110,36 @@ def upload(
     )
 
 
-def _groups(files: list[LocalFile]) -> Iterator[list[LocalFile]]:
+def _ordered(root: LocalDir) -> list[tuple[str, LocalFile]]:
+    """Every file with its absolute path, sorted by the names along its path.
+
+    A depth-first walk visiting each folder's files and subfolders by name gives that order,
+    since a file's path is never a prefix of another's; the absolute path (``abspath``, as
+    the stat cache keys files) is computed once per folder.
+    """
+    out: list[tuple[str, LocalFile]] = []
+    stack: list[tuple[str, Iterator[LocalFile | LocalDir]]] = [_children(root)]
+    while stack:
+        prefix, children = stack[-1]
+        for item in children:
+            if isinstance(item, LocalDir):
+                stack.append(_children(item))
+                break
+            out.append((prefix + item.name, item))
+        else:
+            stack.pop()
+    return out
+
+
+def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:
+    items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
+    items.sort(key=lambda item: item.name)
+    return os.path.join(os.path.abspath(node.path), ""), iter(items)
+
+
+def _groups(files: list[tuple[str, LocalFile]]) -> Iterator[list[tuple[str, LocalFile]]]:
     """A large file alone, small files together: one index query per group."""
-    return size_groups(files, lambda f: f.st.st_size, GROUP_FILES, GROUP_BYTES)
+    return size_groups(files, lambda f: f[1].st.st_size, GROUP_FILES, GROUP_BYTES)
 
 
 def _mode(st: os.stat_result) -> int:

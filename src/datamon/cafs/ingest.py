@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,19 @@ class _Batch:
     refs: list[ChunkRef] = field(default_factory=list)
     new: int = 0
     packs: set[str] = field(default_factory=set)
+    # Chunks of ``refs`` that are in the pack writer (queued by this upload), not the index.
+    queued: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Fresh:
+    """A file read by this upload, to record in the stat cache once its packs are durable."""
+
+    path: str
+    st: os.stat_result
+    refs: tuple[ChunkRef, ...]
+    packs: set[str]
+    queued: list[bytes]
 
 
 class Ingester:
@@ -60,6 +74,12 @@ class Ingester:
         self.level = level
         self.stat_cache = stat_cache
         self.stats = IngestStats()
+        # Files modified less than RACY_NS before this moment are not recorded.
+        self._started = time.time_ns()
+        # Packs whose index the store holds, as the chunk index copy knew them at the start:
+        # a stat-cache row is reused only if every pack it names is among them.
+        self._known = index.known_packs() if stat_cache is not None else set()
+        self._fresh: list[_Fresh] = []
         self._lock = threading.Lock()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(
@@ -93,39 +113,66 @@ class Ingester:
         done = self._reuse(files)
         fresh = [(path, st) for path, st in files if path not in done]
         small = [(path, st) for path, st in fresh if st.st_size <= SMALL_FILE]
+        where: dict[str, _Batch] = {}
         if small:
-            done.update(self._ingest_small([path for path, _st in small]))
+            where.update(self._ingest_small([path for path, _st in small]))
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
                 with self.chunker.open(path) as stream:
-                    done[path] = self.ingest_chunks(self.chunker.chunks(stream))
+                    where[path] = self._ingest_stream(self.chunker.chunks(stream))
+        for path, _st in fresh:
+            done[path] = tuple(where[path].refs)
         if self.stat_cache is not None and fresh:
-            self.stat_cache.put_many([(path, st, done[path]) for path, st in fresh])
+            rows = [
+                _Fresh(path, st, done[path], where[path].packs, where[path].queued)
+                for path, st in fresh
+            ]
+            with self._lock:
+                self._fresh.extend(rows)
         return [done[path] for path, _st in files]
+
+    def remember(self) -> int:
+        """Record the files this ingester read in the stat cache; returns how many.
+
+        Call only once every pack written (``PackWriter.close``) is durable in the store
+        (``Backend.flush``): a row names the packs holding the file's chunks, and a later
+        upload reuses it without looking the chunks up.
+        """
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+        if self.stat_cache is None or not fresh:
+            return 0
+        rows: list[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]] = []
+        for f in fresh:
+            packs = set(f.packs)
+            for cid in f.queued:
+                pack = self.packer.pack_of(cid)
+                if pack is None:
+                    break
+                packs.add(pack)
+            else:
+                rows.append((f.path, f.st, f.refs, packs))
+        self.stat_cache.put_many(rows, read_at=self._started)
+        return len(rows)
 
     def _reuse(
         self, files: Sequence[tuple[str, os.stat_result]]
     ) -> dict[str, tuple[ChunkRef, ...]]:
-        """Cached chunk lists of unchanged files whose chunks the store still holds."""
+        """Cached chunk lists of unchanged files whose packs the store still holds."""
         if self.stat_cache is None:
             return {}
-        cached = self.stat_cache.get_many(files)
-        if not cached:
-            return {}
-        where = self.index.lookup_many([r.id for refs in cached.values() for r in refs])
-        kept = {
-            path: refs
-            for path, refs in cached.items()
-            if all(r.id in where or self.packer.seen(r.id) for r in refs)
-        }
+        kept: dict[str, tuple[ChunkRef, ...]] = {}
         batch = _Batch()
-        for refs in kept.values():
-            batch.refs.extend(refs)
-            batch.packs.update(where[r.id].pack for r in refs if r.id in where)
+        known = self._known
+        for path, (refs, packs) in self.stat_cache.get_many(files).items():
+            if all(pack in known for pack in packs):
+                kept[path] = refs
+                batch.refs.extend(refs)
+                batch.packs.update(packs)
         self._collect(batch, [])
         return kept
 
-    def _ingest_small(self, paths: Sequence[str]) -> dict[str, tuple[ChunkRef, ...]]:
+    def _ingest_small(self, paths: Sequence[str]) -> dict[str, _Batch]:
         chunks: dict[str, list[tuple[bytes, bytes]]] = {}
         for path in paths:
             with self.chunker.open(path) as f:
@@ -133,18 +180,20 @@ class Ingester:
             chunks[path] = [(digest(raw), raw) for raw in self.chunker.chunks_of(data)]
         where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
         batch = _Batch()
-        out: dict[str, tuple[ChunkRef, ...]] = {}
+        out: dict[str, _Batch] = {}
         new: list[tuple[bytes, bytes, int]] = []
         for path, items in chunks.items():
-            refs = tuple(ChunkRef(cid, len(raw)) for cid, raw in items)
+            one = out[path] = _Batch(refs=[ChunkRef(cid, len(raw)) for cid, raw in items])
             for cid, raw in items:
                 found = where.get(cid)
                 if found is not None:
-                    batch.packs.add(found.pack)
-                elif not self.packer.seen(cid):
-                    new.append((cid, self._codec().encode(raw), len(raw)))
-            batch.refs.extend(refs)
-            out[path] = refs
+                    one.packs.add(found.pack)
+                else:
+                    one.queued.append(cid)
+                    if not self.packer.seen(cid):
+                        new.append((cid, self._codec().encode(raw), len(raw)))
+            batch.refs.extend(one.refs)
+            batch.packs |= one.packs
         # One call, so the group's chunks lie side by side in the pack, as they are read.
         batch.new = self.packer.add_many(new)
         self._collect(batch, [])
@@ -154,19 +203,29 @@ class Ingester:
         return self.ingest_chunks(self.chunker.chunks_of(data))
 
     def ingest_chunks(self, chunks: Iterable[bytes]) -> tuple[ChunkRef, ...]:
-        refs: list[ChunkRef] = []
+        return tuple(self._ingest_stream(chunks).refs)
+
+    def _ingest_stream(self, chunks: Iterable[bytes]) -> _Batch:
+        """The refs of a stream of chunks, the index packs and the queued chunks among them."""
+        out = _Batch()
         pending: deque[Future[_Batch]] = deque()
+
+        def take(batch: _Batch) -> None:
+            self._collect(batch, out.refs)
+            out.packs |= batch.packs
+            out.queued.extend(batch.queued)
+
         try:
             for batch in _batches(chunks):
                 pending.append(self._pool.submit(self._store_batch, batch))
                 if len(pending) >= WINDOW:
-                    self._collect(pending.popleft().result(), refs)
+                    take(pending.popleft().result())
             while pending:
-                self._collect(pending.popleft().result(), refs)
+                take(pending.popleft().result())
         finally:
             for future in pending:
                 future.cancel()
-        return tuple(refs)
+        return out
 
     def _collect(self, batch: _Batch, refs: list[ChunkRef]) -> None:
         refs.extend(batch.refs)
@@ -182,11 +241,13 @@ class Ingester:
             cid = digest(raw)
             out.refs.append(ChunkRef(cid, len(raw)))
             if self.packer.seen(cid):
+                out.queued.append(cid)
                 continue
             where = self.index.lookup(cid)
             if where is not None:
                 out.packs.add(where.pack)
                 continue
+            out.queued.append(cid)
             if self.packer.add(cid, self._codec().encode(raw), len(raw)):
                 out.new += 1
         return out

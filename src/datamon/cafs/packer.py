@@ -24,7 +24,10 @@ class PackWriter:
         self._lock = threading.Lock()
         self._buffer = bytearray()
         self._entries: list[PackEntry] = []
-        self._seen: set[bytes] = set()
+        # Chunk id -> number of the pack it was put in; pack number -> id once written.
+        self._seen: dict[bytes, int] = {}
+        self._seq = 0
+        self._written: dict[int, str] = {}
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="datamon-pack")
         self._futures: list[Future[str]] = []
@@ -36,19 +39,25 @@ class PackWriter:
         with self._lock:
             return cid in self._seen
 
+    def pack_of(self, cid: bytes) -> str | None:
+        """The pack this writer wrote the chunk to, or None if not (yet) written."""
+        with self._lock:
+            seq = self._seen.get(cid)
+            return None if seq is None else self._written.get(seq)
+
     def add(self, cid: bytes, blob: bytes, size: int) -> bool:
         """Queue an encoded chunk; False if this writer already has it."""
         return self.add_many([(cid, blob, size)]) == 1
 
     def add_many(self, chunks: list[tuple[bytes, bytes, int]]) -> int:
         """Queue encoded chunks side by side in one pack; returns how many were new."""
-        sealed: list[tuple[bytearray, list[PackEntry]]] = []
+        sealed: list[tuple[int, bytearray, list[PackEntry]]] = []
         added = 0
         with self._lock:
             for cid, blob, size in chunks:
                 if cid in self._seen:
                     continue
-                self._seen.add(cid)
+                self._seen[cid] = self._seq
                 self._entries.append(PackEntry(cid, len(self._buffer), len(blob), size))
                 self._buffer += blob
                 added += 1
@@ -59,21 +68,22 @@ class PackWriter:
             self._submit(*pack)
         return added
 
-    def _take(self) -> tuple[bytearray, list[PackEntry]]:
-        data, entries = self._buffer, self._entries
+    def _take(self) -> tuple[int, bytearray, list[PackEntry]]:
+        seq, data, entries = self._seq, self._buffer, self._entries
+        self._seq += 1
         self._buffer = bytearray()
         self._entries = []
-        return data, entries
+        return seq, data, entries
 
-    def _submit(self, data: bytearray, entries: list[PackEntry]) -> None:
+    def _submit(self, seq: int, data: bytearray, entries: list[PackEntry]) -> None:
         self._raise_failures()
         self._slots.acquire()
-        future = self._pool.submit(self._write, data, entries)
+        future = self._pool.submit(self._write, seq, data, entries)
         future.add_done_callback(lambda _f: self._slots.release())
         with self._lock:
             self._futures.append(future)
 
-    def _write(self, data: bytearray, entries: list[PackEntry]) -> str:
+    def _write(self, seq: int, data: bytearray, entries: list[PackEntry]) -> str:
         # The buffer is written as it is: a copy would double the memory of each pack.
         pack_id = hexdigest(data)
         # Write order: the pack, then its index, then (in the index copy) where to find chunks.
@@ -84,6 +94,7 @@ class PackWriter:
         self.index.record(index)
         with self._lock:
             self.packs.append(pack_id)
+            self._written[seq] = pack_id
             self.bytes_written += len(data)
         return pack_id
 

@@ -1,8 +1,12 @@
 """StatCache: remembers the chunks of local files, so an unchanged file is not read again.
 
 A file is taken as unchanged when its size, mtime, ctime and inode all match what was
-recorded; files modified within the last two seconds are never recorded, because a
-further write in the same clock tick could leave those fields unchanged.
+recorded; files modified less than two seconds before they were read are never recorded,
+because a further write in the same clock tick could leave those fields unchanged.
+
+Each row also names the packs that hold the file's chunks. Rows are recorded only once those
+packs are durable in the store, so a reader may reuse a row without looking its chunks up,
+provided every pack it names is still in the chunk index copy (see docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -11,23 +15,28 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import msgspec
 
 from datamon.core.model import ChunkRef
 
+# Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
+_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER,
-    chunks BLOB
+    chunks BLOB, packs BLOB
 ) WITHOUT ROWID;
 """
 RACY_NS = 2_000_000_000
 _BATCH = 500
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
+_chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
+_packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
+
+Cached = tuple[tuple[ChunkRef, ...], tuple[str, ...]]
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -39,7 +48,17 @@ class StatCache:
         self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._db().executescript(_SCHEMA)
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
+                db.execute("DROP TABLE IF EXISTS files")
+                db.execute(f"PRAGMA user_version = {_VERSION}")
+            db.execute(_SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -50,37 +69,73 @@ class StatCache:
             self._local.db = db
         return db
 
-    def get_many(
-        self, files: Sequence[tuple[str, os.stat_result]]
-    ) -> dict[str, tuple[ChunkRef, ...]]:
-        """The recorded chunks of those ``(path, stat)`` that are unchanged, in one query."""
-        found: dict[str, tuple[ChunkRef, ...]] = {}
+    def get_many(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, Cached]:
+        """The recorded chunks and packs of those ``(path, stat)`` that are unchanged.
+
+        Files are usually given in path order, neighbours in one folder, so one range scan
+        from the smallest to the largest path finds them all; when the range holds many
+        other rows, the rest are looked up by name.
+        """
         wanted = {path: _key(st) for path, st in files}
-        paths = list(wanted)
+        if not wanted:
+            return {}
+        found: dict[str, Cached] = {}
+        seen: set[str] = set()
         db = self._db()
-        for start in range(0, len(paths), _BATCH):
-            batch = paths[start : start + _BATCH]
-            marks = ",".join("?" * len(batch))
-            rows = db.execute(
-                "SELECT path, size, mtime_ns, ctime_ns, ino, chunks FROM files"
-                f" WHERE path IN ({marks})",
-                batch,
-            )
-            for path, *key, blob in rows:
-                if tuple(key) != wanted[path]:
-                    continue
-                try:
-                    found[path] = _decoder.decode(blob)
-                except msgspec.DecodeError:
-                    continue
+        limit = 2 * len(wanted) + 64
+        rows = db.execute(
+            "SELECT path, size, mtime_ns, ctime_ns, ino, chunks, packs FROM files"
+            " WHERE path >= ? AND path <= ? LIMIT ?",
+            (min(wanted), max(wanted), limit),
+        ).fetchall()
+        self._match(rows, wanted, found, seen)
+        if len(rows) >= limit:
+            rest = [path for path in wanted if path not in seen]
+            for start in range(0, len(rest), _BATCH):
+                batch = rest[start : start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                more = db.execute(
+                    "SELECT path, size, mtime_ns, ctime_ns, ino, chunks, packs FROM files"
+                    f" WHERE path IN ({marks})",
+                    batch,
+                ).fetchall()
+                self._match(more, wanted, found, seen)
         return found
 
-    def put_many(self, files: Sequence[tuple[str, os.stat_result, tuple[ChunkRef, ...]]]) -> None:
-        """Record files in one transaction, skipping those modified too recently to trust."""
-        now = time.time_ns()
+    @staticmethod
+    def _match(
+        rows: list[tuple[str, int, int, int, int, bytes, bytes]],
+        wanted: dict[str, tuple[int, int, int, int]],
+        found: dict[str, Cached],
+        seen: set[str],
+    ) -> None:
+        for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
+            key = wanted.get(path)
+            if key is None:
+                continue
+            seen.add(path)
+            if key != (size, mtime_ns, ctime_ns, ino) or packs is None:
+                continue
+            try:
+                found[path] = (_chunks_decoder.decode(chunks), _packs_decoder.decode(packs))
+            except msgspec.DecodeError:
+                continue
+
+    def put_many(
+        self,
+        files: Sequence[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]],
+        read_at: int | None = None,
+    ) -> None:
+        """Record ``(path, stat, chunks, packs)`` in one transaction.
+
+        The packs MUST already be durable in the store. Files modified less than
+        :data:`RACY_NS` before ``read_at`` (when reading them began, in ``time.time_ns()``;
+        now if not given) are skipped.
+        """
+        now = time.time_ns() if read_at is None else read_at
         rows = [
-            (path, *_key(st), _encoder.encode(chunks))
-            for path, st, chunks in files
+            (path, *_key(st), _encoder.encode(chunks), _encoder.encode(sorted(set(packs))))
+            for path, st, chunks, packs in files
             if now - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
         ]
         if not rows:
@@ -88,7 +143,7 @@ class StatCache:
         db = self._db()
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

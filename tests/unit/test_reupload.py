@@ -1,0 +1,178 @@
+"""Re-uploading through the stat cache: rows name durable packs and are trusted only then."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from datamon import Author, Repository, Store, UploadOptions
+from datamon.api import upload as upload_module
+from datamon.api.scan import scan
+from datamon.cafs import chunker as chunker_module
+from datamon.cafs import statcache
+from datamon.cafs.layout import index_key, pack_key
+from datamon.cafs.statcache import StatCache
+from datamon.core.model import ChunkRef
+from datamon.testing.workloads import describe_tree, random_bytes, write_tree
+
+
+@pytest.fixture(autouse=True)
+def old_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files written just now are "racy" and never cached; pretend they are old enough.
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    paths: list[str] = []
+    real_open = chunker_module.FastCDCChunker.open
+
+    def counting_open(path: str) -> BinaryIO:
+        paths.append(path)
+        return real_open(path)
+
+    monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
+    return paths
+
+
+def _opts(author: Author) -> UploadOptions:
+    return UploadOptions("msg", author)
+
+
+def _tree(root: Path) -> Path:
+    files = {f"d{i % 3}/f{i}.bin": random_bytes(i, 1000 + 37 * i) for i in range(20)}
+    files["big.bin"] = random_bytes(99, 3_000_000)
+    write_tree(root, files)
+    return root
+
+
+def test_reuse_takes_packs_from_the_row(
+    local_store: Store, tmp_path: Path, author: Author, opened: list[str]
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    assert len(opened) == 21
+    opened.clear()
+    second = repo.upload(str(src), _opts(author))
+    assert opened == []
+    assert second.bundle.packs == first.bundle.packs
+    assert second.bundle.tree == first.bundle.tree
+    assert repo.verify(second.bundle_id).ok
+    repo.download(second.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_interrupted_upload_records_nothing(
+    local_store: Store,
+    tmp_path: Path,
+    author: Author,
+    opened: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+
+    def fail(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(upload_module, "_build", fail)
+        with pytest.raises(KeyboardInterrupt):
+            repo.upload(str(src), _opts(author))
+    rows = sqlite3.connect(local_store.stat_cache.db_path).execute("SELECT count(*) FROM files")
+    assert rows.fetchone()[0] == 0
+    opened.clear()
+    result = repo.upload(str(src), _opts(author))
+    assert len(opened) == 21
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+@pytest.mark.parametrize("drop_index_copy", [False, True])
+def test_rows_naming_lost_packs_are_not_trusted(
+    local_store: Store,
+    tmp_path: Path,
+    author: Author,
+    opened: list[str],
+    drop_index_copy: bool,
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    for pack in first.bundle.packs:  # as if a collector had removed them
+        local_store.blob.delete(pack_key(pack))
+        local_store.blob.delete(index_key(pack))
+    if drop_index_copy:  # the chunk index copy is only a cache: deleting it is safe
+        local_store.index.close()
+        os.remove(local_store.index.db_path)
+        local_store.index.__init__(local_store.blob, local_store.index.db_path)  # type: ignore[misc]
+    opened.clear()
+    second = repo.upload(str(src), _opts(author))
+    assert len(opened) == 21
+    assert second.new_chunks == first.new_chunks
+    assert repo.verify(second.bundle_id).ok
+    repo.download(second.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_a_second_store_does_not_trust_the_first_ones_rows(
+    tmp_path: Path, author: Author, opened: list[str]
+) -> None:
+    src = _tree(tmp_path / "src")
+    one = Store.open(str(tmp_path / "one"))
+    two = Store.open(str(tmp_path / "two"))
+    try:
+        Repository.create(one, "r", "", author).upload(str(src), _opts(author))
+        opened.clear()
+        repo = Repository.create(two, "r", "", author)
+        result = repo.upload(str(src), _opts(author))
+        assert len(opened) == 21
+        assert repo.verify(result.bundle_id).ok
+    finally:
+        one.close()
+        two.close()
+
+
+def test_stat_cache_range_lookup(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    st = os.stat(tmp_path)
+    refs = (ChunkRef(b"\x01" * 32, 5),)
+    # Many unrelated rows between the wanted paths force the by-name fallback.
+    rows = [(f"/a/{i:05d}", st, refs, ["p"]) for i in range(3000)]
+    cache.put_many(rows)
+    wanted = [("/a/00000", st), ("/a/02999", st), ("/a/missing", st)]
+    found = cache.get_many(wanted)
+    assert found == {"/a/00000": (refs, ("p",)), "/a/02999": (refs, ("p",))}
+    assert len(cache.get_many([(p, st) for p, *_ in rows[100:400]])) == 300
+    cache.close()
+
+
+def test_old_stat_cache_tables_are_dropped(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "stat.sqlite")
+    db.execute(
+        "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+        " ctime_ns INTEGER, ino INTEGER, chunks BLOB) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO files VALUES ('/x', 1, 2, 3, 4, x'90')")
+    db.commit()
+    db.close()
+    cache = StatCache(tmp_path / "stat.sqlite")
+    assert cache.get_many([("/x", os.stat(tmp_path))]) == {}
+    cache.close()
+
+
+def test_files_are_ordered_by_path_components(tmp_path: Path) -> None:
+    names = ["a-b/x", "a/b", "a/c/d", "a/c-e", "a.b", "a/z", "b/a/a", "A", "a b/c"]
+    write_tree(tmp_path / "t", {n: b"." for n in names})
+    root = str(tmp_path / "t")
+    got = [full for full, _f in upload_module._ordered(scan(root))]
+    want = sorted(
+        (os.path.abspath(os.path.join(root, n)) for n in names),
+        key=lambda p: os.path.relpath(p, root).split(os.sep),
+    )
+    assert got == want
