@@ -14,7 +14,7 @@ import click
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.options import json_option
 from datamon.cli.output import emit_json
-from datamon.cli.run_cmd import build_and_report, build_options
+from datamon.cli.run_cmd import BuildFlags, build_and_report, build_options
 from datamon.errors import InvalidArgument, ParameterError
 
 if TYPE_CHECKING:
@@ -97,12 +97,7 @@ def run(
     target: str,
     task_args: tuple[str, ...],
     root: str,
-    workers: int,
-    executor: str,
-    scheduler: str | None,
-    dry_run: bool,
-    force: tuple[str, ...],
-    force_downstream: bool,
+    flags: BuildFlags,
     as_json: bool,
 ) -> None:
     """Run TARGET, a chain task <type>/<chain>/<Task>, with its parameters as options.
@@ -116,17 +111,7 @@ def run(
 
     cls = find_task(root, target)
     task = cls(**parse_task_args(cls, task_args))
-    build_and_report(
-        app,
-        task,
-        workers=workers,
-        executor=executor,
-        scheduler=scheduler,
-        dry_run=dry_run,
-        force=force,
-        force_downstream=force_downstream,
-        as_json=as_json,
-    )
+    build_and_report(app, task, flags, as_json)
 
 
 def parse_task_args(cls: type[Task], args: tuple[str, ...]) -> dict[str, Any]:

@@ -5,13 +5,15 @@ The pipeline package loads only when a ``run`` command runs, so ``datamon --help
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 import msgspec
@@ -108,6 +110,18 @@ def _step_line(step: StepResult) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class BuildFlags:
+    """The command-line options of a build, handed to the command as one ``flags`` value."""
+
+    workers: int
+    executor: str
+    scheduler: str | None
+    dry_run: bool
+    force: tuple[str, ...]
+    force_downstream: bool
+
+
 def build_options(f: F) -> F:
     """The options of a build: workers, executor, scheduler, dry run and forcing."""
     options = [
@@ -132,9 +146,25 @@ def build_options(f: F) -> F:
         click.option("--force", multiple=True, metavar="TASK", help="Run this task even if done."),
         click.option("--force-downstream", is_flag=True, help="Also run everything below --force."),
     ]
+
+    @functools.wraps(f)
+    def gather(
+        *args: Any,
+        workers: int,
+        executor: str,
+        scheduler: str | None,
+        dry_run: bool,
+        force: tuple[str, ...],
+        force_downstream: bool,
+        **kwargs: Any,
+    ) -> Any:
+        flags = BuildFlags(workers, executor, scheduler, dry_run, force, force_downstream)
+        return f(*args, flags=flags, **kwargs)
+
+    wrapped: Any = gather
     for option in reversed(options):
-        f = option(f)
-    return f
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
 
 
 @run_group.command("start")
@@ -144,16 +174,7 @@ def build_options(f: F) -> F:
 @json_option
 @pass_app
 def start(
-    app: AppContext,
-    target: str,
-    params: tuple[str, ...],
-    workers: int,
-    executor: str,
-    scheduler: str | None,
-    dry_run: bool,
-    force: tuple[str, ...],
-    force_downstream: bool,
-    as_json: bool,
+    app: AppContext, target: str, params: tuple[str, ...], flags: BuildFlags, as_json: bool
 ) -> None:
     """Build TARGET (module:TaskClass) and what it requires; reuse every step already done.
 
@@ -166,36 +187,16 @@ def start(
     """
     cls = _load_task_class(target)
     task = cls(**_parse_params(cls, params))
-    build_and_report(
-        app,
-        task,
-        workers=workers,
-        executor=executor,
-        scheduler=scheduler,
-        dry_run=dry_run,
-        force=force,
-        force_downstream=force_downstream,
-        as_json=as_json,
-    )
+    build_and_report(app, task, flags, as_json)
 
 
-def build_and_report(
-    app: AppContext,
-    task: Task,
-    *,
-    workers: int,
-    executor: str,
-    scheduler: str | None,
-    dry_run: bool,
-    force: tuple[str, ...],
-    force_downstream: bool,
-    as_json: bool,
-) -> None:
+def build_and_report(app: AppContext, task: Task, flags: BuildFlags, as_json: bool) -> None:
     """Build ``task`` and print the steps and the outcome (``run start``, ``chain run``)."""
     from datamon.pipeline import BuildOptions, build
     from datamon.pipeline.location import StoreLocation
 
-    if executor == "dask" and not scheduler and not dry_run:
+    dry_run = flags.dry_run
+    if flags.executor == "dask" and not flags.scheduler and not dry_run:
         raise click.UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
     options = BuildOptions(
         author=_author(app), on_step=None if (as_json or dry_run) else _step_line
@@ -203,13 +204,13 @@ def build_and_report(
     result = build(
         [task],
         store=app.store,
-        workers=workers,
-        executor=executor,
+        workers=flags.workers,
+        executor=flags.executor,
         dry_run=dry_run,
-        force=force,
-        force_downstream=force_downstream,
+        force=flags.force,
+        force_downstream=flags.force_downstream,
         options=options,
-        scheduler=scheduler,
+        scheduler=flags.scheduler,
         # Dask workers open the store themselves, exactly as this command did.
         location=StoreLocation.from_config(app.config, app.store_override),
     )
