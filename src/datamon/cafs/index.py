@@ -8,13 +8,12 @@ brings the copy up to date by listing the pack indexes.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from datamon.cafs.layout import INDEX, index_key, pack_id_of
+from datamon.cafs.sqlitedb import LocalDB
 from datamon.core.codecs import decode_frame, load_versioned
 from datamon.core.model import FORMAT_VERSION, PackIndex
 from datamon.errors import CorruptObject
@@ -49,28 +48,15 @@ class ChunkIndex:
     def __init__(self, blob: Backend, db_path: Path) -> None:
         self.blob = blob
         self.db_path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._db() as db:
+        self._db = LocalDB(db_path, "NORMAL")
+        with self._db.get() as db:
             db.executescript(_SCHEMA)
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
-
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
 
     def known_packs(self) -> set[str]:
-        return {row[0] for row in self._db().execute("SELECT id FROM packs")}
+        return {row[0] for row in self._db.get().execute("SELECT id FROM packs")}
 
     def sync(self) -> int:
         """Match the local copy to the pack indexes in the store; returns how many were loaded."""
@@ -92,7 +78,7 @@ class ChunkIndex:
                 self.record(load_pack_index(self.blob, pack_id))
 
     def record(self, index: PackIndex) -> None:
-        db = self._db()
+        db = self._db.get()
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
@@ -106,7 +92,7 @@ class ChunkIndex:
             raise
 
     def _forget(self, packs: set[str]) -> None:
-        db = self._db()
+        db = self._db.get()
         db.execute("BEGIN IMMEDIATE")
         try:
             for pack_id in packs:
@@ -119,7 +105,7 @@ class ChunkIndex:
 
     def lookup(self, cid: bytes) -> Location | None:
         row = (
-            self._db()
+            self._db.get()
             .execute("SELECT pack, offset, length, size FROM chunks WHERE id = ?", (cid,))
             .fetchone()
         )
@@ -127,7 +113,7 @@ class ChunkIndex:
 
     def lookup_many(self, cids: Sequence[bytes]) -> dict[bytes, Location]:
         found: dict[bytes, Location] = {}
-        db = self._db()
+        db = self._db.get()
         for start in range(0, len(cids), _BATCH):
             batch = list(set(cids[start : start + _BATCH]))
             marks = ",".join("?" * len(batch))

@@ -12,14 +12,13 @@ provided every pack it names is still in the chunk index copy (see docs/design.m
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import msgspec
 
+from datamon.cafs.sqlitedb import LocalDB
 from datamon.core.model import ChunkRef
 
 # Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
@@ -46,9 +45,8 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int]:
 class StatCache:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        db = self._db()
+        self._db = LocalDB(db_path, "OFF")
+        db = self._db.get()
         db.execute("BEGIN IMMEDIATE")
         try:
             if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
@@ -59,15 +57,6 @@ class StatCache:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")
-            self._local.db = db
-        return db
 
     def get_many(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, Cached]:
         """The recorded chunks and packs of those ``(path, stat)`` that are unchanged.
@@ -81,7 +70,7 @@ class StatCache:
             return {}
         found: dict[str, Cached] = {}
         seen: set[str] = set()
-        db = self._db()
+        db = self._db.get()
         limit = 2 * len(wanted) + 64
         rows = db.execute(
             "SELECT path, size, mtime_ns, ctime_ns, ino, chunks, packs FROM files"
@@ -140,7 +129,7 @@ class StatCache:
         ]
         if not rows:
             return
-        db = self._db()
+        db = self._db.get()
         db.execute("BEGIN")
         try:
             db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -150,7 +139,4 @@ class StatCache:
             raise
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
