@@ -315,3 +315,36 @@ def test_help_of_every_command_has_an_example(datamon: Datamon) -> None:
         assert "Example" in shown.stdout, describe(shown)
     bad = _helps_without_example(datamon, ALL_COMMANDS)
     assert not bad, "\n".join(bad)
+
+
+def test_upload_only_listed_paths(datamon: Datamon, tree: Path, tmp_path: Path) -> None:
+    (v1,) = datamon.prepare("only", [(tree, "first")])
+    (tree / "a.txt").write_text("edited\n")
+    (tree / "data" / "values.csv").unlink()
+    (tree / "data" / "added.txt").write_text("added\n")
+    listing = tmp_path / "changed.txt"
+    listing.write_text("data/values.csv\ndata/added.txt\n")
+    v2 = datamon.upload(tree, "only", "two paths", "--only", "a.txt", "--only-from", str(listing))
+    got = stdout_lines(datamon("bundle", "get", "--repo", "only", "--bundle", v2))
+    assert f"parents: {v1}" in got
+    diff = stdout_lines(datamon("bundle", "diff", "--repo", "only", v1, v2))
+    assert sorted(diff) == ["A data/added.txt", "D data/values.csv", "M a.txt"]
+    out = tmp_path / "out"
+    datamon("bundle", "download", "--repo", "only", "--bundle", v2, "--destination", out)
+    assert tree_files(out) == tree_files(tree)
+
+    bad = datamon(
+        "bundle",
+        "upload",
+        "--path",
+        tree,
+        "--message",
+        "m",
+        "--repo",
+        "only",
+        "--only",
+        "../elsewhere",
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert stderr_lines(bad) == [f"error: '../elsewhere' is not a path inside {tree}"]

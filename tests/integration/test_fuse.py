@@ -233,6 +233,12 @@ mv deep moved
 def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    v1 = _head(cli)
+    # The branch moves on after v1: the mount starts from v1, and commits onto the head.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("another bundle\n")
+    cli.run("bundle", "upload", "--path", str(other), "--message", "v2", "--repo", "data")
     parent = _head(cli)
     cli.run(
         "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "edited",
@@ -240,8 +246,10 @@ def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
     )  # fmt: skip
     expected = tmp_path / "expected"
     shutil.copytree(tmp_path / "src", expected, symlinks=True)
-    cli.sh(OPS, expected)
-    cli.sh(OPS, mnt)
+    modes = "mkdir -m 700 private && echo x > private/run.sh && chmod 750 private/run.sh"
+    for folder in (expected, mnt):
+        cli.sh(OPS, folder)
+        cli.sh(modes, folder)
     first = cli.run("bundle", "mount", "commit", str(mnt)).stdout
     assert "Uploaded bundle id:" in first
     cli.sh("echo later > later.txt", mnt)
@@ -255,12 +263,14 @@ def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
     cli.sh("find . -type f -print0 | xargs -0 sha256sum > ../want", expected)
     cli.sh(f"sha256sum -c {tmp_path / 'want'}", got)
     assert os.readlink(got / "new.lnk") == "new.txt"
+    listing = "find . -mindepth 1 -printf '%p %y %m\\n' | sort"
+    assert cli.sh(listing, got).stdout == cli.sh(listing, expected).stdout
     bundles = cli.run("bundle", "list", "--repo", "data", "--json").stdout
     import json
 
     rows = {row["id"]: row for row in json.loads(bundles)}
     first_id = first.split("Uploaded bundle id:")[1].strip()
-    assert rows[first_id]["parents"] == [parent]
+    assert rows[first_id]["parents"] == [parent, v1]
     assert rows[bid]["parents"] == [first_id]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from datamon.api import diff as _diff
@@ -60,6 +60,16 @@ class Repository:
         self, path: str, options: _upload.UploadOptions, progress: Progress | None = None
     ) -> _upload.UploadResult:
         return _upload.upload(self.store, self.name, path, options, progress)
+
+    def upload_paths(
+        self,
+        path: str,
+        paths: Iterable[str],
+        options: _upload.UploadOptions,
+        progress: Progress | None = None,
+    ) -> _upload.UploadResult:
+        """Upload only ``paths`` under the folder ``path`` onto the branch head."""
+        return _upload.upload_paths(self.store, self.name, path, paths, options, progress)
 
     def visible_ids(self) -> set[str]:
         """Bundles reachable from a branch or label history; interrupted uploads are not."""

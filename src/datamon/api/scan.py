@@ -37,21 +37,23 @@ class LocalDir:
     links: list[LocalLink] = field(default_factory=list)
     dirs: list[LocalDir] = field(default_factory=list)
 
-    def all_files(self) -> list[LocalFile]:
-        found: list[LocalFile] = []
-        stack = [self]
+    def all_links(self) -> list[tuple[str, LocalLink]]:
+        """Every symlink below, with its path relative to this folder."""
+        found: list[tuple[str, LocalLink]] = []
+        stack: list[tuple[str, LocalDir]] = [("", self)]
         while stack:
-            node = stack.pop()
-            found.extend(node.files)
-            stack.extend(node.dirs)
+            prefix, node = stack.pop()
+            found.extend((prefix + link.name, link) for link in node.links)
+            stack.extend((f"{prefix}{d.name}/", d) for d in node.dirs)
         return found
 
 
-def scan(root: str) -> LocalDir:
+def scan(root: str, guard_links: bool = True) -> LocalDir:
     """Stat everything below ``root``; unreadable entries are an error, sockets skipped.
 
     Names that are not UTF-8 and symlinks leading out of ``root`` are refused here,
-    so that no bundle is made that could not be downloaded.
+    so that no bundle is made that could not be downloaded. With ``guard_links`` false
+    the caller checks symlinks itself (``root`` is then a folder inside the tree).
     """
     try:
         st = os.stat(root)
@@ -77,7 +79,8 @@ def scan(root: str) -> LocalDir:
                 if stat.S_ISLNK(est.st_mode):
                     target = os.readlink(entry.path)
                     check_name(rel, target)
-                    guard.add_link(rel, target)
+                    if guard_links:
+                        guard.add_link(rel, target)
                     node.links.append(LocalLink(entry.name, target, est))
                 elif stat.S_ISDIR(est.st_mode):
                     child = LocalDir(entry.path, entry.name, est, rel + "/")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from datamon.api.commit import CommitInfo, TreeBuilder, commit
+from datamon.api.edit import TreeEdit
 from datamon.api.parallel import bounded_map, size_groups
+from datamon.api.paths import check_link
+from datamon.api.paths import check_name as check_local_name
 from datamon.api.progress import NoProgress, Progress
-from datamon.api.scan import LocalDir, LocalFile, scan
+from datamon.api.scan import LocalDir, LocalFile, LocalLink, scan
 from datamon.api.store import Store
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
-from datamon.core.model import FORMAT_VERSION, Author, Bundle, ChunkRef, Entry, Kind
-from datamon.errors import RefConflict, SourceUnreadable
+from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
+from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
 
 DEFAULT_BRANCH = "main"
@@ -48,14 +52,43 @@ class UploadResult:
 def upload(
     store: Store, repo: str, path: str, options: UploadOptions, progress: Progress | None = None
 ) -> UploadResult:
+    """Upload the folder ``path`` as the next bundle of the branch."""
+    _check(store, repo, options)
+    root = scan(path)
+    # In the order downloads walk the tree, so that packs hold files as they are read back.
+    batch = _ingest(store, path, _ordered(root), options, progress)
+    trees_before = store.trees.written
+    top = _build(store, root, batch.refs)
+    return _finish(store, repo, options, batch, trees_before, lambda _base: (top, batch.packs))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Files ingested: their chunk lists by path, and what storing them took."""
+
+    refs: dict[str, tuple[ChunkRef, ...]]
+    packs: tuple[str, ...]
+    ingester: Ingester
+    packer: PackWriter
+    written: int
+
+
+def _check(store: Store, repo: str, options: UploadOptions) -> None:
     store.repos.get(repo)
     check_name("branch", options.branch)
     if options.label:
         check_name("label", options.label)
+
+
+def _ingest(
+    store: Store,
+    path: str,
+    files: list[tuple[str, LocalFile]],
+    options: UploadOptions,
+    progress: Progress | None,
+) -> _Batch:
+    """Chunk and store ``files``; packs are durable when this returns."""
     progress = progress or NoProgress()
-    root = scan(path)
-    # In the order downloads walk the tree, so that packs hold files as they are read back.
-    files = _ordered(root)
     store.index.sync()
     # Remote stores need several PUTs in flight to fill the network; local disk does not.
     writers = 2 if store.blob.url.startswith("file:") else max(2, min(options.concurrency, 4))
@@ -89,25 +122,178 @@ def upload(
     finally:
         ingester.close()
         progress.finish()
-    trees_before = store.trees.written
-    top = _build(store, root, refs)
     # Packs (and their indexes) must be durable before a ref can name them.
     store.blob.flush()
-    # Only now that the packs are durable may the stat cache name them (design §9).
-    ingester.remember()
     packs = tuple(sorted(set(written) | ingester.stats.packs_used))
-    bid, bundle = _commit(store, repo, top, packs, options)
-    stats = ingester.stats
+    return _Batch(refs, packs, ingester, packer, len(written))
+
+
+def _finish(
+    store: Store,
+    repo: str,
+    options: UploadOptions,
+    batch: _Batch,
+    trees_before: int,
+    build: TreeBuilder,
+) -> UploadResult:
+    # The packs are durable, so the stat cache may name them now (design §9); an upload
+    # stopped before this point records nothing.
+    batch.ingester.remember()
+    info = CommitInfo(options.message, options.author, options.branch, options.label)
+    bid, bundle = commit(store, repo, info, build)
+    stats = batch.ingester.stats
     return UploadResult(
         bundle_id=bid,
         bundle=bundle,
         chunks=stats.chunks,
         new_chunks=stats.new_chunks,
         bytes_read=stats.bytes_read,
-        bytes_stored=packer.bytes_written,
-        packs_written=len(written),
+        bytes_stored=batch.packer.bytes_written,
+        packs_written=batch.written,
         trees_written=store.trees.written - trees_before,
     )
+
+
+def upload_paths(
+    store: Store,
+    repo: str,
+    path: str,
+    paths: Iterable[str],
+    options: UploadOptions,
+    progress: Progress | None = None,
+) -> UploadResult:
+    """Upload only ``paths`` (relative to the folder ``path``) onto the branch head.
+
+    Everything else keeps its entry from the head, so the cost follows the number of paths,
+    not the size of the tree. A folder is uploaded whole; a path missing from disk is
+    removed from the bundle. The folders on each path take their mode and mtime from disk,
+    so the tree is the one a full upload of the folder would give, when the head was
+    uploaded from the same folder and every change is listed.
+    """
+    _check(store, repo, options)
+    real_root = _real_dir(path)
+    changes = [(rel, _local(path, real_root, rel)) for rel in _relative(path, paths)]
+    files: list[tuple[str, LocalFile]] = []
+    for _rel, item in changes:
+        if isinstance(item, LocalDir):
+            files.extend(_ordered(item))
+        elif isinstance(item, LocalFile):
+            files.append((os.path.abspath(item.path), item))
+    batch = _ingest(store, path, files, options, progress)
+    trees_before = store.trees.written
+    stored = {
+        rel: _build(store, item, batch.refs) for rel, item in changes if isinstance(item, LocalDir)
+    }
+    folders = _folders_on(path, [rel for rel, _item in changes])
+    now = time.time_ns()
+
+    def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
+        edit = TreeEdit(store, bytes.fromhex(base.tree) if base else None, now)
+        for rel, item in changes:
+            if item is None:
+                edit.remove(rel)
+            elif isinstance(item, LocalDir):
+                edit.put(rel, stored[rel])
+            elif isinstance(item, LocalFile):
+                edit.put(rel, _file_entry(item, batch.refs[item.path]))
+            else:
+                edit.put(rel, _link_entry(item))
+        for rel, st in folders:
+            edit.set_dir(rel, _mode(st), st.st_mtime_ns)
+        packs = set(batch.packs) | set(base.packs if base else ())
+        return edit.write(), tuple(sorted(packs))
+
+    return _finish(store, repo, options, batch, trees_before, build)
+
+
+def _real_dir(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SourceUnreadable(path, exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceUnreadable(path, "not a directory")
+    return os.path.realpath(path)
+
+
+def _relative(root: str, paths: Iterable[str]) -> list[str]:
+    """Each path as a clean relative POSIX path under ``root``; duplicates dropped, and
+    paths inside another listed folder too (the folder is uploaded whole)."""
+    base = os.path.abspath(root)
+    found: set[str] = set()
+    for raw in paths:
+        full = os.path.normpath(os.path.join(base, raw))
+        rel = os.path.relpath(full, base)
+        if rel == "." or rel == ".." or rel.startswith("../"):
+            raise InvalidArgument(f"{raw!r} is not a path inside {root}")
+        found.add(rel.replace(os.sep, "/"))
+    ordered = sorted(found)
+    kept: list[str] = []
+    for rel in ordered:
+        if not any(rel.startswith(k + "/") for k in kept[-1:]):
+            kept.append(rel)
+    return kept
+
+
+def _local(root: str, real_root: str, rel: str) -> LocalFile | LocalDir | LocalLink | None:
+    """What is at ``rel`` on disk now; None when it is gone."""
+    full = os.path.join(root, rel)
+    name = rel.rsplit("/", 1)[-1]
+    check_local_name(rel, name)
+    parent = os.path.realpath(os.path.dirname(full))
+    if parent != os.path.join(real_root, os.path.dirname(rel)).rstrip("/"):
+        raise UnsafePath(rel, "a folder on this path is a symlink")
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceUnreadable(full, exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        node = scan(full, guard_links=False)
+        node.name = name
+        for sub, link in node.all_links():
+            check_link(f"{rel}/{sub}", link.target)
+            _check_link_on_disk(real_root, f"{rel}/{sub}", os.path.join(full, sub))
+        return node
+    if stat.S_ISREG(st.st_mode):
+        return LocalFile(full, name, st)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(full)
+        except OSError as exc:
+            raise SourceUnreadable(full, exc.strerror or str(exc)) from None
+        check_local_name(rel, target)
+        check_link(rel, target)
+        _check_link_on_disk(real_root, rel, full)
+        return LocalLink(name, target, st)
+    raise SourceUnreadable(full, "not a regular file, folder or symlink")
+
+
+def _check_link_on_disk(real_root: str, rel: str, full: str) -> None:
+    """A symlink must resolve inside the uploaded folder, as the kernel resolves it."""
+    resolved = os.path.realpath(full)
+    if resolved != real_root and not resolved.startswith(real_root + os.sep):
+        raise UnsafePath(rel, f"symlink points outside the bundle ({os.readlink(full)!r})")
+
+
+def _folders_on(root: str, rels: list[str]) -> list[tuple[str, os.stat_result]]:
+    """The folders along the changed paths (the root included) with their stat on disk."""
+    names = {""}
+    for rel in rels:
+        parts = rel.split("/")[:-1]
+        names.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    found: list[tuple[str, os.stat_result]] = []
+    for rel in sorted(names):
+        try:
+            st = os.lstat(os.path.join(root, rel) if rel else root)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SourceUnreadable(os.path.join(root, rel), exc.strerror or str(exc)) from None
+        if stat.S_ISDIR(st.st_mode):
+            found.append((rel, st))
+    return found
 
 
 def _ordered(root: LocalDir) -> list[tuple[str, LocalFile]]:
@@ -146,22 +332,25 @@ def _mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
+def _file_entry(f: LocalFile, chunks: tuple[ChunkRef, ...]) -> Entry:
+    size = sum(c.size for c in chunks)
+    return Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=size, chunks=chunks)
+
+
+def _link_entry(link: LocalLink) -> Entry:
+    return Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
+
+
 def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
     """Store the directory's tree bottom-up; returns the entry that names it."""
     entries: list[Entry] = []
     size = count = 0
     for f in node.files:
-        chunks = refs[f.path]
-        fsize = sum(c.size for c in chunks)
-        entries.append(
-            Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=fsize, chunks=chunks)
-        )
-        size += fsize
+        entry = _file_entry(f, refs[f.path])
+        entries.append(entry)
+        size += entry.size
         count += 1
-    for link in node.links:
-        entries.append(
-            Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
-        )
+    entries.extend(_link_entry(link) for link in node.links)
     for sub in node.dirs:
         child = _build(store, sub, refs)
         entries.append(child)
@@ -171,38 +360,3 @@ def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) 
     return Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )
-
-
-def _commit(
-    store: Store, repo: str, top: Entry, packs: tuple[str, ...], options: UploadOptions
-) -> tuple[str, Bundle]:
-    """Write the bundle on top of the branch head and move the branch by compare-and-swap."""
-    while True:
-        current = store.refs.read(repo, "branch", options.branch)
-        head = current[0].bundle if current else None
-        bundle = Bundle(
-            format=FORMAT_VERSION,
-            repo=repo,
-            parents=(head,) if head else (),
-            message=options.message,
-            author=options.author,
-            timestamp=datetime.now(UTC),
-            tree=top.tree.hex(),
-            packs=packs,
-            files=top.files,
-            size=top.size,
-            branch=options.branch,
-        )
-        bid = store.bundles.put(bundle)
-        try:
-            store.refs.move(repo, "branch", options.branch, bid, options.author.email, head)
-        except RefConflict:
-            now = store.refs.read(repo, "branch", options.branch)
-            # A swap whose reply was lost may have landed: then the bundle is in the history.
-            if now is None or all(move.bundle != bid for move in now[0].history):
-                # Another writer moved the branch first: this bundle's parent is stale.
-                store.bundles.delete(repo, bid)
-                continue
-        if options.label:
-            store.refs.move(repo, "label", options.label, bid, options.author.email)
-        return bid, bundle

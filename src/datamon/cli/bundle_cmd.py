@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TextIO
+
 import click
 
 from datamon.api.upload import DEFAULT_BRANCH, UploadOptions
@@ -48,6 +50,18 @@ def bundle() -> None:
 @repo_option
 @click.option("--label", default=None, help="Point this label at the new bundle.")
 @click.option("--branch", default=DEFAULT_BRANCH, show_default=True, help="Branch to commit on.")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    help="Upload only this path (relative to --path) onto the branch head; repeatable.",
+)
+@click.option(
+    "--only-from",
+    type=click.File("r"),
+    default=None,
+    help="Read --only paths from this file, one a line ('-' for stdin).",
+)
 @concurrency_option
 @pass_app
 def upload(
@@ -57,18 +71,34 @@ def upload(
     repo: str,
     label: str | None,
     branch: str,
+    only: tuple[str, ...],
+    only_from: TextIO | None,
     concurrency: int,
 ) -> None:
     """Upload a folder as a new bundle; the last line prints its id.
 
+    With --only or --only-from, only the listed paths are read: the new bundle is the
+    branch head with those paths replaced by what is on disk now (a folder whole, a path
+    gone from disk removed), so committing a few changes to a huge tree costs a few
+    files, not a scan of the tree.
+
     \b
     Example:
       datamon bundle upload --path ./data --message "The initial commit" --repo my-data --label init
+      datamon bundle upload --path ./data --message "fix two rows" --repo my-data --only a/x.csv
     """
     options = UploadOptions(
         message=message, author=app.author, branch=branch, label=label, concurrency=concurrency
     )
-    result = app.repo(repo).upload(path, options, progress())
+    paths = list(only)
+    if only_from is not None:
+        paths.extend(line.rstrip("\n") for line in only_from if line.strip())
+    if only or only_from is not None:
+        if not paths:
+            raise click.UsageError("--only-from named no paths")
+        result = app.repo(repo).upload_paths(path, paths, options, progress())
+    else:
+        result = app.repo(repo).upload(path, options, progress())
     click.echo(
         f"{result.bundle.files} files, {result.bytes_read} bytes read, "
         f"{result.new_chunks}/{result.chunks} chunks new, {result.bytes_stored} bytes stored",

@@ -15,11 +15,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
-import msgspec
-
+from datamon.api.commit import CommitInfo, commit
+from datamon.api.edit import TreeEdit
 from datamon.api.parallel import bounded_map
 from datamon.api.paths import check_entry
 from datamon.api.paths import check_name as check_utf8
@@ -27,21 +26,21 @@ from datamon.api.store import Store
 from datamon.api.upload import DEFAULT_CONCURRENCY
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
-from datamon.core.model import FORMAT_VERSION, Author, Bundle, ChunkRef, Entry, Kind
-from datamon.errors import RefConflict
-from datamon.fs.view import TreeCache
+from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.metadata.layout import check_name
 
 FILE_MODE = 0o644
-DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
 class StagedFile:
-    """A file written locally; ``exclusive`` refuses to replace an existing one."""
+    """A file written locally; ``exclusive`` refuses to replace an existing one. Without a
+    mode it keeps the replaced file's (else 0o644); without an mtime it gets the commit's."""
 
     local: str
     exclusive: bool = False
+    mode: int | None = None
+    mtime: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,18 +58,11 @@ class Removal:
 
 @dataclass(frozen=True)
 class NewDir:
-    pass
+    mode: int | None = None
+    mtime: int | None = None
 
 
 Operation = StagedFile | CopiedEntry | Removal | NewDir
-
-
-@dataclass
-class _Dir:
-    """A folder being rebuilt: its original entry (None if new) and its children."""
-
-    entry: Entry | None
-    children: dict[str, Entry | _Dir] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,8 +91,15 @@ class ChangeSet:
         os.close(fd)
         return path
 
-    def write(self, path: str, local: str, exclusive: bool = False) -> None:
-        self._add(path, StagedFile(local, exclusive))
+    def write(
+        self,
+        path: str,
+        local: str,
+        exclusive: bool = False,
+        mode: int | None = None,
+        mtime: int | None = None,
+    ) -> None:
+        self._add(path, StagedFile(local, exclusive, mode, mtime))
 
     def copy(self, path: str, entry: Entry, packs: Iterable[str]) -> None:
         self._add(path, CopiedEntry(entry, tuple(packs)))
@@ -108,8 +107,8 @@ class ChangeSet:
     def remove(self, path: str) -> None:
         self._add(path, Removal())
 
-    def mkdir(self, path: str) -> None:
-        self._add(path, NewDir())
+    def mkdir(self, path: str, mode: int | None = None, mtime: int | None = None) -> None:
+        self._add(path, NewDir(mode, mtime))
 
     def _add(self, path: str, op: Operation) -> None:
         parts = path.split("/")
@@ -138,10 +137,18 @@ class ChangeSet:
     # commit --------------------------------------------------------------------------------
 
     def commit(
-        self, store: Store, author: Author, message: str, label: str | None = None
+        self,
+        store: Store,
+        author: Author,
+        message: str,
+        label: str | None = None,
+        started_from: str | None = None,
     ) -> CommitResult:
         """Store the staged files, then write the bundle on the branch head and move the
-        branch by compare-and-swap (replaying on the new head if it moved)."""
+        branch by compare-and-swap (replaying on the new head if it moved).
+
+        ``started_from`` names the bundle the changes were made on when it is not the
+        branch head; the new bundle then has it as second parent."""
         store.repos.get(self.repo)
         if label:
             check_name("label", label)
@@ -151,37 +158,14 @@ class ChangeSet:
         for _path, op in self.ops:
             if isinstance(op, CopiedEntry):
                 packs.update(op.packs)
-        trees = TreeCache(store.trees)
-        while True:
-            current = store.refs.read(self.repo, "branch", self.branch)
-            head = current[0].bundle if current else None
-            base = store.bundles.get(self.repo, head) if head else None
-            top = self._replay(store, trees, base, chunks)
-            bundle = Bundle(
-                format=FORMAT_VERSION,
-                repo=self.repo,
-                parents=(head,) if head else (),
-                message=message,
-                author=author,
-                timestamp=datetime.now(UTC),
-                tree=top.tree.hex(),
-                packs=tuple(sorted(packs | set(base.packs if base else ()))),
-                files=top.files,
-                size=top.size,
-                branch=self.branch,
-            )
-            bid = store.bundles.put(bundle)
-            try:
-                store.refs.move(self.repo, "branch", self.branch, bid, author.email, head)
-            except RefConflict:
-                now = store.refs.read(self.repo, "branch", self.branch)
-                # A swap whose reply was lost may have landed: then the bundle is in the history.
-                if now is None or all(move.bundle != bid for move in now[0].history):
-                    store.bundles.delete(self.repo, bid)
-                    continue
-            if label:
-                store.refs.move(self.repo, "label", label, bid, author.email)
-            return CommitResult(bid, bundle, stats[0], stats[1])
+
+        def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
+            top = self._replay(store, base, chunks)
+            return top, tuple(sorted(packs | set(base.packs if base else ())))
+
+        info = CommitInfo(message, author, self.branch, label, started_from)
+        bid, bundle = commit(store, self.repo, info, build)
+        return CommitResult(bid, bundle, stats[0], stats[1])
 
     def _ingest(
         self, store: Store
@@ -206,86 +190,34 @@ class ChangeSet:
         return chunks, packs, (ingester.stats.new_chunks, packer.bytes_written)
 
     def _replay(
-        self,
-        store: Store,
-        trees: TreeCache,
-        base: Bundle | None,
-        chunks: dict[str, tuple[ChunkRef, ...]],
+        self, store: Store, base: Bundle | None, chunks: dict[str, tuple[ChunkRef, ...]]
     ) -> Entry:
-        root = _Dir(None)
-        if base is not None:
-            root.children = dict(trees.children(bytes.fromhex(base.tree)))
         now = time.time_ns()
+        edit = TreeEdit(store, bytes.fromhex(base.tree) if base else None, now)
         for path, op in self.ops:
-            *parents, name = path.split("/")
             if isinstance(op, Removal):
-                folder = _walk(trees, root, parents, path, create=False)
-                if folder is not None:
-                    folder.children.pop(name, None)
-                continue
-            folder = _walk(trees, root, parents, path, create=True)
-            assert folder is not None
-            old = folder.children.get(name)
-            if isinstance(op, NewDir):
-                if old is None:
-                    folder.children[name] = _Dir(None)
-                elif not _is_dir(old):
-                    raise FileExistsError(errno.EEXIST, "a file has this name", path)
-                continue
-            if old is not None and _is_dir(old):
-                raise IsADirectoryError(errno.EISDIR, "a folder has this name", path)
-            if isinstance(op, CopiedEntry):
-                copied = msgspec.structs.replace(op.entry, name=name)
-                check_entry(path, copied)
-                folder.children[name] = copied
-                continue
-            if op.exclusive and old is not None:
-                raise FileExistsError(errno.EEXIST, "file exists", path)
-            refs = chunks[op.local]
-            mode = old.mode if isinstance(old, Entry) and old.kind == Kind.FILE else FILE_MODE
-            size = sum(c.size for c in refs)
-            folder.children[name] = Entry(name, Kind.FILE, mode, now, size=size, chunks=refs)
-        return _store(store, root, "", now)
+                edit.remove(path)
+            elif isinstance(op, NewDir):
+                edit.mkdir(path, op.mode, op.mtime)
+            elif isinstance(op, CopiedEntry):
+                _refuse_folder(edit.get(path), path)
+                edit.put(path, op.entry)
+            else:
+                old = edit.get(path)
+                _refuse_folder(old, path)
+                if op.exclusive and old is not None:
+                    raise FileExistsError(errno.EEXIST, "file exists", path)
+                refs = chunks[op.local]
+                mode = op.mode
+                if mode is None:
+                    mode = old.mode if old is not None and old.kind == Kind.FILE else FILE_MODE
+                mtime = op.mtime if op.mtime is not None else now
+                size = sum(c.size for c in refs)
+                name = path.rsplit("/", 1)[-1]
+                edit.put(path, Entry(name, Kind.FILE, mode, mtime, size=size, chunks=refs))
+        return edit.write()
 
 
-def _is_dir(node: Entry | _Dir) -> bool:
-    return isinstance(node, _Dir) or node.kind == Kind.DIR
-
-
-def _walk(trees: TreeCache, root: _Dir, parents: list[str], path: str, create: bool) -> _Dir | None:
-    """The folder holding ``path``, opened for rebuilding; None if absent and not ``create``."""
-    folder = root
-    for name in parents:
-        child = folder.children.get(name)
-        if child is None:
-            if not create:
-                return None
-            child = folder.children[name] = _Dir(None)
-        elif isinstance(child, Entry) and child.kind != Kind.DIR:
-            if not create:
-                return None
-            if child.kind == Kind.SYMLINK:
-                raise OSError(errno.EINVAL, "writing through a symlink is not supported", path)
-            raise NotADirectoryError(errno.ENOTDIR, "a file stands in the path", path)
-        elif isinstance(child, Entry):
-            child = folder.children[name] = _Dir(child, dict(trees.children(child.tree)))
-        folder = child
-    return folder
-
-
-def _store(store: Store, folder: _Dir, name: str, now: int) -> Entry:
-    """Write the rebuilt folder's tree bottom-up; unchanged subfolders keep their trees."""
-    entries: list[Entry] = []
-    size = count = 0
-    for child_name, child in folder.children.items():
-        entry = _store(store, child, child_name, now) if isinstance(child, _Dir) else child
-        entries.append(entry)
-        if entry.kind == Kind.FILE:
-            size += entry.size
-            count += 1
-        elif entry.kind == Kind.DIR:
-            size += entry.size
-            count += entry.files
-    oid = store.trees.put(entries)
-    mode = folder.entry.mode if folder.entry is not None else DIR_MODE
-    return Entry(name, Kind.DIR, mode, now, size=size, tree=oid, files=count)
+def _refuse_folder(old: Entry | None, path: str) -> None:
+    if old is not None and old.kind == Kind.DIR:
+        raise IsADirectoryError(errno.EISDIR, "a folder has this name", path)

@@ -116,10 +116,12 @@ def _stage_dir(
                 changes.remove(where)
                 old = None
             if old is None:
-                changes.mkdir(where)
+                changes.mkdir(where, child.mode, child.mtime_ns)
+            elif old.mode != child.mode:
+                changes.mkdir(where, child.mode)
             _stage_dir(changes, tree, child, f"{where}/", head, old, packs)
         else:
             assert child.local is not None
             if old is not None and old.kind == Kind.DIR:
                 changes.remove(where)
-            changes.write(where, child.local)
+            changes.write(where, child.local, mode=child.mode, mtime=child.mtime_ns)

@@ -334,7 +334,9 @@ class StagingOperations:
                 if not len(changes):
                     return None
                 t = self.target
-                result = changes.commit(self.store, t.author, t.message, t.label)
+                result = changes.commit(
+                    self.store, t.author, t.message, t.label, self.tree.view.bid
+                )
             finally:
                 changes.discard()
             self.commits.append(result)

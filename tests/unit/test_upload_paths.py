@@ -1,0 +1,154 @@
+"""Uploading only some paths onto the branch head (``bundle upload --only``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from datamon import Author, Repository, Store, UploadOptions
+from datamon.api import upload as upload_module
+from datamon.errors import InvalidArgument, UnsafePath
+from datamon.testing.workloads import describe_tree, random_bytes, write_tree
+
+
+def _opts(author: Author, message: str = "msg") -> UploadOptions:
+    return UploadOptions(message, author)
+
+
+def _tree(root: Path) -> Path:
+    files = {f"d{i % 4}/sub/f{i}.bin": random_bytes(i, 500 + 13 * i) for i in range(40)}
+    files["top.csv"] = b"a,b\n1,2\n"
+    write_tree(root, files)
+    (root / "empty").mkdir()
+    (root / "d0" / "link").symlink_to("sub/f0.bin")
+    return root
+
+
+def _change(src: Path) -> list[str]:
+    """Edit the tree on disk; the paths a user would list."""
+    (src / "top.csv").write_bytes(b"a,b\n1,2\n3,4\n")
+    (src / "d1" / "sub" / "f1.bin").unlink()
+    (src / "d2" / "sub" / "f2.bin").write_bytes(b"changed")
+    os.chmod(src / "d2" / "sub" / "f2.bin", 0o600)
+    (src / "new" / "deep").mkdir(parents=True)
+    (src / "new" / "deep" / "n.txt").write_text("new\n")
+    (src / "new" / "up").symlink_to("../top.csv")
+    (src / "d3" / "ln").symlink_to("../d0/sub")
+    return ["top.csv", "d1/sub/f1.bin", "./d2/sub/f2.bin", "new", "d3/ln", "new/deep/n.txt"]
+
+
+def test_only_paths_give_the_tree_a_full_upload_gives(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    paths = _change(src)
+    partial = repo.upload_paths(str(src), paths, _opts(author, "partial"))
+    assert partial.bundle.parents == (first.bundle_id,)
+    assert partial.bytes_read == len(b"a,b\n1,2\n3,4\n") + len(b"changed") + len(b"new\n")
+
+    other = Repository.create(local_store, "full", "", author)
+    full = other.upload(str(src), _opts(author))
+    assert partial.bundle.tree == full.bundle.tree
+    assert (partial.bundle.files, partial.bundle.size) == (full.bundle.files, full.bundle.size)
+    assert repo.verify(partial.bundle_id).ok
+    repo.download(partial.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_unlisted_changes_are_not_read(local_store: Store, tmp_path: Path, author: Author) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    repo.upload(str(src), _opts(author))
+    (src / "top.csv").write_text("listed\n")
+    (src / "d0" / "sub" / "f0.bin").write_text("not listed\n")
+    result = repo.upload_paths(str(src), ["top.csv"], _opts(author))
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    assert (tmp_path / "dest" / "top.csv").read_text() == "listed\n"
+    assert (tmp_path / "dest" / "d0" / "sub" / "f0.bin").read_bytes() == random_bytes(0, 500)
+
+
+def test_a_listed_folder_is_uploaded_whole_and_a_gone_one_removed(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    repo.upload(str(src), _opts(author))
+    (src / "d1" / "sub" / "extra.bin").write_bytes(b"x" * 100)
+    for f in (src / "d3" / "sub").iterdir():
+        f.unlink()
+    (src / "d3" / "sub").rmdir()
+    result = repo.upload_paths(str(src), ["d1", "d3/sub", "d1/sub/extra.bin"], _opts(author))
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_partial_upload_on_an_empty_branch_holds_only_the_paths(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    result = repo.upload_paths(str(src), ["top.csv", "d0/sub/f0.bin"], _opts(author))
+    assert result.bundle.parents == ()
+    assert result.bundle.files == 2
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    assert sorted(
+        p.relative_to(tmp_path / "dest").as_posix() for p in (tmp_path / "dest").rglob("*")
+    ) == [
+        "d0",
+        "d0/sub",
+        "d0/sub/f0.bin",
+        "top.csv",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["..", "../x", "/etc/passwd", ".", ""])
+def test_paths_outside_the_folder_are_refused(
+    local_store: Store, tmp_path: Path, author: Author, bad: str
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    with pytest.raises(InvalidArgument):
+        repo.upload_paths(str(src), [bad], _opts(author))
+    assert repo.bundles() == []
+
+
+def test_unsafe_symlinks_and_symlinked_folders_are_refused(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("no")
+    (src / "escape").symlink_to("../outside/secret")
+    (src / "d0" / "up").symlink_to("../..")
+    (src / "via").symlink_to("d0")
+    (src / "chain").symlink_to("d0/up/outside")
+    for path in ("escape", "d0", "via/sub/f0.bin", "chain"):
+        with pytest.raises(UnsafePath):
+            repo.upload_paths(str(src), [path], _opts(author))
+    assert repo.bundles() == []
+
+
+def test_interrupted_partial_upload_leaves_the_branch(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    paths = _change(src)
+
+    def fail(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(upload_module.TreeEdit, "write", fail)
+        with pytest.raises(KeyboardInterrupt):
+            repo.upload_paths(str(src), paths, _opts(author))
+    assert [bid for bid, _b in repo.bundles()] == [first.bundle_id]
+    again = repo.upload_paths(str(src), paths, _opts(author))
+    repo.download(again.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)
