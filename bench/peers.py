@@ -62,6 +62,11 @@ class Tool(ABC):
     def stored(self) -> int:
         """Bytes in the repository/remote now (apparent size, like ``du -sb``)."""
 
+    def commit(self, src: Path, changed: list[Path], message: str) -> Sample:
+        """Record a version of ``src`` in which only ``changed`` differ (timed). Tools that
+        cannot be told what changed scan the whole tree: an upload."""
+        return self.upload(src, message)
+
     def list_files(self) -> Sample:
         raise NotImplementedError(f"{self.name} has no file listing here")
 
@@ -122,6 +127,21 @@ class Datamon(Tool):
             self.cmd(
                 "bundle", "upload", "--path", os.fspath(src), "--message", message, "--repo", REPO
             ),
+            self.env(),
+            timeout=self.timeout,
+        )
+        if "Uploaded bundle id:" not in sample.stdout_tail:
+            raise StepFailed(f"datamon upload printed no bundle id: {sample.stdout_tail!r}")
+        return sample
+
+    def commit(self, src: Path, changed: list[Path], message: str) -> Sample:
+        """``bundle upload --only-from``: only the changed paths are read (not timed: writing
+        the list, as the user's pipeline that changed the files would)."""
+        listing = self.run_dir / "changed.txt"
+        listing.write_text("".join(f"{p.relative_to(src).as_posix()}\n" for p in changed))
+        args = ["--path", os.fspath(src), "--message", message, "--repo", REPO]
+        sample = run_cmd(
+            self.cmd("bundle", "upload", *args, "--only-from", os.fspath(listing)),
             self.env(),
             timeout=self.timeout,
         )

@@ -319,6 +319,10 @@ def markdown(
         "of the workload files are mostly from memory, for every tool alike.",
         "- Every run of every tool starts from a fresh, empty store/repository/remote and "
         "fresh caches; W3 and W4 keep one store across their steps, as a user would.",
+        "- W4 commit: Datamon is told the 10 changed paths (`bundle upload --only-from`); "
+        "restic, which has no such mode for a whole-tree snapshot, backs the tree up again "
+        "(its parent snapshot spares unchanged files). Datamon's re-upload of the same tree "
+        "without the list (a scan of every entry) is reported too.",
         "- wall: the command's elapsed time, process start-up included. DVC's upload is "
         "`dvc add` + `dvc push` (times summed, peak RSS the larger); its download is `dvc pull` "
         "into a clean workspace (its `.dvc/config` and `data.dvc` only).",

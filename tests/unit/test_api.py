@@ -218,7 +218,14 @@ def test_unchanged_files_are_not_read_again(
         opened.append(path)
         return real_open(path)
 
+    real_read = chunker_module.FastCDCChunker.read
+
+    def counting_read(path: str, size: int) -> bytes:
+        opened.append(path)
+        return real_read(path, size)
+
     monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
+    monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
     second = repo.upload(str(src), _opts(author))
     assert opened == []
     assert second.bundle.tree == first.bundle.tree

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -134,3 +136,20 @@ def test_chunks_outlive_the_next_one(chunker: FastCDCChunker) -> None:
 def test_unknown_algorithm_is_refused() -> None:
     with pytest.raises(ConfigError):
         FastCDCChunker(ChunkerParams(algorithm="rabin"))
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 16383, 16384, 16385, 40_000])
+def test_small_buffers_cut_as_fastcdc_cuts_them(size: int) -> None:
+    chunker = FastCDCChunker(ChunkerParams())
+    data = os.urandom(size)
+    assert list(chunker.chunks_of(data)) == [bytes(c.data) for c in chunker._cdc().cut_buf(data)]
+
+
+@pytest.mark.parametrize("stat_size", [0, 5, 10, 11, 5000])
+def test_read_returns_the_whole_file_whatever_the_stat_said(tmp_path: Path, stat_size: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    assert FastCDCChunker.read(str(path), stat_size) == b"0123456789"
+    big = os.urandom(3 << 20)
+    path.write_bytes(big)
+    assert FastCDCChunker.read(str(path), stat_size) == big

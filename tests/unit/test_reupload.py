@@ -35,7 +35,14 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         paths.append(path)
         return real_open(path)
 
+    real_read = chunker_module.FastCDCChunker.read
+
+    def counting_read(path: str, size: int) -> bytes:
+        paths.append(path)
+        return real_read(path, size)
+
     monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
+    monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
     return paths
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datamon.api.paths import TreeGuard, check_name
@@ -62,6 +63,7 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
     if not stat.S_ISDIR(st.st_mode):
         raise SourceUnreadable(root, "not a directory")
     top = LocalDir(root, "", st)
+    readable = _permission_check()
     guard = TreeGuard()
     stack = [top]
     while stack:
@@ -73,7 +75,8 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
             raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
         for entry in entries:
             rel = f"{node.rel}{entry.name}"
-            check_name(rel, entry.name)
+            if not entry.name.isascii():
+                check_name(rel, entry.name)
             try:
                 est = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(est.st_mode):
@@ -87,7 +90,7 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
                     node.dirs.append(child)
                     stack.append(child)
                 elif stat.S_ISREG(est.st_mode):
-                    if not os.access(entry.path, os.R_OK):
+                    if not readable(est) and not os.access(entry.path, os.R_OK):
                         raise SourceUnreadable(entry.path, "permission denied")
                     node.files.append(LocalFile(entry.path, entry.name, est))
                 else:
@@ -96,3 +99,21 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
                 raise SourceUnreadable(entry.path, exc.strerror or str(exc)) from None
     guard.check()
     return top
+
+
+def _permission_check() -> Callable[[os.stat_result], bool]:
+    """Whether the mode bits let this process read a file: the common case without a
+    system call per file. False is confirmed with ``os.access`` (ACLs may still allow)."""
+    uid = os.geteuid()
+    groups = {os.getegid(), *os.getgroups()}
+
+    def readable(st: os.stat_result) -> bool:
+        if uid == 0:
+            return True
+        if st.st_uid == uid:
+            return bool(st.st_mode & stat.S_IRUSR)
+        if st.st_gid in groups:
+            return bool(st.st_mode & stat.S_IRGRP)
+        return bool(st.st_mode & stat.S_IROTH)
+
+    return readable

@@ -104,14 +104,26 @@ def _ingest(
 
     def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
-            return ingester.ingest_files([(full, f.st) for full, f in group])
+            return ingester.ingest_files([(full, f.st) for full, f in group], reuse=False)
         except OSError as exc:
             where = exc.filename or (group[0][1].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
     progress.start("uploading", sum(f.st.st_size for _full, f in files))
+    # Unchanged files first, in this thread: one scan of the stat cache for the whole tree.
+    cached = ingester.reuse([(full, f.st) for full, f in files])
+    if cached:
+        for full, f in files:
+            found = cached.get(full)
+            if found is not None:
+                refs[f.path] = found
+        files = [(full, f) for full, f in files if full not in cached]
+        progress.advance(sum(c.size for chunks in cached.values() for c in chunks))
     try:
-        for group, results in bounded_map(ingest, _groups(files), max(1, options.concurrency)):
+        # Reading and hashing hold the GIL between system calls: more threads than cores
+        # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
+        threads = max(1, min(options.concurrency, max(2, os.cpu_count() or 1)))
+        for group, results in bounded_map(ingest, _groups(files), threads):
             for (_full, f), chunk_refs in zip(group, results, strict=True):
                 refs[f.path] = chunk_refs
             progress.advance(sum(f.st.st_size for _full, f in group))
@@ -333,8 +345,10 @@ def _mode(st: os.stat_result) -> int:
 
 
 def _file_entry(f: LocalFile, chunks: tuple[ChunkRef, ...]) -> Entry:
-    size = sum(c.size for c in chunks)
-    return Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=size, chunks=chunks)
+    st = f.st
+    size = chunks[0].size if len(chunks) == 1 else sum(c.size for c in chunks)
+    mode = st.st_mode & 0o7777
+    return Entry(f.name, Kind.FILE, mode, st.st_mtime_ns, size=size, chunks=chunks)
 
 
 def _link_entry(link: LocalLink) -> Entry:

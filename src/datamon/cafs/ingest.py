@@ -103,19 +103,20 @@ class Ingester:
             return self.ingest_chunks(self.chunker.chunks(stream))
 
     def ingest_files(
-        self, files: Sequence[tuple[str, os.stat_result]]
+        self, files: Sequence[tuple[str, os.stat_result]], reuse: bool = True
     ) -> list[tuple[ChunkRef, ...]]:
         """The chunks of each file, in order, with one index query per group of files.
 
-        Unchanged files come from the stat cache; small files are read whole and their
-        chunks looked up together; large files go through the batched pipeline.
+        Unchanged files come from the stat cache (unless ``reuse`` is false: the caller
+        asked :meth:`reuse` already); small files are read whole and their chunks looked
+        up together; large files go through the batched pipeline.
         """
-        done = self._reuse(files)
+        done = self.reuse(files) if reuse else {}
         fresh = [(path, st) for path, st in files if path not in done]
         small = [(path, st) for path, st in fresh if st.st_size <= SMALL_FILE]
         where: dict[str, _Batch] = {}
         if small:
-            where.update(self._ingest_small([path for path, _st in small]))
+            where.update(self._ingest_small(small))
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
                 with self.chunker.open(path) as stream:
@@ -155,28 +156,33 @@ class Ingester:
         self.stat_cache.put_many(rows, read_at=self._started)
         return len(rows)
 
-    def _reuse(
-        self, files: Sequence[tuple[str, os.stat_result]]
-    ) -> dict[str, tuple[ChunkRef, ...]]:
-        """Cached chunk lists of unchanged files whose packs the store still holds."""
+    def reuse(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, tuple[ChunkRef, ...]]:
+        """Cached chunk lists of unchanged files whose packs the store still holds.
+
+        One call for a whole tree (in path order) is one range scan of the cache.
+        """
         if self.stat_cache is None:
             return {}
         kept: dict[str, tuple[ChunkRef, ...]] = {}
-        batch = _Batch()
+        used: set[str] = set()
         known = self._known
+        chunks = size = 0
         for path, (refs, packs) in self.stat_cache.get_many(files).items():
-            if all(pack in known for pack in packs):
+            if known.issuperset(packs):
                 kept[path] = refs
-                batch.refs.extend(refs)
-                batch.packs.update(packs)
-        self._collect(batch, [])
+                used.update(packs)
+                chunks += len(refs)
+                size += sum(r.size for r in refs)
+        with self._lock:
+            self.stats.chunks += chunks
+            self.stats.bytes_read += size
+            self.stats.packs_used |= used
         return kept
 
-    def _ingest_small(self, paths: Sequence[str]) -> dict[str, _Batch]:
+    def _ingest_small(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, _Batch]:
         chunks: dict[str, list[tuple[bytes, bytes]]] = {}
-        for path in paths:
-            with self.chunker.open(path) as f:
-                data = f.read()
+        for path, st in files:
+            data = self.chunker.read(path, st.st_size)
             chunks[path] = [(digest(raw), raw) for raw in self.chunker.chunks_of(data)]
         where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
         batch = _Batch()
