@@ -329,3 +329,36 @@ def test_failed_commit_on_exit_is_kept_and_retried(cli: Cli, tmp_path: Path, ret
     assert (got / "a.txt").read_text() == "changed\n"
     assert not (got / "empty").exists() and (got / "d").is_dir()
     assert filecmp.cmp(got / "big.bin", tmp_path / "src" / "big.bin", shallow=False)
+
+
+@pytest.mark.s3
+def test_mount_of_a_bundle_on_s3(tmp_path: Path, s3_location: tuple[str, dict[str, str]]) -> None:
+    """The same reads through a mount of a bundle whose store is the moto S3 server."""
+    missing = _fuse_missing()
+    if missing:
+        require_service("FUSE", missing)
+    url, options = s3_location
+    lines = [f"name: Ada\nemail: ada@example.com\nstore: {url}\noptions:"]
+    lines += [f"  {key}: '{value}'" for key, value in options.items()]
+    (tmp_path / "datamon.yaml").write_text("\n".join(lines) + "\n")
+    cli = Cli(tmp_path)
+    cli.run("repo", "create", "--repo", "data", "--description", "on s3")
+    src = _source(tmp_path)
+    cli.run("bundle", "upload", "--path", str(src), "--message", "v1", "--repo", "data")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        cli.run(
+            "bundle", "mount", "--repo", "data", "--branch", "main", "--mount", str(mnt),
+            "--cache-size", "64M", "--daemonize",
+        )  # fmt: skip
+        cli.sh("find . -type f -print0 | xargs -0 sha256sum > ../want", src)
+        cli.sh(f"sha256sum -c {tmp_path / 'want'}", mnt)
+        got = cli.sh("dd if=big.bin bs=4096 skip=500 count=3 status=none | sha256sum", mnt)
+        want = cli.sh("dd if=big.bin bs=4096 skip=500 count=3 status=none | sha256sum", src)
+        assert got.stdout == want.stdout
+        assert os.readlink(mnt / "link.csv") == "deep/b.csv"
+        cli.run("bundle", "unmount", str(mnt))
+        assert not os.path.ismount(mnt)
+    finally:
+        _force_unmount(mnt)

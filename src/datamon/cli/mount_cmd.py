@@ -99,7 +99,12 @@ def _options(cache_size: str, prefetch: int, stream: bool) -> Any:
 @click.option("--branch", default=None, help="Mount the head of this branch.")
 @click.option("--mount", "mountpoint", default=None, type=str, help="Empty folder.")
 @click.option("--stream", is_flag=True, help="Keep no chunks in the local disk cache.")
-@click.option("--cache-size", default="1G", show_default=True, help="Disk chunk cache bound.")
+@click.option(
+    "--cache-size",
+    default="1G",
+    show_default=True,
+    help="Disk chunk cache bound; a quarter of it (16M-128M) bounds chunks held in memory.",
+)
 @click.option(
     "--prefetch",
     type=click.IntRange(0, 1024),
@@ -187,7 +192,12 @@ def _print_commit(reply: dict[str, Any]) -> None:
     default=None,
     help="Start from this bundle: label:NAME, branch:NAME, bundle:ID or a bare name.",
 )
-@click.option("--cache-size", default="1G", show_default=True, help="Disk chunk cache bound.")
+@click.option(
+    "--cache-size",
+    default="1G",
+    show_default=True,
+    help="Disk chunk cache bound; a quarter of it (16M-128M) bounds chunks held in memory.",
+)
 @click.option("--prefetch", type=click.IntRange(0, 1024), default=256, show_default=True)
 @click.option("--daemonize", is_flag=True, help="Return once mounted; serve in the background.")
 @pass_app

@@ -41,16 +41,29 @@ CONTROL_TIMEOUT = 600.0
 FOREVER = 86400.0
 
 
+MIN_MEMORY = 16 << 20
+
+
 @dataclass(frozen=True)
 class MountOptions:
     """How a mount reads: ``prefetch`` chunks ahead on sequential reads, a disk chunk cache
-    of ``cache_size`` bytes (none with ``stream``), at most ``memory`` bytes of chunks held."""
+    of ``cache_size`` bytes (none with ``stream``), at most ``memory`` bytes of chunks held.
+
+    Without ``memory``, the chunks held follow the cache size: a quarter of it, between
+    16 MiB and 128 MiB, so a smaller ``--cache-size`` makes a smaller mount process.
+    """
 
     prefetch: int = 256
     cache_size: int = DEFAULT_CACHE_SIZE
     stream: bool = False
-    memory: int = DEFAULT_MEMORY
+    memory: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def memory_bound(self) -> int:
+        if self.memory is not None:
+            return self.memory
+        return max(MIN_MEMORY, min(DEFAULT_MEMORY, self.cache_size // 4))
 
 
 class Reading:
@@ -64,7 +77,7 @@ class Reading:
         self.repo = repo
         self.trees = TreeCache(store.trees)
         reader = CachedChunkReader(store.reader, cache)
-        self.readahead = ReadAhead(reader, options.prefetch, options.memory, options.timeout)
+        self.readahead = ReadAhead(reader, options.prefetch, options.memory_bound, options.timeout)
 
     def view(self, bid: str | None) -> BundleView:
         return BundleView(self.store, self.repo, bid, self.trees, self.readahead.reader)

@@ -45,7 +45,9 @@ class ReadAhead:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.reader = reader
-        self.prefetch = prefetch
+        # Prefetched chunks fill at most half the memory bound (at a nominal 64 KiB a chunk),
+        # so that they are not evicted before they are read.
+        self.prefetch = min(prefetch, max(8, (max_bytes // 2) >> 16))
         self.max_bytes = max_bytes
         self.timeout = timeout
         self._chunks: OrderedDict[bytes, tuple[int, Future[bytes]]] = OrderedDict()
