@@ -362,3 +362,14 @@ def test_mount_of_a_bundle_on_s3(tmp_path: Path, s3_location: tuple[str, dict[st
         assert not os.path.ismount(mnt)
     finally:
         _force_unmount(mnt)
+
+
+def test_kernel_read_ahead_is_widened_where_allowed(mounted: Path) -> None:
+    dev = os.stat(mounted).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    if not os.access(knob, os.W_OK):
+        pytest.skip(f"{knob} is not writable here: the kernel's read-ahead stays")
+    deadline = time.monotonic() + 10
+    while knob.read_text().strip() != "1024" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert knob.read_text().strip() == "1024"

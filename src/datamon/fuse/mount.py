@@ -39,6 +39,8 @@ EXIT_TIMEOUT = 120.0
 CONTROL_TIMEOUT = 600.0
 # Bundles never change: the kernel may keep pages and attributes as long as it likes.
 FOREVER = 86400.0
+# The kernel's read-ahead on a mount, when it may be set: FUSE's largest request.
+READ_AHEAD_KB = 1024
 
 
 MIN_MEMORY = 16 << 20
@@ -200,6 +202,13 @@ def _serve(
     server = _control_server(state, control)
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="datamon-control")
     thread.start()
+    widen = threading.Thread(
+        target=_widen_readahead,
+        args=(info.mountpoint, lambda: bool(getattr(ops, "started", False))),
+        daemon=True,
+        name="datamon-readahead",
+    )
+    widen.start()
     try:
         mfusepy.FUSE(
             ops,
@@ -222,6 +231,29 @@ def _serve(
             os.unlink(state.socket)
     if not control:
         state.remove()
+
+
+def _widen_readahead(mountpoint: str, started: Callable[[], bool]) -> None:
+    """Let the kernel read ahead READ_AHEAD_KB at a time on this mount, not 128 KiB.
+
+    Sequential reads then reach the file system as 1 MiB requests instead of 128 KiB ones
+    (about a quarter faster here). It takes write access to /sys/class/bdi, which only
+    root has; otherwise the kernel's default stays.
+    """
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not (started() and os.path.ismount(mountpoint)):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    try:
+        dev = os.stat(mountpoint).st_dev
+        knob = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(knob, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("kept the kernel's read-ahead for %s: %s", mountpoint, exc)
+        return
+    log.info("kernel read-ahead for %s set to %d KiB", mountpoint, READ_AHEAD_KB)
 
 
 def _control_server(state: MountState, control: dict[str, Any]) -> socketserver.UnixStreamServer:
