@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import pickle
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -558,8 +559,11 @@ def test_a_moved_branch_gets_the_changes_replayed_on_its_new_head(
 
 
 def test_an_exception_in_a_with_block_discards_the_file(
-    fs: DatamonFileSystem, repo: Repository
+    fs: DatamonFileSystem, repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
     before = head(repo)
     with pytest.raises(RuntimeError), fs.open("repo/a.bin", "wb") as f:
         f.write(b"partial")
@@ -569,6 +573,7 @@ def test_an_exception_in_a_with_block_discards_the_file(
         t.write("partial")
         raise RuntimeError("boom")
     assert head(repo) == before
+    assert list(staging.iterdir()) == []
 
 
 def test_writes_need_an_author(

@@ -65,9 +65,12 @@ class DatamonWriteFile(AbstractBufferedFile):  # type: ignore[misc]
         autocommit: bool = True,
         block_size: int | None = None,
         prefix: Iterable[bytes] = (),
+        owns_changes: bool = False,
         **kwargs: Any,
     ) -> None:
         self.changes = changes
+        # A one-off write's change set is this file's alone: dropping the file drops it.
+        self.owns_changes = owns_changes
         self.local = changes.new_file()
         self._on_close = on_close
         self._out = open(self.local, "wb")  # noqa: SIM115 - closed by close() or discard()
@@ -110,6 +113,8 @@ class DatamonWriteFile(AbstractBufferedFile):  # type: ignore[misc]
         self._out.close()
         with contextlib.suppress(OSError):
             os.unlink(self.local)
+        if self.owns_changes:
+            self.changes.discard()
 
     def __exit__(
         self,

@@ -361,6 +361,7 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     autocommit=autocommit,
                     block_size=block_size,
                     prefix=prefix,
+                    owns_changes=one_off,
                     **kwargs,
                 )
         except BaseException:
