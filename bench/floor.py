@@ -1,0 +1,142 @@
+"""How many small files per second the bare minimum of Datamon's per-file work allows here.
+
+    .venv/bin/python bench/floor.py DIR [--runs 3] [--threads 2]
+
+Each stage adds one step of what an upload must do for every file, in plain Python with the
+same libraries Datamon uses, and nothing else (no index, no packs, no trees):
+
+    scan      os.scandir + lstat of every entry
+    read      + open, read and close each file
+    hash      + BLAKE3 of the content
+    compress  + zstd level 1 of the content
+    compress xN   the same on N threads, files split in groups of 256
+
+Then ``datamon bundle upload`` of the same folder (fresh store and cache). Reports files/s
+(median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
+stages and the upload is Datamon's own bookkeeping; the last stage bounds what any Python
+implementation of the same format can reach on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import blake3
+import zstandard
+
+GROUP = 256
+
+
+def files_of(root: str) -> list[str]:
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and st.st_size >= 0:
+                    out.append(entry.path)
+    return out
+
+
+def read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 24)
+    finally:
+        os.close(fd)
+
+
+def stage_read(paths: list[str]) -> None:
+    for path in paths:
+        read(path)
+
+
+def stage_hash(paths: list[str]) -> None:
+    for path in paths:
+        blake3.blake3(read(path)).digest()
+
+
+def stage_compress(paths: list[str]) -> None:
+    zstd = zstandard.ZstdCompressor(level=1)
+    for path in paths:
+        data = read(path)
+        blake3.blake3(data).digest()
+        zstd.compress(data)
+
+
+def threaded(stage: Callable[[list[str]], None], threads: int) -> Callable[[list[str]], None]:
+    def run(paths: list[str]) -> None:
+        groups = [paths[i : i + GROUP] for i in range(0, len(paths), GROUP)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(stage, groups))
+
+    return run
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def datamon_upload(root: str) -> float:
+    exe = Path(sys.executable).parent / "datamon"
+    with tempfile.TemporaryDirectory(prefix="datamon-floor-") as tmp:
+        env = {
+            **os.environ,
+            "DATAMON_CONFIG": os.path.join(tmp, "config.yaml"),
+            "DATAMON_CACHE_DIR": os.path.join(tmp, "cache"),
+        }
+        Path(env["DATAMON_CONFIG"]).write_text("name: bench\nemail: bench@example.com\n")
+        store = ["--store", os.path.join(tmp, "store")]
+        create = [*store, "repo", "create", "--repo", "floor", "--description", "floor"]
+        subprocess.run([exe, *create], env=env, check=True, capture_output=True)
+        upload = [*store, "bundle", "upload", "--path", root, "--message", "m", "--repo", "floor"]
+        run = [exe, *upload]
+        return timed(lambda: subprocess.run(run, env=env, check=True, capture_output=True))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("root")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = p.parse_args()
+    paths = files_of(args.root)
+    n = len(paths)
+    threads = threaded(stage_compress, args.threads)
+    stages: list[tuple[str, Callable[[], float]]] = [
+        ("scan", lambda: timed(lambda: files_of(args.root))),
+        ("read", lambda: timed(lambda: stage_read(paths))),
+        ("hash", lambda: timed(lambda: stage_hash(paths))),
+        ("compress", lambda: timed(lambda: stage_compress(paths))),
+        (f"compress x{args.threads}", lambda: timed(lambda: threads(paths))),
+        ("datamon bundle upload", lambda: datamon_upload(args.root)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _fn in stages}
+    for _ in range(args.runs):
+        for name, fn in stages:
+            times[name].append(fn())
+    upload = n / statistics.median(times["datamon bundle upload"])
+    print(f"{n:,} files under {args.root}; medians of {args.runs} runs; {os.cpu_count()} cores")
+    print("| stage | files/s | datamon upload / stage |")
+    print("|---|---|---|")
+    for name, _fn in stages:
+        rate = n / statistics.median(times[name])
+        print(f"| {name} | {rate:,.0f} | {upload / rate:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
