@@ -152,3 +152,21 @@ def test_interrupted_partial_upload_leaves_the_branch(
     again = repo.upload_paths(str(src), paths, _opts(author))
     repo.download(again.bundle_id, str(tmp_path / "dest"))
     assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_a_file_that_became_a_folder_must_be_listed_as_the_folder(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    repo.upload(str(src), _opts(author))
+    (src / "top.csv").unlink()
+    (src / "top.csv").mkdir()
+    (src / "top.csv" / "inner.txt").write_text("now a folder\n")
+    with pytest.raises(InvalidArgument, match="list the folder"):
+        repo.upload_paths(str(src), ["top.csv/inner.txt"], _opts(author))
+    result = repo.upload_paths(
+        str(src), ["top.csv", "top.csv/inner.txt", "top.csv-x"], _opts(author)
+    )
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    assert describe_tree(tmp_path / "dest") == describe_tree(src)

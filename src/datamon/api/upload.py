@@ -202,14 +202,20 @@ def upload_paths(
     def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
         edit = TreeEdit(store, bytes.fromhex(base.tree) if base else None, now)
         for rel, item in changes:
-            if item is None:
-                edit.remove(rel)
-            elif isinstance(item, LocalDir):
-                edit.put(rel, stored[rel])
-            elif isinstance(item, LocalFile):
-                edit.put(rel, _file_entry(item, batch.refs[item.path]))
-            else:
-                edit.put(rel, _link_entry(item))
+            try:
+                if item is None:
+                    edit.remove(rel)
+                elif isinstance(item, LocalDir):
+                    edit.put(rel, stored[rel])
+                elif isinstance(item, LocalFile):
+                    edit.put(rel, _file_entry(item, batch.refs[item.path]))
+                else:
+                    edit.put(rel, _link_entry(item))
+            except OSError as exc:
+                # The head has a file or symlink where the folder on disk now is.
+                raise InvalidArgument(
+                    f"{rel}: {exc.strerror} in the branch head; list the folder that changed"
+                ) from None
         for rel, st in folders:
             edit.set_dir(rel, _mode(st), st.st_mtime_ns)
         packs = set(batch.packs) | set(base.packs if base else ())
@@ -239,10 +245,10 @@ def _relative(root: str, paths: Iterable[str]) -> list[str]:
         if rel == "." or rel == ".." or rel.startswith("../"):
             raise InvalidArgument(f"{raw!r} is not a path inside {root}")
         found.add(rel.replace(os.sep, "/"))
-    ordered = sorted(found)
     kept: list[str] = []
-    for rel in ordered:
-        if not any(rel.startswith(k + "/") for k in kept[-1:]):
+    for rel in sorted(found):
+        parts = rel.split("/")
+        if not any("/".join(parts[:i]) in found for i in range(1, len(parts))):
             kept.append(rel)
     return kept
 
