@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", default=",".join(ALL), help="comma-separated, e.g. W1,W2")
     p.add_argument("--runs", type=int, default=None, help="runs per tool (default 3; quick 1)")
     p.add_argument("--peers", default="dvc,restic,oxen", help="peers to run (default: all)")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="peer:workload pairs not to run, e.g. oxen:W2,oxen:W3 (reported as skipped)",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary folder")
     p.add_argument("--keep", action="store_true", help="keep the generated data and stores")
@@ -59,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+    pairs = (x.partition(":") for x in args.skip.split(","))
+    args.skip = {(peer.strip(), w.strip().upper()) for peer, _, w in pairs if w.strip()}
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     return args
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             peers[p.name] = p
     if "oxen" in args.peers:
         notes += oxen_notes()
+    for peer, workload in sorted(args.skip):
+        notes.append(f"{peer} was not run on {workload.upper()} (--skip)")
     meta: dict[str, Any] = {
         "mode": scale.name,
         "command": "python bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             if workload == "W6":
                 run_w6(data, args.runs, runner.attempt, notes)
                 continue
-            tools = [datamon, *(peers[p] for p in PEERS_OF[workload] if p in peers)]
+            chosen = [p for p in PEERS_OF[workload] if (p, workload) not in args.skip]
+            tools = [datamon, *(peers[p] for p in chosen if p in peers)]
             for run in range(args.runs):
                 for tool in tools:
                     runner.attempt(workload, tool.name, run, _body(workload, tool, data))
