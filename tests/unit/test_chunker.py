@@ -153,3 +153,25 @@ def test_read_returns_the_whole_file_whatever_the_stat_said(tmp_path: Path, stat
     big = os.urandom(3 << 20)
     path.write_bytes(big)
     assert FastCDCChunker.read(str(path), stat_size) == big
+
+
+def test_read_goes_on_after_a_short_read(tmp_path: Path) -> None:
+    """A FIFO returns what was written so far, as network file systems may: not the end."""
+    import threading
+    import time
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        with open(fifo, "wb", buffering=0) as f:
+            f.write(b"a" * 10)
+            time.sleep(0.2)
+            f.write(b"b" * 10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert FastCDCChunker.read(str(fifo), 20) == b"a" * 10 + b"b" * 10
+    finally:
+        thread.join()

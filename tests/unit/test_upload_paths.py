@@ -163,6 +163,7 @@ def test_a_file_that_became_a_folder_must_be_listed_as_the_folder(
     (src / "top.csv").unlink()
     (src / "top.csv").mkdir()
     (src / "top.csv" / "inner.txt").write_text("now a folder\n")
+    (src / "top.csv-x").write_text("sorts between top.csv and top.csv/inner.txt\n")
     with pytest.raises(InvalidArgument, match="list the folder"):
         repo.upload_paths(str(src), ["top.csv/inner.txt"], _opts(author))
     result = repo.upload_paths(
@@ -170,3 +171,40 @@ def test_a_file_that_became_a_folder_must_be_listed_as_the_folder(
     )
     repo.download(result.bundle_id, str(tmp_path / "dest"))
     assert describe_tree(tmp_path / "dest") == describe_tree(src)
+
+
+def test_a_new_symlink_is_checked_with_the_heads_others(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = tmp_path / "src"
+    (src / "a" / "e").mkdir(parents=True)
+    (src / "a" / "e" / "f.txt").write_text("f\n")
+    (src / "l").symlink_to("a/e/..")
+    first = repo.upload(str(src), _opts(author))
+    (src / "a" / "e" / "f.txt").unlink()
+    (src / "a" / "e").rmdir()
+    (src / "a" / "e").symlink_to("..")  # harmless alone; with l -> a/e/.. it leaves the tree
+    with pytest.raises(UnsafePath):
+        repo.upload_paths(str(src), ["a/e"], _opts(author))
+    assert [bid for bid, _b in repo.bundles()] == [first.bundle_id]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ("d0/nul\x00x", InvalidArgument),
+        ("bad\udcff/x", UnsafePath),
+        ("no/such/file", InvalidArgument),
+        ("top.csv/x", InvalidArgument),
+    ],
+)
+def test_bad_paths_are_refused_before_anything_is_committed(
+    local_store: Store, tmp_path: Path, author: Author, bad: str, error: type[Exception]
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    with pytest.raises(error):
+        repo.upload_paths(str(src), [bad], _opts(author))
+    assert [bid for bid, _b in repo.bundles()] == [first.bundle_id]

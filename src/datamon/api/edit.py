@@ -85,7 +85,10 @@ class TreeEdit:
         folder = self._folder(parts, path, create=False)
         if folder is None:
             return
-        folder.mode, folder.mtime = mode, mtime
+        if mode is not None:
+            folder.mode = mode
+        if mtime is not None:
+            folder.mtime = mtime
 
     def write(self) -> Entry:
         """Store every changed folder's tree; the entry naming the root."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
 from datamon.api.edit import TreeEdit
 from datamon.api.parallel import bounded_map, size_groups
-from datamon.api.paths import check_link
+from datamon.api.paths import TreeGuard, check_link
 from datamon.api.paths import check_name as check_local_name
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.scan import LocalDir, LocalFile, LocalLink, scan
@@ -110,16 +110,16 @@ def _ingest(
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
     progress.start("uploading", sum(f.st.st_size for _full, f in files))
-    # Unchanged files first, in this thread: one scan of the stat cache for the whole tree.
-    cached = ingester.reuse([(full, f.st) for full, f in files])
-    if cached:
-        for full, f in files:
-            found = cached.get(full)
-            if found is not None:
-                refs[f.path] = found
-        files = [(full, f) for full, f in files if full not in cached]
-        progress.advance(sum(c.size for chunks in cached.values() for c in chunks))
     try:
+        # Unchanged files first, in this thread: one scan of the stat cache for the tree.
+        cached = ingester.reuse([(full, f.st) for full, f in files])
+        if cached:
+            for full, f in files:
+                found = cached.get(full)
+                if found is not None:
+                    refs[f.path] = found
+            files = [(full, f) for full, f in files if full not in cached]
+            progress.advance(sum(c.size for chunks in cached.values() for c in chunks))
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
         threads = max(1, min(options.concurrency, max(2, os.cpu_count() or 1)))
@@ -148,11 +148,11 @@ def _finish(
     trees_before: int,
     build: TreeBuilder,
 ) -> UploadResult:
-    # The packs are durable, so the stat cache may name them now (design §9); an upload
-    # stopped before this point records nothing.
-    batch.ingester.remember()
     info = CommitInfo(options.message, options.author, options.branch, options.label)
     bid, bundle = commit(store, repo, info, build)
+    # The packs are durable and the bundle committed: the stat cache may name them now
+    # (design §9); an upload that failed before this point recorded nothing.
+    batch.ingester.remember()
     stats = batch.ingester.stats
     return UploadResult(
         bundle_id=bid,
@@ -197,6 +197,10 @@ def upload_paths(
         rel: _build(store, item, batch.refs) for rel, item in changes if isinstance(item, LocalDir)
     }
     folders = _folders_on(path, [rel for rel, _item in changes])
+    adds_links = any(
+        isinstance(item, LocalLink) or (isinstance(item, LocalDir) and item.all_links())
+        for _rel, item in changes
+    )
     now = time.time_ns()
 
     def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
@@ -204,7 +208,8 @@ def upload_paths(
         for rel, item in changes:
             try:
                 if item is None:
-                    edit.remove(rel)
+                    if not edit.remove(rel):
+                        raise InvalidArgument(f"{rel} is neither in {path} nor in the branch head")
                 elif isinstance(item, LocalDir):
                     edit.put(rel, stored[rel])
                 elif isinstance(item, LocalFile):
@@ -218,10 +223,28 @@ def upload_paths(
                 ) from None
         for rel, st in folders:
             edit.set_dir(rel, _mode(st), st.st_mtime_ns)
+        top = edit.write()
+        if adds_links:
+            # A new symlink may combine with the head's others to leave the tree: check the
+            # whole tree's, as a full upload's scan and every download do.
+            _check_links(store, top)
         packs = set(batch.packs) | set(base.packs if base else ())
-        return edit.write(), tuple(sorted(packs))
+        return top, tuple(sorted(packs))
 
     return _finish(store, repo, options, batch, trees_before, build)
+
+
+def _check_links(store: Store, top: Entry) -> None:
+    guard = TreeGuard()
+    stack: list[tuple[str, bytes]] = [("", top.tree)]
+    while stack:
+        prefix, oid = stack.pop()
+        for entry in store.trees.entries(oid):
+            if entry.kind == Kind.SYMLINK:
+                guard.add_link(prefix + entry.name, entry.target)
+            elif entry.kind == Kind.DIR:
+                stack.append((f"{prefix}{entry.name}/", entry.tree))
+    guard.check()
 
 
 def _real_dir(path: str) -> str:
@@ -241,10 +264,15 @@ def _relative(root: str, paths: Iterable[str]) -> list[str]:
     found: set[str] = set()
     for raw in paths:
         full = os.path.normpath(os.path.join(base, raw))
+        if "\x00" in raw:
+            raise InvalidArgument(f"{raw!r} holds a NUL byte")
         rel = os.path.relpath(full, base)
         if rel == "." or rel == ".." or rel.startswith("../"):
             raise InvalidArgument(f"{raw!r} is not a path inside {root}")
-        found.add(rel.replace(os.sep, "/"))
+        rel = rel.replace(os.sep, "/")
+        for part in rel.split("/"):
+            check_local_name(rel, part)
+        found.add(rel)
     kept: list[str] = []
     for rel in sorted(found):
         parts = rel.split("/")
@@ -260,11 +288,15 @@ def _local(root: str, real_root: str, rel: str) -> LocalFile | LocalDir | LocalL
     check_local_name(rel, name)
     parent = os.path.realpath(os.path.dirname(full))
     if parent != os.path.join(real_root, os.path.dirname(rel)).rstrip("/"):
-        raise UnsafePath(rel, "a folder on this path is a symlink")
+        if os.path.isdir(parent):
+            raise UnsafePath(rel, "a folder on this path is a symlink")
+        raise InvalidArgument(f"{rel}: a folder on this path is now a file; list that")
     try:
         st = os.lstat(full)
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise InvalidArgument(f"{rel}: a folder on this path is now a file; list that") from None
     except OSError as exc:
         raise SourceUnreadable(full, exc.strerror or str(exc)) from None
     if stat.S_ISDIR(st.st_mode):

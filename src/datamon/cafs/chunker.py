@@ -65,11 +65,13 @@ class FastCDCChunker:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, size + 1)
-            if len(data) <= size:
-                return data  # a short read of a regular file is its end
+            if not data:
+                return data
+            # Network and FUSE file systems may return less than asked before the end:
+            # only an empty read is the end.
             parts = [data]
             while more := os.read(fd, _STREAM_BUFFER):
                 parts.append(more)
-            return b"".join(parts)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             os.close(fd)

@@ -247,6 +247,8 @@ def _widen_readahead(mountpoint: str, started: Callable[[], bool]) -> None:
         time.sleep(0.05)
     try:
         dev = os.stat(mountpoint).st_dev
+        if os.major(dev) != 0:
+            return  # not an anonymous (FUSE) device: the mount is gone
         knob = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
         with open(knob, "w") as f:
             f.write(str(READ_AHEAD_KB))
