@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from datamon import Author, Store
+from datamon.cafs import chunker as chunker_module
 from datamon.config import CACHE_ENV
 from datamon.storage.memory import MemoryBackend
 
@@ -37,3 +39,24 @@ def local_store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def author() -> Author:
     return Author("Ada Lovelace", "ada@example.com")
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths the chunker opens or reads, from now on."""
+    paths: list[str] = []
+    real_open = chunker_module.FastCDCChunker.open
+
+    def counting_open(path: str) -> BinaryIO:
+        paths.append(path)
+        return real_open(path)
+
+    real_read = chunker_module.FastCDCChunker.read
+
+    def counting_read(path: str, size: int) -> bytes:
+        paths.append(path)
+        return real_read(path, size)
+
+    monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
+    monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
+    return paths

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
 
 import msgspec
 import pytest
@@ -203,29 +202,18 @@ def test_reupload_unchanged_stores_nothing(repo: Repository, src: Path, author: 
 
 
 def test_unchanged_files_are_not_read_again(
-    repo: Repository, src: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+    repo: Repository,
+    src: Path,
+    author: Author,
+    monkeypatch: pytest.MonkeyPatch,
+    opened: list[str],
 ) -> None:
-    from datamon.cafs import chunker as chunker_module
     from datamon.cafs import statcache
 
     # Files written just now are "racy" and never cached; pretend they are old enough.
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
     first = repo.upload(str(src), _opts(author))
-    opened: list[str] = []
-    real_open = chunker_module.FastCDCChunker.open
-
-    def counting_open(path: str) -> BinaryIO:
-        opened.append(path)
-        return real_open(path)
-
-    real_read = chunker_module.FastCDCChunker.read
-
-    def counting_read(path: str, size: int) -> bytes:
-        opened.append(path)
-        return real_read(path, size)
-
-    monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
-    monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
+    opened.clear()
     second = repo.upload(str(src), _opts(author))
     assert opened == []
     assert second.bundle.tree == first.bundle.tree

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
 from datamon.api.scan import scan
-from datamon.cafs import chunker as chunker_module
 from datamon.cafs import statcache
 from datamon.cafs.layout import index_key, pack_key
 from datamon.cafs.statcache import StatCache
@@ -24,26 +22,6 @@ from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 def old_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     # Files written just now are "racy" and never cached; pretend they are old enough.
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-
-
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    paths: list[str] = []
-    real_open = chunker_module.FastCDCChunker.open
-
-    def counting_open(path: str) -> BinaryIO:
-        paths.append(path)
-        return real_open(path)
-
-    real_read = chunker_module.FastCDCChunker.read
-
-    def counting_read(path: str, size: int) -> bytes:
-        paths.append(path)
-        return real_read(path, size)
-
-    monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
-    monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
-    return paths
 
 
 def _opts(author: Author) -> UploadOptions:
