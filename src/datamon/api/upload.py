@@ -383,10 +383,8 @@ def _mode(st: os.stat_result) -> int:
 
 
 def _file_entry(f: LocalFile, chunks: tuple[ChunkRef, ...]) -> Entry:
-    st = f.st
     size = chunks[0].size if len(chunks) == 1 else sum(c.size for c in chunks)
-    mode = st.st_mode & 0o7777
-    return Entry(f.name, Kind.FILE, mode, st.st_mtime_ns, size=size, chunks=chunks)
+    return Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=size, chunks=chunks)
 
 
 def _link_entry(link: LocalLink) -> Entry:

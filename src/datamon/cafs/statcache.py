@@ -65,9 +65,7 @@ class StatCache:
         from the smallest to the largest path finds them all; when the range holds many
         other rows, the rest are looked up by name.
         """
-        wanted = {
-            path: (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for path, st in files
-        }
+        wanted = {path: _key(st) for path, st in files}
         if not wanted:
             return {}
         found: dict[str, Cached] = {}
