@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +24,10 @@ def chunk(seed: int, size: int = 1000) -> tuple[bytes, bytes]:
     return digest(data), data
 
 
+def segment_files(folder: Path) -> list[Path]:
+    return sorted((folder / "segments").iterdir(), key=lambda p: int(p.name))
+
+
 def test_put_then_get(tmp_path: Path) -> None:
     cache = ChunkCache(tmp_path / "chunks", 1 << 20)
     cid, data = chunk(1)
@@ -31,35 +36,67 @@ def test_put_then_get(tmp_path: Path) -> None:
     cache.flush()
     assert cache.get(cid) == data
     assert (cache.hits, cache.misses) == (1, 1)
-    assert (tmp_path / "chunks" / cid.hex()[:2] / cid.hex()).read_bytes() == data
-    assert list((tmp_path / "chunks" / "tmp").iterdir()) == []
+    assert cache.count() == 1 and cache.usage() == len(data)
+    [segment] = segment_files(tmp_path / "chunks")
+    assert segment.read_bytes() == data
+
+
+def test_a_batch_of_chunks_is_appended_to_one_segment(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "chunks", 1 << 30)
+    chunks = [chunk(seed) for seed in range(100)]
+    for cid, data in chunks:
+        cache.put(cid, data)
+    cache.flush()
+    assert cache.get_many([cid for cid, _data in chunks]) == [data for _cid, data in chunks]
+    assert len(segment_files(tmp_path / "chunks")) == 1
+    # A second process's cache object (the same folder) finds them through the index.
+    again = ChunkCache(tmp_path / "chunks", 1 << 30)
+    assert again.get_many([chunks[5][0], digest(b"absent")]) == [chunks[5][1], None]
 
 
 def test_a_damaged_chunk_is_dropped(tmp_path: Path) -> None:
     cache = ChunkCache(tmp_path / "chunks", 1 << 20)
-    cid, data = chunk(2)
+    (cid, data), (other, kept) = chunk(2), chunk(3)
+    cache.put(cid, data)
+    cache.put(other, kept)
+    cache.flush()
+    [segment] = segment_files(tmp_path / "chunks")
+    with open(segment, "r+b") as f:
+        f.seek(len(data) - 1)
+        f.write(b"X")
+    assert cache.get(cid) is None
+    assert cache.count() == 1
+    assert cache.get(other) == kept
+
+
+def test_a_removed_segment_file_is_forgotten(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "chunks", 1 << 20)
+    cid, data = chunk(4)
     cache.put(cid, data)
     cache.flush()
-    path = tmp_path / "chunks" / cid.hex()[:2] / cid.hex()
-    path.write_bytes(data[:-1] + b"X")
+    for segment in segment_files(tmp_path / "chunks"):
+        segment.unlink()
     assert cache.get(cid) is None
-    assert not path.exists()
+    assert cache.count() == 0 and cache.usage() == 0
+    cache.put(cid, data)  # cached again, in a new segment
+    cache.flush()
+    assert cache.get(cid) == data
 
 
 def test_the_size_bound_evicts_least_recently_used(tmp_path: Path) -> None:
-    cache = ChunkCache(tmp_path / "chunks", 10_000)
+    cache = ChunkCache(tmp_path / "chunks", 10_000)  # segments of 625 bytes: one per chunk
+    cache.refresh_seconds = 0
     chunks = [chunk(seed) for seed in range(30)]
     cache.put(*chunks[0])
-    old = time.time() - 3600
-    for i, (cid, data) in enumerate(chunks[1:]):
+    for cid, data in chunks[1:]:
         cache.put(cid, data)
         cache.flush()
-        os.utime(cache._path(cid), (old + i, old + i))  # every later chunk looks stale ...
-        assert cache.get(chunks[0][0]) == chunks[0][1]  # ... the first one is used each time
+        assert cache.get(chunks[0][0]) == chunks[0][1]  # the first one is used each time
         assert cache.usage() <= 10_000
+        assert len(segment_files(tmp_path / "chunks")) == cache.count()
     assert cache.get(chunks[0][0]) is not None
     assert cache.get(chunks[1][0]) is None
-    assert cache.usage() <= 10_000
+    assert cache.get(chunks[-1][0]) is not None
 
 
 def test_a_chunk_larger_than_the_cache_is_not_kept(tmp_path: Path) -> None:
@@ -80,20 +117,56 @@ def test_an_unwritable_cache_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptu
         cache.flush()
         cache.put(cid, data)
         cache.flush()
-    assert cache.get(cid) is None
+        assert cache.get(cid) is None
     assert len([r for r in caplog.records if "not writable" in r.message]) == 1
 
 
-def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+def test_an_unknown_format_is_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = ChunkCache(tmp_path / "chunks", 1 << 20)
-    stale = tmp_path / "chunks" / "tmp" / "left-by-a-crash"
-    stale.parent.mkdir(parents=True)
+    cid, data = chunk(5)
+    cache.put(cid, data)
+    cache.flush()
+    with sqlite3.connect(tmp_path / "chunks" / "index.sqlite") as db:
+        db.execute("PRAGMA user_version = 99")
+    with caplog.at_level(logging.WARNING):
+        assert ChunkCache(tmp_path / "chunks", 1 << 20).get(cid) is None
+    assert any("format 99" in r.message for r in caplog.records)
+
+
+def test_files_of_the_earlier_layout_and_orphans_are_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "chunks"
+    legacy = folder / "ab" / ("ab" + "0" * 62)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"x" * 100)
+    (folder / "tmp").mkdir()
+    cache = ChunkCache(folder, 1 << 20)
+    assert cache.usage() == 0
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == []
+    cid, data = chunk(6)
+    cache.put(cid, data)
+    cache.flush()
+    stale = folder / "segments" / "999"  # left by a crash: no index row names it
     stale.write_bytes(b"x" * 100)
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    fresh = stale.with_name("being-written")
+    fresh = folder / "segments" / "998"
     fresh.write_bytes(b"x")
-    assert cache.usage() == 0
+    cache.trim()
     assert not stale.exists() and fresh.exists()
+    assert cache.get(cid) == data
+
+
+def test_a_segment_evicted_by_another_process_is_not_appended_to(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "chunks", 1 << 20)
+    first, second = chunk(7), chunk(8)
+    cache.put(*first)
+    cache.flush()
+    other = ChunkCache(tmp_path / "chunks", 1)  # any content is over its bound
+    other.trim()
+    assert segment_files(tmp_path / "chunks") == []
+    cache.put(*second)
+    cache.flush()
+    assert cache.get(second[0]) == second[1]
+    assert cache.get(first[0]) is None
 
 
 @pytest.fixture

@@ -87,8 +87,7 @@ def head(repository: Repository, branch: str = "main") -> str:
 def cached_chunks(fs: DatamonFileSystem) -> int:
     assert fs.chunks.cache is not None
     fs.chunks.cache.flush()
-    folder = fs.store.cache_dir / "chunks"
-    return sum(1 for p in folder.rglob("*") if p.is_file() and p.parent.name != "tmp")
+    return fs.chunks.cache.count()
 
 
 # URLs ---------------------------------------------------------------------------------------
