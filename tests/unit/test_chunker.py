@@ -6,12 +6,13 @@ import io
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.chunker import BLOCK, FastCDCChunker
 from datamon.core.ids import digest
 from datamon.core.model import ChunkerParams
 from datamon.errors import ConfigError
@@ -127,10 +128,39 @@ def test_parameters_change_the_cuts() -> None:
 
 
 def test_chunks_outlive_the_next_one(chunker: FastCDCChunker) -> None:
-    data = random.Random(4).randbytes(MiB)
-    kept = list(chunker.chunks(io.BytesIO(data)))  # each chunk must be its own bytes
-    assert all(isinstance(c, bytes) for c in kept)
+    data = random.Random(4).randbytes(3 * BLOCK + 12345)
+    kept = list(chunker.chunks(io.BytesIO(data)))  # views into blocks that are never reused
     assert b"".join(kept) == data
+    assert kept == list(chunker.chunks_of(data))
+
+
+class Trickle(io.RawIOBase):
+    """A stream that returns at most ``step`` bytes per read, as pipes and sockets may."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.at, self.step = data, 0, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.step, len(self.data) - self.at)
+        buffer[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+
+@given(
+    seed=st.integers(min_value=0, max_value=2**32),
+    size=st.integers(min_value=0, max_value=3 * MiB),
+    step=st.sampled_from([1000, 65536, 1 << 30]),
+)
+@settings(max_examples=15, deadline=None)
+def test_block_boundaries_do_not_change_the_cuts(seed: int, size: int, step: int) -> None:
+    chunker = FastCDCChunker(PARAMS)
+    chunker.block = 2 * PARAMS.max_size  # the smallest allowed: 3 MiB crosses several blocks
+    data = random.Random(seed).randbytes(size)
+    assert list(chunker.chunks(Trickle(data, step))) == list(chunker.chunks_of(data))
 
 
 def test_unknown_algorithm_is_refused() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 import pyfastcdc
 
@@ -12,6 +13,15 @@ from datamon.core.model import ChunkerParams
 from datamon.errors import ConfigError
 
 _STREAM_BUFFER = 1 << 20
+# Streams are read in blocks of this size (at least twice the maximum chunk), and their chunks
+# are views into the block: no chunk is copied.
+BLOCK = 4 << 20
+
+Chunk = bytes | memoryview
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class FastCDCChunker:
@@ -25,6 +35,7 @@ class FastCDCChunker:
         if not 64 <= params.min_size <= params.avg_size <= params.max_size:
             raise ConfigError(f"chunker sizes are inconsistent: {params}")
         self.params = params
+        self.block = max(BLOCK, 2 * params.max_size)
 
     def _cdc(self) -> pyfastcdc.FastCDC:
         # The Cython chunker is not safe to share between threads; it is cheap to build.
@@ -37,10 +48,38 @@ class FastCDCChunker:
             seed=p.seed,
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
-        """The chunks of ``stream``, each a fresh ``bytes`` that outlives the next one."""
-        for chunk in self._cdc().cut_stream(stream):
-            yield bytes(chunk.data)
+    def chunks(self, stream: Readable) -> Iterator[memoryview]:
+        """The chunks of ``stream``, as views into blocks read from it.
+
+        Every block is a fresh buffer that is never written again once cut, so a view stays
+        valid for as long as it is referenced. The last chunk of a block is not final (the
+        block may have cut it short): it is carried to the front of the next block and cut
+        again there, which gives the cuts of the whole stream read at once.
+        """
+        cdc = self._cdc()
+        size = self.block
+        carry = memoryview(b"")
+        while True:
+            block = memoryview(bytearray(size))
+            filled = len(carry)
+            block[:filled] = carry
+            end = False
+            while filled < size:
+                got = stream.readinto(block[filled:])
+                if not got:
+                    end = True
+                    break
+                filled += got
+            data = block[:filled]
+            carry = memoryview(b"")
+            for chunk in cdc.cut_buf(data):
+                stop = chunk.offset + chunk.length
+                if stop == filled and not end:
+                    carry = data[chunk.offset : stop]
+                    break
+                yield data[chunk.offset : stop]
+            if end:
+                return
 
     def chunks_of(self, data: bytes | memoryview) -> Iterator[bytes]:
         if len(data) <= self.params.min_size:
@@ -52,8 +91,9 @@ class FastCDCChunker:
             yield bytes(chunk.data)
 
     @staticmethod
-    def open(path: str) -> BinaryIO:
-        return open(path, "rb", buffering=_STREAM_BUFFER)
+    def open(path: str) -> io.FileIO:
+        # Unbuffered: blocks are read straight into the chunker's buffers.
+        return open(path, "rb", buffering=0)
 
     @staticmethod
     def read(path: str, size: int) -> bytes:

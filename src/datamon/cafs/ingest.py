@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
-from datamon.cafs.packer import PackWriter
+from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.statcache import StatCache
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
@@ -145,14 +145,9 @@ class Ingester:
             return 0
         rows: list[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]] = []
         for f in fresh:
-            packs = set(f.packs)
-            for cid in f.queued:
-                pack = self.packer.pack_of(cid)
-                if pack is None:
-                    break
-                packs.add(pack)
-            else:
-                rows.append((f.path, f.st, f.refs, packs))
+            queued = self.packer.packs_of(f.queued)
+            if None not in queued:
+                rows.append((f.path, f.st, f.refs, f.packs.union(p for p in queued if p)))
         self.stat_cache.put_many(rows, read_at=self._started)
         return len(rows)
 
@@ -187,7 +182,7 @@ class Ingester:
         where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
         batch = _Batch()
         out: dict[str, _Batch] = {}
-        new: list[tuple[bytes, bytes, int]] = []
+        new: list[tuple[bytes, int, Payload, int]] = []
         for path, items in chunks.items():
             one = out[path] = _Batch(refs=[ChunkRef(cid, len(raw)) for cid, raw in items])
             for cid, raw in items:
@@ -197,7 +192,7 @@ class Ingester:
                 else:
                     one.queued.append(cid)
                     if not self.packer.seen(cid):
-                        new.append((cid, self._codec().encode(raw), len(raw)))
+                        new.append((cid, *self._codec().encode_parts(raw), len(raw)))
             batch.refs.extend(one.refs)
             batch.packs |= one.packs
         # One call, so the group's chunks lie side by side in the pack, as they are read.
@@ -208,10 +203,10 @@ class Ingester:
     def ingest_bytes(self, data: bytes) -> tuple[ChunkRef, ...]:
         return self.ingest_chunks(self.chunker.chunks_of(data))
 
-    def ingest_chunks(self, chunks: Iterable[bytes]) -> tuple[ChunkRef, ...]:
+    def ingest_chunks(self, chunks: Iterable[Chunk]) -> tuple[ChunkRef, ...]:
         return tuple(self._ingest_stream(chunks).refs)
 
-    def _ingest_stream(self, chunks: Iterable[bytes]) -> _Batch:
+    def _ingest_stream(self, chunks: Iterable[Chunk]) -> _Batch:
         """The refs of a stream of chunks, the index packs and the queued chunks among them."""
         out = _Batch()
         pending: deque[Future[_Batch]] = deque()
@@ -241,26 +236,28 @@ class Ingester:
             self.stats.bytes_read += sum(r.size for r in batch.refs)
             self.stats.packs_used |= batch.packs
 
-    def _store_batch(self, chunks: list[bytes]) -> _Batch:
+    def _store_batch(self, chunks: list[Chunk]) -> _Batch:
         out = _Batch()
-        for raw in chunks:
-            cid = digest(raw)
-            out.refs.append(ChunkRef(cid, len(raw)))
+        ids = [digest(raw) for raw in chunks]
+        out.refs = [ChunkRef(cid, len(raw)) for cid, raw in zip(ids, chunks, strict=True)]
+        where = self.index.lookup_many(ids)  # one query for the batch
+        codec = self._codec()
+        for cid, raw in zip(ids, chunks, strict=True):
             if self.packer.seen(cid):
                 out.queued.append(cid)
                 continue
-            where = self.index.lookup(cid)
-            if where is not None:
-                out.packs.add(where.pack)
+            found = where.get(cid)
+            if found is not None:
+                out.packs.add(found.pack)
                 continue
             out.queued.append(cid)
-            if self.packer.add(cid, self._codec().encode(raw), len(raw)):
+            if self.packer.add(cid, *codec.encode_parts(raw), len(raw)):
                 out.new += 1
         return out
 
 
-def _batches(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
+def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
+    batch: list[Chunk] = []
     size = 0
     for raw in chunks:
         batch.append(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from datamon.cafs.index import ChunkIndex
@@ -10,6 +11,8 @@ from datamon.cafs.layout import index_key, pack_key
 from datamon.core.codecs import encode_frame, pack_msg
 from datamon.core.ids import hexdigest
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+
+Payload = bytes | memoryview
 
 
 class PackWriter:
@@ -45,21 +48,28 @@ class PackWriter:
             seq = self._seen.get(cid)
             return None if seq is None else self._written.get(seq)
 
-    def add(self, cid: bytes, blob: bytes, size: int) -> bool:
-        """Queue an encoded chunk; False if this writer already has it."""
-        return self.add_many([(cid, blob, size)]) == 1
+    def packs_of(self, cids: Iterable[bytes]) -> list[str | None]:
+        """:meth:`pack_of` for many chunks at once."""
+        with self._lock:
+            seqs = [self._seen.get(cid) for cid in cids]
+            return [None if seq is None else self._written.get(seq) for seq in seqs]
 
-    def add_many(self, chunks: list[tuple[bytes, bytes, int]]) -> int:
+    def add(self, cid: bytes, codec: int, payload: Payload, size: int) -> bool:
+        """Queue an encoded chunk (codec byte and payload); False if this writer has it."""
+        return self.add_many([(cid, codec, payload, size)]) == 1
+
+    def add_many(self, chunks: Iterable[tuple[bytes, int, Payload, int]]) -> int:
         """Queue encoded chunks side by side in one pack; returns how many were new."""
         sealed: list[tuple[int, bytearray, list[PackEntry]]] = []
         added = 0
         with self._lock:
-            for cid, blob, size in chunks:
+            for cid, codec, payload, size in chunks:
                 if cid in self._seen:
                     continue
                 self._seen[cid] = self._seq
-                self._entries.append(PackEntry(cid, len(self._buffer), len(blob), size))
-                self._buffer += blob
+                self._entries.append(PackEntry(cid, len(self._buffer), 1 + len(payload), size))
+                self._buffer.append(codec)
+                self._buffer += payload
                 added += 1
                 if len(self._buffer) >= self.pack_size:
                     sealed.append(self._take())

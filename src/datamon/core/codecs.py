@@ -106,10 +106,16 @@ class ChunkCodec:
         self._decompressor = zstandard.ZstdDecompressor()
 
     def encode(self, raw: bytes | memoryview) -> bytes:
+        codec, payload = self.encode_parts(raw)
+        return bytes([codec]) + payload
+
+    def encode_parts(self, raw: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+        """The codec byte and the payload of the stored blob, not yet joined: a pack writer
+        appends both to its buffer, which saves copying every chunk once more."""
         packed = self._compressor.compress(raw)
         if len(packed) + (len(raw) >> _MIN_SAVING_SHIFT) < len(raw):
-            return bytes([CODEC_ZSTD]) + packed
-        return bytes([CODEC_RAW]) + bytes(raw)
+            return CODEC_ZSTD, packed
+        return CODEC_RAW, raw
 
     def decode(self, key: str, blob: bytes | memoryview, raw_size: int) -> bytes:
         if not blob:
