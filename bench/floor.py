@@ -1,4 +1,4 @@
-"""How many small files per second the bare minimum of Datamon's per-file work allows here.
+"""How fast the bare minimum of Datamon's per-file work runs here, against the upload itself.
 
     .venv/bin/python bench/floor.py DIR [--runs 3] [--threads 2]
 
@@ -7,12 +7,13 @@ same libraries Datamon uses, and nothing else (no index, no packs, no trees):
 
     scan      os.scandir + lstat of every entry
     read      + open, read and close each file
-    hash      + BLAKE3 of the content
-    compress  + zstd level 1 of the content
-    compress xN   the same on N threads, files split in groups of 256
+    chunk     + FastCDC cuts with the store's default parameters (files above the minimum chunk)
+    hash      + BLAKE3 of each chunk
+    compress  + zstd level 1 of each chunk
+    compress xN   the same on N threads, files split in groups of 256 files or 64 MiB
 
 Then ``datamon bundle upload`` of the same folder (fresh store and cache). Reports files/s
-(median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
+and MB/s (median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
 stages and the upload is Datamon's own bookkeeping; the last stage bounds what any Python
 implementation of the same format can reach on this machine.
 """
@@ -31,9 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
+import pyfastcdc
 import zstandard
 
+from datamon.core.model import ChunkerParams
+
 GROUP = 256
+GROUP_BYTES = 64 << 20
 
 
 def files_of(root: str) -> list[str]:
@@ -53,9 +58,26 @@ def files_of(root: str) -> list[str]:
 def read(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.read(fd, 1 << 24)
+        parts = []
+        while part := os.read(fd, 1 << 24):
+            parts.append(part)
+        return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def cut(data: bytes) -> list[memoryview] | list[bytes]:
+    p = ChunkerParams()
+    if len(data) <= p.min_size:
+        return [data]
+    cdc = pyfastcdc.FastCDC(
+        p.avg_size,
+        min_size=p.min_size,
+        max_size=p.max_size,
+        normalized_chunking=p.normalization,
+        seed=p.seed,
+    )
+    return [c.data for c in cdc.cut_buf(data)]
 
 
 def stage_read(paths: list[str]) -> None:
@@ -63,22 +85,35 @@ def stage_read(paths: list[str]) -> None:
         read(path)
 
 
+def stage_chunk(paths: list[str]) -> None:
+    for path in paths:
+        cut(read(path))
+
+
 def stage_hash(paths: list[str]) -> None:
     for path in paths:
-        blake3.blake3(read(path)).digest()
+        for chunk in cut(read(path)):
+            blake3.blake3(chunk).digest()
 
 
 def stage_compress(paths: list[str]) -> None:
     zstd = zstandard.ZstdCompressor(level=1)
     for path in paths:
-        data = read(path)
-        blake3.blake3(data).digest()
-        zstd.compress(data)
+        for chunk in cut(read(path)):
+            blake3.blake3(chunk).digest()
+            zstd.compress(chunk)
 
 
 def threaded(stage: Callable[[list[str]], None], threads: int) -> Callable[[list[str]], None]:
     def run(paths: list[str]) -> None:
-        groups = [paths[i : i + GROUP] for i in range(0, len(paths), GROUP)]
+        groups: list[list[str]] = [[]]
+        size = 0
+        for path in paths:
+            if len(groups[-1]) >= GROUP or size >= GROUP_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(path)
+            size += os.path.getsize(path)
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(stage, groups))
 
@@ -120,6 +155,7 @@ def main() -> None:
     stages: list[tuple[str, Callable[[], float]]] = [
         ("scan", lambda: timed(lambda: files_of(args.root))),
         ("read", lambda: timed(lambda: stage_read(paths))),
+        ("chunk", lambda: timed(lambda: stage_chunk(paths))),
         ("hash", lambda: timed(lambda: stage_hash(paths))),
         ("compress", lambda: timed(lambda: stage_compress(paths))),
         (f"compress x{args.threads}", lambda: timed(lambda: threads(paths))),
@@ -129,13 +165,16 @@ def main() -> None:
     for _ in range(args.runs):
         for name, fn in stages:
             times[name].append(fn())
+    total = sum(os.path.getsize(path) for path in paths)
     upload = n / statistics.median(times["datamon bundle upload"])
-    print(f"{n:,} files under {args.root}; medians of {args.runs} runs; {os.cpu_count()} cores")
-    print("| stage | files/s | datamon upload / stage |")
-    print("|---|---|---|")
+    print(f"{n:,} files, {total / 1e6:,.0f} MB, under {args.root}; medians of {args.runs} runs;")
+    print(f"{os.cpu_count()} cores")
+    print("| stage | files/s | MB/s | datamon upload / stage |")
+    print("|---|---|---|---|")
     for name, _fn in stages:
-        rate = n / statistics.median(times[name])
-        print(f"| {name} | {rate:,.0f} | {upload / rate:.2f} |")
+        seconds = statistics.median(times[name])
+        rate = n / seconds
+        print(f"| {name} | {rate:,.0f} | {total / 1e6 / seconds:,.0f} | {upload / rate:.2f} |")
 
 
 if __name__ == "__main__":
