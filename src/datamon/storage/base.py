@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from datamon.errors import StorageError
 
-Payload = bytes | bytearray
+Payload = bytes | bytearray | memoryview
 """What backends accept to write; packs are written from the bytearray they were built in."""
 
 
