@@ -129,9 +129,22 @@ def test_parameters_change_the_cuts() -> None:
 
 def test_chunks_outlive_the_next_one(chunker: FastCDCChunker) -> None:
     data = random.Random(4).randbytes(3 * BLOCK + 12345)
-    kept = list(chunker.chunks(io.BytesIO(data)))  # views into blocks that are never reused
+    kept = list(chunker.chunks(io.BytesIO(data)))  # views into blocks not reused while viewed
     assert b"".join(kept) == data
     assert kept == list(chunker.chunks_of(data))
+    assert len({id(view.obj) for view in kept}) == 4
+
+
+def test_blocks_are_used_again_once_their_chunks_are_dropped() -> None:
+    chunker = FastCDCChunker(PARAMS)
+    data = random.Random(5).randbytes(10 * BLOCK)
+    copied: list[bytes] = []
+    blocks: set[int] = set()
+    for view in chunker.chunks(io.BytesIO(data)):
+        blocks.add(id(view.obj))
+        copied.append(bytes(view))
+    assert b"".join(copied) == data
+    assert len(blocks) <= 3  # the block being cut, the one carried from, and one spare
 
 
 class Trickle(io.RawIOBase):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -16,6 +18,10 @@ _STREAM_BUFFER = 1 << 20
 # Streams are read in blocks of this size (at least twice the maximum chunk), and their chunks
 # are views into the block: no chunk is copied.
 BLOCK = 4 << 20
+# Block buffers kept for reuse by one chunker (about a file thread's batches in flight).
+KEPT_BLOCKS = 8
+# References to a block buffer no chunk views: the chunker's list, and getrefcount's argument.
+_FREE_REFS = 2
 
 Chunk = bytes | memoryview
 
@@ -36,6 +42,29 @@ class FastCDCChunker:
             raise ConfigError(f"chunker sizes are inconsistent: {params}")
         self.params = params
         self.block = max(BLOCK, 2 * params.max_size)
+        self._blocks: list[bytearray] = []
+        self._blocks_lock = threading.Lock()
+
+    def _take_block(self) -> bytearray:
+        """A block buffer that nothing references any more, or a new one.
+
+        Allocating and faulting in a fresh 4 MiB buffer per block cost more here than the
+        FastCDC cuts themselves. A block is free again once every chunk view of it is gone:
+        views hold a reference to it, so its reference count tells (CPython's counting; the
+        list and the call's argument are the only references of a free block).
+        """
+        with self._blocks_lock:
+            blocks = self._blocks
+            for i in range(len(blocks)):
+                # Indexed, not bound to a name: a loop variable would be one more reference.
+                if sys.getrefcount(blocks[i]) == _FREE_REFS:
+                    return blocks.pop(i)
+        return bytearray(self.block)
+
+    def _give_back(self, block: bytearray) -> None:
+        with self._blocks_lock:
+            if len(self._blocks) < KEPT_BLOCKS and len(block) == self.block:
+                self._blocks.append(block)
 
     def _cdc(self) -> pyfastcdc.FastCDC:
         # The Cython chunker is not safe to share between threads; it is cheap to build.
@@ -60,7 +89,8 @@ class FastCDCChunker:
         size = self.block
         carry = memoryview(b"")
         while True:
-            block = memoryview(bytearray(size))
+            buffer = self._take_block()
+            block = memoryview(buffer)
             filled = len(carry)
             block[:filled] = carry
             end = False
@@ -78,6 +108,8 @@ class FastCDCChunker:
                     carry = data[chunk.offset : stop]
                     break
                 yield data[chunk.offset : stop]
+            self._give_back(buffer)  # used again only once no view of it is left
+            del buffer
             if end:
                 return
 
