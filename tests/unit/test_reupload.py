@@ -12,7 +12,9 @@ from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
 from datamon.api.scan import scan
 from datamon.cafs import statcache
+from datamon.cafs.ingest import Ingester
 from datamon.cafs.layout import index_key, pack_key
+from datamon.cafs.packer import PackWriter
 from datamon.cafs.statcache import StatCache
 from datamon.core.model import ChunkRef
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
@@ -161,3 +163,59 @@ def test_files_are_ordered_by_path_components(tmp_path: Path) -> None:
         key=lambda p: os.path.relpath(p, root).split(os.sep),
     )
     assert got == want
+
+
+def test_rows_sharing_packs_share_one_decoded_tuple(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    st = os.stat(tmp_path)
+    refs = (ChunkRef(b"\x01" * 32, 5),)
+    cache.put_many([(f"/a/{i}", st, refs, ["p", "q"]) for i in range(4)])
+    cache.put_many([("/a/x", st, refs, ["r"])])
+    db = sqlite3.connect(cache.db_path)
+    db.execute("UPDATE files SET packs = x'c1' WHERE path = '/a/3'")  # not MessagePack
+    db.commit()
+    db.close()
+    found = cache.get_many([(f"/a/{i}", st) for i in range(4)] + [("/a/x", st)])
+    assert sorted(found) == ["/a/0", "/a/1", "/a/2", "/a/x"]
+    assert found["/a/0"][1] == ("p", "q")
+    assert found["/a/0"][1] is found["/a/2"][1]
+    assert found["/a/x"] == (refs, ("r",))
+    cache.close()
+
+
+def test_reuse_trusts_rows_by_their_packs(local_store: Store, tmp_path: Path) -> None:
+    cache = local_store.stat_cache
+    st = os.stat(tmp_path)
+    one = (ChunkRef(b"\x01" * 32, 5),)
+    two = (ChunkRef(b"\x02" * 32, 7), ChunkRef(b"\x03" * 32, 11))
+    cache.put_many([("/a/1", st, one, ["known"]), ("/a/2", st, two, ["known"])])
+    cache.put_many([("/a/3", st, one, ["known", "lost"]), ("/a/4", st, (), ["known"])])
+    packer = PackWriter(local_store.index, 1 << 20)
+    ingester = Ingester(local_store.chunker, local_store.index, packer, 1, stat_cache=cache)
+    ingester._known = {"known"}
+    try:
+        kept = ingester.reuse([(f"/a/{i}", st) for i in range(1, 5)])
+    finally:
+        ingester.close()
+        packer.abort()
+    assert kept == {"/a/1": one, "/a/2": two, "/a/4": ()}
+    assert ingester.stats.packs_used == {"known"}
+    assert (ingester.stats.chunks, ingester.stats.bytes_read) == (3, 23)
+
+
+def test_relative_path_with_trailing_slash(
+    local_store: Store,
+    tmp_path: Path,
+    author: Author,
+    opened: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    _tree(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    first = repo.upload("src/", _opts(author))
+    opened.clear()
+    second = repo.upload("./src", _opts(author))
+    assert opened == []
+    assert second.bundle.tree == first.bundle.tree
+    assert (second.bundle.files, second.bundle.size) == (21, first.bundle.size)

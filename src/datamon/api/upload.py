@@ -64,7 +64,7 @@ def upload(
 
 @dataclass(frozen=True)
 class _Batch:
-    """Files ingested: their chunk lists by path, and what storing them took."""
+    """Files ingested: their chunk lists by absolute path, and what storing them took."""
 
     refs: dict[str, tuple[ChunkRef, ...]]
     packs: tuple[str, ...]
@@ -100,7 +100,6 @@ def _ingest(
         store.config.compression_level,
         stat_cache=store.stat_cache,
     )
-    refs: dict[str, tuple[ChunkRef, ...]] = {}
 
     def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
@@ -109,23 +108,20 @@ def _ingest(
             where = exc.filename or (group[0][1].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
-    progress.start("uploading", sum(f.st.st_size for _full, f in files))
+    total = sum([f.st.st_size for _full, f in files])
+    progress.start("uploading", total)
     try:
         # Unchanged files first, in this thread: one scan of the stat cache for the tree.
-        cached = ingester.reuse([(full, f.st) for full, f in files])
-        if cached:
-            for full, f in files:
-                found = cached.get(full)
-                if found is not None:
-                    refs[f.path] = found
-            files = [(full, f) for full, f in files if full not in cached]
-            progress.advance(sum(c.size for chunks in cached.values() for c in chunks))
+        refs = ingester.reuse([(full, f.st) for full, f in files])
+        if refs:
+            files = [(full, f) for full, f in files if full not in refs]
+            progress.advance(total - sum([f.st.st_size for _full, f in files]))
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
         threads = max(1, min(options.concurrency, max(2, os.cpu_count() or 1)))
         for group, results in bounded_map(ingest, _groups(files), threads):
-            for (_full, f), chunk_refs in zip(group, results, strict=True):
-                refs[f.path] = chunk_refs
+            for (full, _f), chunk_refs in zip(group, results, strict=True):
+                refs[full] = chunk_refs
             progress.advance(sum(f.st.st_size for _full, f in group))
         written = packer.close()
     except BaseException:
@@ -213,7 +209,7 @@ def upload_paths(
                 elif isinstance(item, LocalDir):
                     edit.put(rel, stored[rel])
                 elif isinstance(item, LocalFile):
-                    edit.put(rel, _file_entry(item, batch.refs[item.path]))
+                    edit.put(rel, _file_entry(item, batch.refs[os.path.abspath(item.path)]))
                 else:
                     edit.put(rel, _link_entry(item))
             except OSError as exc:
@@ -392,11 +388,15 @@ def _link_entry(link: LocalLink) -> Entry:
 
 
 def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
-    """Store the directory's tree bottom-up; returns the entry that names it."""
+    """Store the directory's tree bottom-up; returns the entry that names it.
+
+    ``refs`` holds the chunks of every file by absolute path (as :func:`_ordered` gives it).
+    """
     entries: list[Entry] = []
     size = count = 0
+    prefix = os.path.join(os.path.abspath(node.path), "")
     for f in node.files:
-        entry = _file_entry(f, refs[f.path])
+        entry = _file_entry(f, refs[prefix + f.name])
         entries.append(entry)
         size += entry.size
         count += 1

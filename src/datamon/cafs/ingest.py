@@ -164,15 +164,19 @@ class Ingester:
         if self.stat_cache is None:
             return {}
         kept: dict[str, tuple[ChunkRef, ...]] = {}
-        used: set[str] = set()
         known = self._known
+        # Rows share a few sets of packs: each is checked once.
+        trusted: dict[tuple[str, ...], bool] = {}
         chunks = size = 0
         for path, (refs, packs) in self.stat_cache.get_many(files).items():
-            if known.issuperset(packs):
+            ok = trusted.get(packs)
+            if ok is None:
+                ok = trusted[packs] = known.issuperset(packs)
+            if ok:
                 kept[path] = refs
-                used.update(packs)
                 chunks += len(refs)
-                size += sum(r.size for r in refs)
+                size += refs[0].size if len(refs) == 1 else sum(r.size for r in refs)
+        used = {pack for packs, ok in trusted.items() if ok for pack in packs}
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size

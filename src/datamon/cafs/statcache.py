@@ -38,6 +38,13 @@ _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
 Cached = tuple[tuple[ChunkRef, ...], tuple[str, ...]]
 
 
+def _decode_packs(blob: bytes) -> tuple[str, ...] | None:
+    try:
+        return _packs_decoder.decode(blob)
+    except msgspec.DecodeError:
+        return None
+
+
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
@@ -69,7 +76,6 @@ class StatCache:
         if not wanted:
             return {}
         found: dict[str, Cached] = {}
-        seen: set[str] = set()
         db = self._db.get()
         limit = 2 * len(wanted) + 64
         rows = db.execute(
@@ -77,8 +83,10 @@ class StatCache:
             " WHERE path >= ? AND path <= ? LIMIT ?",
             (min(wanted), max(wanted), limit),
         ).fetchall()
-        self._match(rows, wanted, found, seen)
+        packs_of: dict[bytes, tuple[str, ...] | None] = {}
+        self._match(rows, wanted, found, packs_of)
         if len(rows) >= limit:
+            seen = {row[0] for row in rows}
             rest = [path for path in wanted if path not in seen]
             for start in range(0, len(rest), _BATCH):
                 batch = rest[start : start + _BATCH]
@@ -88,25 +96,33 @@ class StatCache:
                     f" WHERE path IN ({marks})",
                     batch,
                 ).fetchall()
-                self._match(more, wanted, found, seen)
+                self._match(more, wanted, found, packs_of)
         return found
 
     @staticmethod
     def _match(
-        rows: list[tuple[str, int, int, int, int, bytes, bytes]],
+        rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
         wanted: dict[str, tuple[int, int, int, int]],
         found: dict[str, Cached],
-        seen: set[str],
+        packs_of: dict[bytes, tuple[str, ...] | None],
     ) -> None:
+        """Add the rows matching their file's stat to ``found``.
+
+        Files usually share a few sets of packs: each distinct ``packs`` value is decoded
+        once (``packs_of``, None when it does not decode), and the rows that share it share
+        one tuple.
+        """
         for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
-            key = wanted.get(path)
-            if key is None:
+            if wanted.get(path) != (size, mtime_ns, ctime_ns, ino) or packs is None:
                 continue
-            seen.add(path)
-            if key != (size, mtime_ns, ctime_ns, ino) or packs is None:
+            if packs in packs_of:
+                names = packs_of[packs]
+            else:
+                names = packs_of[packs] = _decode_packs(packs)
+            if names is None:
                 continue
             try:
-                found[path] = (_chunks_decoder.decode(chunks), _packs_decoder.decode(packs))
+                found[path] = (_chunks_decoder.decode(chunks), names)
             except msgspec.DecodeError:
                 continue
 
