@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from datamon.cafs.ingest import Ingester
 from datamon.cafs.layout import index_key, pack_key
 from datamon.cafs.packer import PackWriter
 from datamon.cafs.statcache import StatCache
-from datamon.core.model import ChunkRef
+from datamon.core.model import Bundle, ChunkRef, Entry, Kind
+from datamon.metadata.trees import PendingTrees
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
 
@@ -219,3 +221,59 @@ def test_relative_path_with_trailing_slash(
     assert opened == []
     assert second.bundle.tree == first.bundle.tree
     assert (second.bundle.files, second.bundle.size) == (21, first.bundle.size)
+
+
+def test_unchanged_folder_stores_and_checks_no_tree(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    tree_puts: list[str] = []
+    real = local_store.meta.put_if_absent
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        if key.startswith("trees/"):
+            tree_puts.append(key)
+        return real(key, data)
+
+    monkeypatch.setattr(local_store.meta, "put_if_absent", put_if_absent)
+    second = repo.upload(str(src), _opts(author))
+    assert second.bundle.tree == first.bundle.tree
+    assert (tree_puts, second.trees_written) == ([], 0)
+    (src / "d1" / "f1.bin").write_bytes(b"changed")
+    third = repo.upload(str(src), _opts(author))
+    assert third.bundle.tree != first.bundle.tree
+    assert len(tree_puts) == 4  # every tree is checked again (root, d0, d1, d2)...
+    assert third.trees_written == 2  # ...and only the root and d1 are new
+    assert repo.verify(third.bundle_id).ok
+
+
+def test_trees_are_stored_on_a_retry_onto_another_head(mem_store: Store) -> None:
+    trees = PendingTrees(mem_store.trees)
+    leaf = trees.add([])
+    top = Entry("", Kind.DIR, 0o755, 0, tree=trees.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf)]))
+    build = upload_module._unless_head(trees, top, ("p",))
+
+    def head(tree: bytes) -> Bundle:
+        return Bundle(
+            format=1,
+            repo="r",
+            parents=(),
+            message="",
+            author=Author("a", "a@b"),
+            timestamp=datetime.now(UTC),
+            tree=tree.hex(),
+            packs=(),
+            files=0,
+            size=0,
+            branch="b",
+        )
+
+    assert build(head(top.tree)) == (top, ("p",))
+    assert (len(trees), mem_store.trees.written) == (2, 0)
+    assert build(head(leaf)) == (top, ("p",))
+    assert (len(trees), mem_store.trees.written) == (0, 2)
+    assert build(None) == (top, ("p",))
+    assert mem_store.trees.written == 2
+    assert [e.name for e in mem_store.trees.entries(top.tree)] == ["d"]

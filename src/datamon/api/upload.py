@@ -21,6 +21,7 @@ from datamon.cafs.packer import PackWriter
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
+from datamon.metadata.trees import PendingTrees
 
 DEFAULT_BRANCH = "main"
 DEFAULT_CONCURRENCY = 4
@@ -58,8 +59,11 @@ def upload(
     # In the order downloads walk the tree, so that packs hold files as they are read back.
     batch = _ingest(store, path, _ordered(root), options, progress)
     trees_before = store.trees.written
-    top = _build(store, root, batch.refs)
-    return _finish(store, repo, options, batch, trees_before, lambda _base: (top, batch.packs))
+    pending = PendingTrees(store.trees)
+    top = _build(pending, root, batch.refs)
+    return _finish(
+        store, repo, options, batch, trees_before, _unless_head(pending, top, batch.packs)
+    )
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,13 @@ def upload_paths(
             files.append((os.path.abspath(item.path), item))
     batch = _ingest(store, path, files, options, progress)
     trees_before = store.trees.written
+    pending = PendingTrees(store.trees)
     stored = {
-        rel: _build(store, item, batch.refs) for rel, item in changes if isinstance(item, LocalDir)
+        rel: _build(pending, item, batch.refs)
+        for rel, item in changes
+        if isinstance(item, LocalDir)
     }
+    pending.write()
     folders = _folders_on(path, [rel for rel, _item in changes])
     adds_links = any(
         isinstance(item, LocalLink) or (isinstance(item, LocalDir) and item.all_links())
@@ -228,6 +236,22 @@ def upload_paths(
         return top, tuple(sorted(packs))
 
     return _finish(store, repo, options, batch, trees_before, build)
+
+
+def _unless_head(pending: PendingTrees, top: Entry, packs: tuple[str, ...]) -> TreeBuilder:
+    """Store the pending trees unless ``top`` is the root of the head the bundle goes onto.
+
+    The head's root is stored, and every tree below it was stored before it (§7): an
+    unchanged folder then needs no tree written, nor checked one by one. On a retry onto
+    another head, the trees not yet stored are stored then.
+    """
+
+    def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
+        if base is None or base.tree != top.tree.hex():
+            pending.write()
+        return top, packs
+
+    return build
 
 
 def _check_links(store: Store, top: Entry) -> None:
@@ -387,8 +411,8 @@ def _link_entry(link: LocalLink) -> Entry:
     return Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
 
 
-def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
-    """Store the directory's tree bottom-up; returns the entry that names it.
+def _build(trees: PendingTrees, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
+    """Name the directory's tree bottom-up (stored later); returns the entry that names it.
 
     ``refs`` holds the chunks of every file by absolute path (as :func:`_ordered` gives it).
     """
@@ -402,11 +426,11 @@ def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) 
         count += 1
     entries.extend(_link_entry(link) for link in node.links)
     for sub in node.dirs:
-        child = _build(store, sub, refs)
+        child = _build(trees, sub, refs)
         entries.append(child)
         size += child.size
         count += child.files
-    oid = store.trees.put(entries)
+    oid = trees.add(entries)
     return Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )
