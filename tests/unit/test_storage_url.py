@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from datamon.errors import ConfigError
 from datamon.storage import Backend, open_backend
+from datamon.storage import local as local_module
 from datamon.storage.local import LocalBackend
 from datamon.storage.memory import MemoryBackend
 from datamon.storage.objectstore import ObjectStoreBackend
@@ -140,3 +143,25 @@ def test_unknown_scheme(location: str) -> None:
 def test_empty_location() -> None:
     with pytest.raises(ConfigError):
         open_backend("")
+
+
+def test_flush_syncs_without_searching_for_libc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs is Linux's")
+
+    def no_search(_name: str) -> str:
+        raise AssertionError("find_library runs ldconfig")
+
+    monkeypatch.setattr(ctypes.util, "find_library", no_search)
+    local_module._syncfs.cache_clear()
+    synced: list[int] = []
+    real = local_module._syncfs()
+    assert real is not None
+    monkeypatch.setattr(local_module, "_syncfs", lambda: lambda fd: synced.append(fd) or real(fd))
+    backend = LocalBackend(tmp_path / "store")
+    backend.flush()  # nothing written: nothing to sync
+    backend.put("a/b", b"x")
+    backend.flush()
+    assert len(synced) == 1

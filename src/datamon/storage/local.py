@@ -10,13 +10,12 @@ object, and fsyncs the new ref and its folder.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -34,16 +33,27 @@ TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
 
 
-def _load_libc() -> ctypes.CDLL | None:
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux only), looked up at the first flush, not at import.
+
+    The interpreter has libc loaded already: its symbols are found without searching for
+    the library by name (``ctypes.util.find_library`` runs ``ldconfig``, ~40 ms).
+    """
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.syncfs  # noqa: B018 - present on Linux only
+        found: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+        return found
+    except (OSError, AttributeError):
+        pass
+    import ctypes.util
+
+    try:
+        found = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+        return found
     except (OSError, AttributeError):
         return None
-    return libc
-
-
-_LIBC = _load_libc()
 
 
 def _version(data: Payload) -> str:
@@ -216,7 +226,8 @@ class LocalBackend:
         self._dirty = False
         fd = os.open(self.root, os.O_RDONLY)
         try:
-            if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            syncfs = _syncfs()
+            if syncfs is None or syncfs(fd) != 0:
                 os.sync()
         finally:
             os.close(fd)
