@@ -72,7 +72,7 @@ class StatCache:
         from the smallest to the largest path finds them all; when the range holds many
         other rows, the rest are looked up by name.
         """
-        wanted = {path: _key(st) for path, st in files}
+        wanted = dict(files)
         if not wanted:
             return {}
         found: dict[str, Cached] = {}
@@ -102,7 +102,7 @@ class StatCache:
     @staticmethod
     def _match(
         rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
-        wanted: dict[str, tuple[int, int, int, int]],
+        wanted: dict[str, os.stat_result],
         found: dict[str, Cached],
         packs_of: dict[bytes, tuple[str, ...] | None],
     ) -> None:
@@ -113,7 +113,8 @@ class StatCache:
         one tuple.
         """
         for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
-            if wanted.get(path) != (size, mtime_ns, ctime_ns, ino) or packs is None:
+            st = wanted.get(path)
+            if st is None or _key(st) != (size, mtime_ns, ctime_ns, ino) or packs is None:
                 continue
             if packs in packs_of:
                 names = packs_of[packs]
