@@ -136,7 +136,7 @@ def test_stat_cache_range_lookup(tmp_path: Path) -> None:
     cache.put_many(rows)
     wanted = [("/a/00000", st), ("/a/02999", st), ("/a/missing", st)]
     found = cache.get_many(wanted)
-    assert found == {"/a/00000": (refs, ("p",)), "/a/02999": (refs, ("p",))}
+    assert found == {"/a/00000": refs, "/a/02999": refs}
     assert len(cache.get_many([(p, st) for p, *_ in rows[100:400]])) == 300
     cache.close()
 
@@ -167,21 +167,29 @@ def test_files_are_ordered_by_path_components(tmp_path: Path) -> None:
     assert got == want
 
 
-def test_rows_sharing_packs_share_one_decoded_tuple(tmp_path: Path) -> None:
+def test_each_set_of_packs_is_judged_once(tmp_path: Path) -> None:
     cache = StatCache(tmp_path / "stat.sqlite")
     st = os.stat(tmp_path)
     refs = (ChunkRef(b"\x01" * 32, 5),)
-    cache.put_many([(f"/a/{i}", st, refs, ["p", "q"]) for i in range(4)])
-    cache.put_many([("/a/x", st, refs, ["r"])])
+    cache.put_many([(f"/a/{i}", st, refs, ["q", "p"]) for i in range(5)])
+    cache.put_many([("/a/x", st, refs, ["r"]), ("/a/y", st, refs, ["s"])])
     db = sqlite3.connect(cache.db_path)
     db.execute("UPDATE files SET packs = x'c1' WHERE path = '/a/3'")  # not MessagePack
+    db.execute("UPDATE files SET chunks = x'c1' WHERE path = '/a/y'")
     db.commit()
     db.close()
-    found = cache.get_many([(f"/a/{i}", st) for i in range(4)] + [("/a/x", st)])
-    assert sorted(found) == ["/a/0", "/a/1", "/a/2", "/a/x"]
-    assert found["/a/0"][1] == ("p", "q")
-    assert found["/a/0"][1] is found["/a/2"][1]
-    assert found["/a/x"] == (refs, ("r",))
+    asked: list[tuple[str, ...]] = []
+
+    def trusted(packs: tuple[str, ...]) -> bool:
+        asked.append(packs)
+        return packs != ("r",)
+
+    wanted = [(f"/a/{i}", st) for i in range(5)] + [("/a/x", st), ("/a/y", st)]
+    found = cache.get_many(wanted, trusted)
+    assert found == {"/a/0": refs, "/a/1": refs, "/a/2": refs, "/a/4": refs}
+    # Not for the packs that do not decode, nor for a row whose chunks do not.
+    assert asked == [("p", "q"), ("r",)]
+    assert len(cache.get_many(wanted)) == 5
     cache.close()
 
 

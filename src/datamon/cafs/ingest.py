@@ -163,20 +163,19 @@ class Ingester:
         """
         if self.stat_cache is None:
             return {}
-        kept: dict[str, tuple[ChunkRef, ...]] = {}
         known = self._known
-        # Rows share a few sets of packs: each is checked once.
-        trusted: dict[tuple[str, ...], bool] = {}
-        chunks = size = 0
-        for path, (refs, packs) in self.stat_cache.get_many(files).items():
-            ok = trusted.get(packs)
-            if ok is None:
-                ok = trusted[packs] = known.issuperset(packs)
-            if ok:
-                kept[path] = refs
-                chunks += len(refs)
-                size += refs[0].size if len(refs) == 1 else sum(r.size for r in refs)
-        used = {pack for packs, ok in trusted.items() if ok for pack in packs}
+        used: set[str] = set()
+
+        def trusted(packs: tuple[str, ...]) -> bool:
+            # Asked once per distinct set of packs, not per file.
+            if known.issuperset(packs):
+                used.update(packs)
+                return True
+            return False
+
+        kept = self.stat_cache.get_many(files, trusted)
+        chunks = sum(map(len, kept.values()))
+        size = sum([r.size for refs in kept.values() for r in refs])
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,14 +35,9 @@ _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
 
-Cached = tuple[tuple[ChunkRef, ...], tuple[str, ...]]
 
-
-def _decode_packs(blob: bytes) -> tuple[str, ...] | None:
-    try:
-        return _packs_decoder.decode(blob)
-    except msgspec.DecodeError:
-        return None
+def _any_packs(_packs: tuple[str, ...]) -> bool:
+    return True
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -65,8 +60,14 @@ class StatCache:
             db.execute("ROLLBACK")
             raise
 
-    def get_many(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, Cached]:
-        """The recorded chunks and packs of those ``(path, stat)`` that are unchanged.
+    def get_many(
+        self,
+        files: Sequence[tuple[str, os.stat_result]],
+        trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
+    ) -> dict[str, tuple[ChunkRef, ...]]:
+        """The recorded chunks of those ``(path, stat)`` that are unchanged, when the packs
+        their row names are ``trusted``: asked once per distinct set of packs (the rows of
+        a tree share a few), with the pack ids sorted.
 
         Files are usually given in path order, neighbours in one folder, so one range scan
         from the smallest to the largest path finds them all; when the range holds many
@@ -75,7 +76,7 @@ class StatCache:
         wanted = dict(files)
         if not wanted:
             return {}
-        found: dict[str, Cached] = {}
+        found: dict[str, tuple[ChunkRef, ...]] = {}
         db = self._db.get()
         limit = 2 * len(wanted) + 64
         rows = db.execute(
@@ -83,8 +84,8 @@ class StatCache:
             " WHERE path >= ? AND path <= ? LIMIT ?",
             (min(wanted), max(wanted), limit),
         ).fetchall()
-        packs_of: dict[bytes, tuple[str, ...] | None] = {}
-        self._match(rows, wanted, found, packs_of)
+        verdicts: dict[bytes, bool] = {}
+        self._match(rows, wanted, found, verdicts, trusted)
         if len(rows) >= limit:
             seen = {row[0] for row in rows}
             rest = [path for path in wanted if path not in seen]
@@ -96,36 +97,40 @@ class StatCache:
                     f" WHERE path IN ({marks})",
                     batch,
                 ).fetchall()
-                self._match(more, wanted, found, packs_of)
+                self._match(more, wanted, found, verdicts, trusted)
         return found
 
     @staticmethod
     def _match(
         rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
         wanted: dict[str, os.stat_result],
-        found: dict[str, Cached],
-        packs_of: dict[bytes, tuple[str, ...] | None],
+        found: dict[str, tuple[ChunkRef, ...]],
+        verdicts: dict[bytes, bool],
+        trusted: Callable[[tuple[str, ...]], bool],
     ) -> None:
-        """Add the rows matching their file's stat to ``found``.
+        """Add the chunks of the rows that match their file's stat and name trusted packs.
 
-        Files usually share a few sets of packs: each distinct ``packs`` value is decoded
-        once (``packs_of``, None when it does not decode), and the rows that share it share
-        one tuple.
+        ``verdicts`` remembers each distinct ``packs`` value seen (false when it does not
+        decode), so that each is decoded and judged once.
         """
         for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
             st = wanted.get(path)
             if st is None or _key(st) != (size, mtime_ns, ctime_ns, ino) or packs is None:
                 continue
-            if packs in packs_of:
-                names = packs_of[packs]
-            else:
-                names = packs_of[packs] = _decode_packs(packs)
-            if names is None:
-                continue
             try:
-                found[path] = (_chunks_decoder.decode(chunks), names)
+                refs = _chunks_decoder.decode(chunks)
             except msgspec.DecodeError:
                 continue
+            ok = verdicts.get(packs)
+            if ok is None:
+                try:
+                    names = _packs_decoder.decode(packs)
+                except msgspec.DecodeError:
+                    ok = verdicts[packs] = False
+                else:
+                    ok = verdicts[packs] = trusted(names)
+            if ok:
+                found[path] = refs
 
     def put_many(
         self,
