@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 import time
@@ -24,6 +25,7 @@ from datamon.metadata.layout import check_name
 from datamon.metadata.trees import PendingTrees
 
 DEFAULT_BRANCH = "main"
+_by_name = operator.attrgetter("name")
 DEFAULT_CONCURRENCY = 4
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
@@ -389,7 +391,7 @@ def _ordered(root: LocalDir) -> list[tuple[str, LocalFile]]:
 
 def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:
     items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
-    items.sort(key=lambda item: item.name)
+    items.sort(key=_by_name)
     return os.path.join(os.path.abspath(node.path), ""), iter(items)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 
 from datamon.core.codecs import decode_frame, frame, load_versioned, pack_msg
@@ -12,6 +13,7 @@ from datamon.metadata.layout import tree_key
 from datamon.storage.base import Backend
 
 SPLIT = 4096
+_by_name = operator.attrgetter("name")
 
 
 class TreeStore:
@@ -89,7 +91,7 @@ class PendingTrees:
 
     def add(self, entries: Sequence[Entry]) -> bytes:
         """Name a directory (entries in any order) to store later; returns its 32-byte id."""
-        ordered = sorted(entries, key=lambda e: e.name)
+        ordered = sorted(entries, key=_by_name)
         if len(ordered) <= SPLIT:
             return self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered)))
         parts = tuple(
