@@ -120,7 +120,8 @@ def _ingest(
         # Unchanged files first, in this thread: one scan of the stat cache for the tree.
         refs = ingester.reuse([(full, f.st) for full, f in files])
         if refs:
-            files = [(full, f) for full, f in files if full not in refs]
+            # The paths are distinct: as many found as asked for means every one was found.
+            files = [] if len(refs) == len(files) else [x for x in files if x[0] not in refs]
             progress.advance(total - sum([f.st.st_size for _full, f in files]))
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
