@@ -16,21 +16,21 @@ _S_IFMT = 0o170000
 _ALL_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalFile:
     path: str
     name: str
     st: os.stat_result
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalLink:
     name: str
     target: str
     st: os.stat_result
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalDir:
     path: str
     name: str
