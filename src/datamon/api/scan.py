@@ -13,6 +13,7 @@ from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
 _S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
 _ALL_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
@@ -100,22 +101,24 @@ def _scan_dir(
             entries = list(it)
     except OSError as exc:
         raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
+    files = node.files
     for entry in entries:
         name = entry.name
         if not name.isascii():
             check_name(node.rel + name, name)
         try:
             est = entry.stat(follow_symlinks=False)
-            kind = est.st_mode & _S_IFMT
-            if kind == stat.S_IFREG:
+            mode = est.st_mode
+            kind = mode & _S_IFMT
+            if kind == _S_IFREG:
                 # All three read bits set: readable whoever this process is.
                 if (
-                    est.st_mode & _ALL_READ != _ALL_READ
+                    mode & _ALL_READ != _ALL_READ
                     and not readable(est)
                     and not os.access(prefix + name, os.R_OK)
                 ):
                     raise SourceUnreadable(prefix + name, "permission denied")
-                node.files.append(LocalFile(prefix + name, name, est))
+                files.append(LocalFile(prefix + name, name, est))
             elif kind == stat.S_IFDIR:
                 child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
                 node.dirs.append(child)
