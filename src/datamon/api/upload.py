@@ -25,10 +25,10 @@ from datamon.metadata.layout import check_name
 from datamon.metadata.trees import PendingTrees
 
 DEFAULT_BRANCH = "main"
-_by_name = operator.attrgetter("name")
 DEFAULT_CONCURRENCY = 4
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
+_by_name = operator.attrgetter("name")
 
 
 @dataclass(frozen=True)
