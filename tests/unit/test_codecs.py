@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from datamon.core.codecs import (
     ChunkCodec,
     decode_frame,
     encode_frame,
+    frame,
     from_json,
     pack_msg,
     to_json,
@@ -43,6 +45,18 @@ def test_frame_layout() -> None:
     assert len(framed) < len(payload)  # compressed
     assert decode_frame("k", framed) == payload
     assert decode_frame("k", framed, expected=oid) == payload
+
+
+def test_frame_is_the_same_with_a_reused_compressor() -> None:
+    payload = text_bytes(2, 5000)
+    fresh = zstandard.ZstdCompressor(level=3).compress(payload)
+    want = FRAME_MAGIC + bytes([FRAME_VERSION]) + digest(payload) + fresh
+    for _ in range(2):
+        assert frame(digest(payload), payload) == want
+        assert encode_frame(payload) == (digest(payload), want)
+    other = frame(digest(b"x" * 1000), b"x" * 1000, level=19)
+    assert decode_frame("k", other) == b"x" * 1000
+    assert frame(digest(payload), payload) == want  # the level-3 one is still level 3
 
 
 def test_frame_of_empty_payload() -> None:

@@ -32,7 +32,7 @@ from datamon.metadata.layout import CONFIG, bundle_key, ref_key, repo_key, tree_
 from datamon.metadata.refs import RefStore
 from datamon.metadata.repos import RepoStore
 from datamon.metadata.storeconfig import load_or_create, probe_conditional_writes
-from datamon.metadata.trees import TreeStore
+from datamon.metadata.trees import PendingTrees, TreeStore
 from datamon.storage.memory import MemoryBackend
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -124,6 +124,47 @@ class TestTrees:
         trees.put(changed)
         # Only the last part and the top object are new.
         assert trees.written - before == 2
+
+    def test_pending_trees_are_stored_children_first(
+        self, meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(trees_module, "SPLIT", 2)
+        trees = TreeStore(meta)
+        pending = PendingTrees(trees)
+        leaf = pending.add([_file("x")])
+        big = pending.add([_file(f"f{i}") for i in range(3)])  # two parts and their top
+        top = pending.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)])
+        assert len(pending) == 5
+        assert not any(k.startswith("trees/") for k in meta.list())
+        stored: list[str] = []
+        real = meta.put_if_absent
+
+        def put_if_absent(key: str, data: bytes) -> bool:
+            if len(stored) == 2:
+                stored.append("failed")
+                raise OSError("a write failed")
+            stored.append(key)
+            return real(key, data)
+
+        monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+        with pytest.raises(OSError, match="a write failed"):
+            pending.write()
+        assert len(pending) == 3
+        pending.write()  # resumes with the tree that failed
+        assert len(pending) == 0
+        pending.write()
+        parts = trees.get(big).parts
+        assert stored == [
+            tree_key(leaf.hex()),
+            tree_key(parts[0].hex()),
+            "failed",
+            tree_key(parts[1].hex()),
+            tree_key(big.hex()),
+            tree_key(top.hex()),
+        ]
+        assert trees.written == 5
+        assert trees.put([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)]) == top
+        assert trees.written == 5
 
     def _nested(self, trees: TreeStore) -> bytes:
         deep = trees.put([_file("z.txt")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,12 @@ from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
 from datamon.api.scan import scan
 from datamon.cafs import statcache
+from datamon.cafs.ingest import Ingester
 from datamon.cafs.layout import index_key, pack_key
+from datamon.cafs.packer import PackWriter
 from datamon.cafs.statcache import StatCache
-from datamon.core.model import ChunkRef
+from datamon.core.model import Bundle, ChunkRef, Entry, Kind
+from datamon.metadata.trees import PendingTrees
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
 
@@ -132,7 +136,7 @@ def test_stat_cache_range_lookup(tmp_path: Path) -> None:
     cache.put_many(rows)
     wanted = [("/a/00000", st), ("/a/02999", st), ("/a/missing", st)]
     found = cache.get_many(wanted)
-    assert found == {"/a/00000": (refs, ("p",)), "/a/02999": (refs, ("p",))}
+    assert found == {"/a/00000": refs, "/a/02999": refs}
     assert len(cache.get_many([(p, st) for p, *_ in rows[100:400]])) == 300
     cache.close()
 
@@ -161,3 +165,123 @@ def test_files_are_ordered_by_path_components(tmp_path: Path) -> None:
         key=lambda p: os.path.relpath(p, root).split(os.sep),
     )
     assert got == want
+
+
+def test_each_set_of_packs_is_judged_once(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    st = os.stat(tmp_path)
+    refs = (ChunkRef(b"\x01" * 32, 5),)
+    cache.put_many([(f"/a/{i}", st, refs, ["q", "p"]) for i in range(5)])
+    cache.put_many([("/a/x", st, refs, ["r"]), ("/a/y", st, refs, ["s"])])
+    db = sqlite3.connect(cache.db_path)
+    db.execute("UPDATE files SET packs = x'c1' WHERE path = '/a/3'")  # not MessagePack
+    db.execute("UPDATE files SET chunks = x'c1' WHERE path = '/a/y'")
+    db.commit()
+    db.close()
+    asked: list[tuple[str, ...]] = []
+
+    def trusted(packs: tuple[str, ...]) -> bool:
+        asked.append(packs)
+        return packs != ("r",)
+
+    wanted = [(f"/a/{i}", st) for i in range(5)] + [("/a/x", st), ("/a/y", st)]
+    found = cache.get_many(wanted, trusted)
+    assert found == {"/a/0": refs, "/a/1": refs, "/a/2": refs, "/a/4": refs}
+    # Not for the packs that do not decode, nor for a row whose chunks do not.
+    assert asked == [("p", "q"), ("r",)]
+    assert len(cache.get_many(wanted)) == 5
+    cache.close()
+
+
+def test_reuse_trusts_rows_by_their_packs(local_store: Store, tmp_path: Path) -> None:
+    cache = local_store.stat_cache
+    st = os.stat(tmp_path)
+    one = (ChunkRef(b"\x01" * 32, 5),)
+    two = (ChunkRef(b"\x02" * 32, 7), ChunkRef(b"\x03" * 32, 11))
+    cache.put_many([("/a/1", st, one, ["known"]), ("/a/2", st, two, ["known"])])
+    cache.put_many([("/a/3", st, one, ["known", "lost"]), ("/a/4", st, (), ["known"])])
+    packer = PackWriter(local_store.index, 1 << 20)
+    ingester = Ingester(local_store.chunker, local_store.index, packer, 1, stat_cache=cache)
+    ingester._known = {"known"}
+    try:
+        kept = ingester.reuse([(f"/a/{i}", st) for i in range(1, 5)])
+    finally:
+        ingester.close()
+        packer.abort()
+    assert kept == {"/a/1": one, "/a/2": two, "/a/4": ()}
+    assert ingester.stats.packs_used == {"known"}
+    assert (ingester.stats.chunks, ingester.stats.bytes_read) == (3, 23)
+
+
+def test_relative_path_with_trailing_slash(
+    local_store: Store,
+    tmp_path: Path,
+    author: Author,
+    opened: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    _tree(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    first = repo.upload("src/", _opts(author))
+    opened.clear()
+    second = repo.upload("./src", _opts(author))
+    assert opened == []
+    assert second.bundle.tree == first.bundle.tree
+    assert (second.bundle.files, second.bundle.size) == (21, first.bundle.size)
+
+
+def test_unchanged_folder_stores_and_checks_no_tree(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    tree_puts: list[str] = []
+    real = local_store.meta.put_if_absent
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        if key.startswith("trees/"):
+            tree_puts.append(key)
+        return real(key, data)
+
+    monkeypatch.setattr(local_store.meta, "put_if_absent", put_if_absent)
+    second = repo.upload(str(src), _opts(author))
+    assert second.bundle.tree == first.bundle.tree
+    assert (tree_puts, second.trees_written) == ([], 0)
+    (src / "d1" / "f1.bin").write_bytes(b"changed")
+    third = repo.upload(str(src), _opts(author))
+    assert third.bundle.tree != first.bundle.tree
+    assert len(tree_puts) == 4  # every tree is checked again (root, d0, d1, d2)...
+    assert third.trees_written == 2  # ...and only the root and d1 are new
+    assert repo.verify(third.bundle_id).ok
+
+
+def test_trees_are_stored_on_a_retry_onto_another_head(mem_store: Store) -> None:
+    trees = PendingTrees(mem_store.trees)
+    leaf = trees.add([])
+    top = Entry("", Kind.DIR, 0o755, 0, tree=trees.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf)]))
+    build = upload_module._unless_head(trees, top, ("p",))
+
+    def head(tree: bytes) -> Bundle:
+        return Bundle(
+            format=1,
+            repo="r",
+            parents=(),
+            message="",
+            author=Author("a", "a@b"),
+            timestamp=datetime.now(UTC),
+            tree=tree.hex(),
+            packs=(),
+            files=0,
+            size=0,
+            branch="b",
+        )
+
+    assert build(head(top.tree)) == (top, ("p",))
+    assert (len(trees), mem_store.trees.written) == (2, 0)
+    assert build(head(leaf)) == (top, ("p",))
+    assert (len(trees), mem_store.trees.written) == (0, 2)
+    assert build(None) == (top, ("p",))
+    assert mem_store.trees.written == 2
+    assert [e.name for e in mem_store.trees.entries(top.tree)] == ["d"]

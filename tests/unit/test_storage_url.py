@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from datamon.errors import ConfigError
 from datamon.storage import Backend, open_backend
+from datamon.storage import local as local_module
 from datamon.storage.local import LocalBackend
 from datamon.storage.memory import MemoryBackend
 from datamon.storage.objectstore import ObjectStoreBackend
@@ -140,3 +143,61 @@ def test_unknown_scheme(location: str) -> None:
 def test_empty_location() -> None:
     with pytest.raises(ConfigError):
         open_backend("")
+
+
+def test_flush_syncs_without_searching_for_libc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs is Linux's")
+
+    def no_search(_name: str) -> str:
+        raise AssertionError("find_library runs ldconfig")
+
+    monkeypatch.setattr(ctypes.util, "find_library", no_search)
+    local_module._syncfs.cache_clear()
+    synced: list[int] = []
+    real = local_module._syncfs()
+    assert real is not None
+    monkeypatch.setattr(local_module, "_syncfs", lambda: lambda fd: synced.append(fd) or real(fd))
+    backend = LocalBackend(tmp_path / "store")
+    backend.flush()  # nothing written: nothing to sync
+    for i in range(local_module.FSYNC_MAX + 1):
+        backend.put(f"a/{i}", b"x")
+    backend.flush()
+    assert len(synced) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_flush_of_a_few_objects_fsyncs_them_and_their_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("a/b/one", b"1")
+    assert backend.put_if_absent("a/two", b"2")
+    assert not backend.put_if_absent("a/two", b"2")
+    backend.put("gone", b"3")
+    backend.delete("gone")  # e.g. a bundle dropped after a lost compare-and-swap
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_module.os, "fsync", fsync)
+    monkeypatch.setattr(local_module, "_syncfs", lambda: pytest.fail("syncfs"))
+    backend.flush()
+    root = str(backend.root)
+    assert synced == [
+        f"{root}/a/b/one",
+        f"{root}/a/two",
+        f"{root}/a/b",
+        f"{root}/a",
+        root,
+    ]
+    synced.clear()
+    backend.flush()  # nothing new
+    assert not backend.put_if_absent("a/two", b"2")  # already there: nothing written
+    backend.flush()
+    assert synced == []

@@ -12,23 +12,26 @@ from datamon.api.paths import TreeGuard, check_name
 from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+_ALL_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalFile:
     path: str
     name: str
     st: os.stat_result
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalLink:
     name: str
     target: str
     st: os.stat_result
 
 
-@dataclass
+@dataclass(slots=True)
 class LocalDir:
     path: str
     name: str
@@ -69,36 +72,68 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
     while stack:
         node = stack.pop()
         try:
-            with os.scandir(node.path) as it:
-                entries = list(it)
+            fd = os.open(node.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
-        for entry in entries:
-            rel = f"{node.rel}{entry.name}"
-            if not entry.name.isascii():
-                check_name(rel, entry.name)
-            try:
-                est = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(est.st_mode):
-                    target = os.readlink(entry.path)
-                    check_name(rel, target)
-                    if guard_links:
-                        guard.add_link(rel, target)
-                    node.links.append(LocalLink(entry.name, target, est))
-                elif stat.S_ISDIR(est.st_mode):
-                    child = LocalDir(entry.path, entry.name, est, rel + "/")
-                    node.dirs.append(child)
-                    stack.append(child)
-                elif stat.S_ISREG(est.st_mode):
-                    if not readable(est) and not os.access(entry.path, os.R_OK):
-                        raise SourceUnreadable(entry.path, "permission denied")
-                    node.files.append(LocalFile(entry.path, entry.name, est))
-                else:
-                    log.warning("skipping %s: not a regular file, folder or symlink", entry.path)
-            except OSError as exc:
-                raise SourceUnreadable(entry.path, exc.strerror or str(exc)) from None
+        try:
+            _scan_dir(node, fd, stack, readable, guard if guard_links else None)
+        finally:
+            os.close(fd)
     guard.check()
     return top
+
+
+def _scan_dir(
+    node: LocalDir,
+    fd: int,
+    stack: list[LocalDir],
+    readable: Callable[[os.stat_result], bool],
+    guard: TreeGuard | None,
+) -> None:
+    """Stat the entries of the open folder ``fd`` into ``node``; subfolders go on ``stack``.
+
+    Listing by descriptor lets each entry be stat'ed relative to its folder (``fstatat``),
+    not by a full path that the kernel walks again for every file.
+    """
+    prefix = node.path if node.path.endswith("/") else node.path + "/"
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
+    files = node.files
+    for entry in entries:
+        name = entry.name
+        if not name.isascii():
+            check_name(node.rel + name, name)
+        try:
+            est = entry.stat(follow_symlinks=False)
+            mode = est.st_mode
+            kind = mode & _S_IFMT
+            if kind == _S_IFREG:
+                # All three read bits set: readable whoever this process is.
+                if (
+                    mode & _ALL_READ != _ALL_READ
+                    and not readable(est)
+                    and not os.access(prefix + name, os.R_OK)
+                ):
+                    raise SourceUnreadable(prefix + name, "permission denied")
+                files.append(LocalFile(prefix + name, name, est))
+            elif kind == stat.S_IFDIR:
+                child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
+                node.dirs.append(child)
+                stack.append(child)
+            elif kind == stat.S_IFLNK:
+                rel = node.rel + name
+                target = os.readlink(name, dir_fd=fd)
+                check_name(rel, target)
+                if guard is not None:
+                    guard.add_link(rel, target)
+                node.links.append(LocalLink(name, target, est))
+            else:
+                log.warning("skipping %s: not a regular file, folder or symlink", prefix + name)
+        except OSError as exc:
+            raise SourceUnreadable(prefix + name, exc.strerror or str(exc)) from None
 
 
 def _permission_check() -> Callable[[os.stat_result], bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 import time
@@ -21,11 +22,13 @@ from datamon.cafs.packer import PackWriter
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
+from datamon.metadata.trees import PendingTrees
 
 DEFAULT_BRANCH = "main"
 DEFAULT_CONCURRENCY = 4
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
+_by_name = operator.attrgetter("name")
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,16 @@ def upload(
     # In the order downloads walk the tree, so that packs hold files as they are read back.
     batch = _ingest(store, path, _ordered(root), options, progress)
     trees_before = store.trees.written
-    top = _build(store, root, batch.refs)
-    return _finish(store, repo, options, batch, trees_before, lambda _base: (top, batch.packs))
+    pending = PendingTrees(store.trees)
+    top = _build(pending, root, batch.refs)
+    return _finish(
+        store, repo, options, batch, trees_before, _unless_head(pending, top, batch.packs)
+    )
 
 
 @dataclass(frozen=True)
 class _Batch:
-    """Files ingested: their chunk lists by path, and what storing them took."""
+    """Files ingested: their chunk lists by absolute path, and what storing them took."""
 
     refs: dict[str, tuple[ChunkRef, ...]]
     packs: tuple[str, ...]
@@ -100,7 +106,6 @@ def _ingest(
         store.config.compression_level,
         stat_cache=store.stat_cache,
     )
-    refs: dict[str, tuple[ChunkRef, ...]] = {}
 
     def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
@@ -109,23 +114,21 @@ def _ingest(
             where = exc.filename or (group[0][1].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
-    progress.start("uploading", sum(f.st.st_size for _full, f in files))
+    total = sum([f.st.st_size for _full, f in files])
+    progress.start("uploading", total)
     try:
         # Unchanged files first, in this thread: one scan of the stat cache for the tree.
-        cached = ingester.reuse([(full, f.st) for full, f in files])
-        if cached:
-            for full, f in files:
-                found = cached.get(full)
-                if found is not None:
-                    refs[f.path] = found
-            files = [(full, f) for full, f in files if full not in cached]
-            progress.advance(sum(c.size for chunks in cached.values() for c in chunks))
+        refs = ingester.reuse([(full, f.st) for full, f in files])
+        if refs:
+            # The paths are distinct: as many found as asked for means every one was found.
+            files = [] if len(refs) == len(files) else [x for x in files if x[0] not in refs]
+            progress.advance(total - sum([f.st.st_size for _full, f in files]))
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
         threads = max(1, min(options.concurrency, max(2, os.cpu_count() or 1)))
         for group, results in bounded_map(ingest, _groups(files), threads):
-            for (_full, f), chunk_refs in zip(group, results, strict=True):
-                refs[f.path] = chunk_refs
+            for (full, _f), chunk_refs in zip(group, results, strict=True):
+                refs[full] = chunk_refs
             progress.advance(sum(f.st.st_size for _full, f in group))
         written = packer.close()
     except BaseException:
@@ -193,9 +196,13 @@ def upload_paths(
             files.append((os.path.abspath(item.path), item))
     batch = _ingest(store, path, files, options, progress)
     trees_before = store.trees.written
+    pending = PendingTrees(store.trees)
     stored = {
-        rel: _build(store, item, batch.refs) for rel, item in changes if isinstance(item, LocalDir)
+        rel: _build(pending, item, batch.refs)
+        for rel, item in changes
+        if isinstance(item, LocalDir)
     }
+    pending.write()
     folders = _folders_on(path, [rel for rel, _item in changes])
     adds_links = any(
         isinstance(item, LocalLink) or (isinstance(item, LocalDir) and item.all_links())
@@ -213,7 +220,7 @@ def upload_paths(
                 elif isinstance(item, LocalDir):
                     edit.put(rel, stored[rel])
                 elif isinstance(item, LocalFile):
-                    edit.put(rel, _file_entry(item, batch.refs[item.path]))
+                    edit.put(rel, _file_entry(item, batch.refs[os.path.abspath(item.path)]))
                 else:
                     edit.put(rel, _link_entry(item))
             except OSError as exc:
@@ -232,6 +239,22 @@ def upload_paths(
         return top, tuple(sorted(packs))
 
     return _finish(store, repo, options, batch, trees_before, build)
+
+
+def _unless_head(pending: PendingTrees, top: Entry, packs: tuple[str, ...]) -> TreeBuilder:
+    """Store the pending trees unless ``top`` is the root of the head the bundle goes onto.
+
+    The head's root is stored, and every tree below it was stored before it (§7): an
+    unchanged folder then needs no tree written, nor checked one by one. On a retry onto
+    another head, the trees not yet stored are stored then.
+    """
+
+    def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
+        if base is None or base.tree != top.tree.hex():
+            pending.write()
+        return top, packs
+
+    return build
 
 
 def _check_links(store: Store, top: Entry) -> None:
@@ -369,7 +392,7 @@ def _ordered(root: LocalDir) -> list[tuple[str, LocalFile]]:
 
 def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:
     items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
-    items.sort(key=lambda item: item.name)
+    items.sort(key=_by_name)
     return os.path.join(os.path.abspath(node.path), ""), iter(items)
 
 
@@ -391,22 +414,26 @@ def _link_entry(link: LocalLink) -> Entry:
     return Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
 
 
-def _build(store: Store, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
-    """Store the directory's tree bottom-up; returns the entry that names it."""
+def _build(trees: PendingTrees, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
+    """Name the directory's tree bottom-up (stored later); returns the entry that names it.
+
+    ``refs`` holds the chunks of every file by absolute path (as :func:`_ordered` gives it).
+    """
     entries: list[Entry] = []
     size = count = 0
+    prefix = os.path.join(os.path.abspath(node.path), "")
     for f in node.files:
-        entry = _file_entry(f, refs[f.path])
+        entry = _file_entry(f, refs[prefix + f.name])
         entries.append(entry)
         size += entry.size
         count += 1
     entries.extend(_link_entry(link) for link in node.links)
     for sub in node.dirs:
-        child = _build(store, sub, refs)
+        child = _build(trees, sub, refs)
         entries.append(child)
         size += child.size
         count += child.files
-    oid = store.trees.put(entries)
+    oid = trees.add(entries)
     return Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )

@@ -158,16 +158,19 @@ class Ingester:
         """
         if self.stat_cache is None:
             return {}
-        kept: dict[str, tuple[ChunkRef, ...]] = {}
-        used: set[str] = set()
         known = self._known
-        chunks = size = 0
-        for path, (refs, packs) in self.stat_cache.get_many(files).items():
+        used: set[str] = set()
+
+        def trusted(packs: tuple[str, ...]) -> bool:
+            # Asked once per distinct set of packs, not per file.
             if known.issuperset(packs):
-                kept[path] = refs
                 used.update(packs)
-                chunks += len(refs)
-                size += sum(r.size for r in refs)
+                return True
+            return False
+
+        kept = self.stat_cache.get_many(files, trusted)
+        chunks = sum(map(len, kept.values()))
+        size = sum([r.size for refs in kept.values() for r in refs])
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,7 +35,9 @@ _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
 
-Cached = tuple[tuple[ChunkRef, ...], tuple[str, ...]]
+
+def _any_packs(_packs: tuple[str, ...]) -> bool:
+    return True
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -58,18 +60,23 @@ class StatCache:
             db.execute("ROLLBACK")
             raise
 
-    def get_many(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, Cached]:
-        """The recorded chunks and packs of those ``(path, stat)`` that are unchanged.
+    def get_many(
+        self,
+        files: Sequence[tuple[str, os.stat_result]],
+        trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
+    ) -> dict[str, tuple[ChunkRef, ...]]:
+        """The recorded chunks of those ``(path, stat)`` that are unchanged, when the packs
+        their row names are ``trusted``: asked once per distinct set of packs (the rows of
+        a tree share a few), with the pack ids sorted.
 
         Files are usually given in path order, neighbours in one folder, so one range scan
         from the smallest to the largest path finds them all; when the range holds many
         other rows, the rest are looked up by name.
         """
-        wanted = {path: _key(st) for path, st in files}
+        wanted = dict(files)
         if not wanted:
             return {}
-        found: dict[str, Cached] = {}
-        seen: set[str] = set()
+        found: dict[str, tuple[ChunkRef, ...]] = {}
         db = self._db.get()
         limit = 2 * len(wanted) + 64
         rows = db.execute(
@@ -77,8 +84,10 @@ class StatCache:
             " WHERE path >= ? AND path <= ? LIMIT ?",
             (min(wanted), max(wanted), limit),
         ).fetchall()
-        self._match(rows, wanted, found, seen)
+        verdicts: dict[bytes, bool] = {}
+        self._match(rows, wanted, found, verdicts, trusted)
         if len(rows) >= limit:
+            seen = {row[0] for row in rows}
             rest = [path for path in wanted if path not in seen]
             for start in range(0, len(rest), _BATCH):
                 batch = rest[start : start + _BATCH]
@@ -88,27 +97,40 @@ class StatCache:
                     f" WHERE path IN ({marks})",
                     batch,
                 ).fetchall()
-                self._match(more, wanted, found, seen)
+                self._match(more, wanted, found, verdicts, trusted)
         return found
 
     @staticmethod
     def _match(
-        rows: list[tuple[str, int, int, int, int, bytes, bytes]],
-        wanted: dict[str, tuple[int, int, int, int]],
-        found: dict[str, Cached],
-        seen: set[str],
+        rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
+        wanted: dict[str, os.stat_result],
+        found: dict[str, tuple[ChunkRef, ...]],
+        verdicts: dict[bytes, bool],
+        trusted: Callable[[tuple[str, ...]], bool],
     ) -> None:
+        """Add the chunks of the rows that match their file's stat and name trusted packs.
+
+        ``verdicts`` remembers each distinct ``packs`` value seen (false when it does not
+        decode), so that each is decoded and judged once.
+        """
         for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
-            key = wanted.get(path)
-            if key is None:
-                continue
-            seen.add(path)
-            if key != (size, mtime_ns, ctime_ns, ino) or packs is None:
+            st = wanted.get(path)
+            if st is None or _key(st) != (size, mtime_ns, ctime_ns, ino) or packs is None:
                 continue
             try:
-                found[path] = (_chunks_decoder.decode(chunks), _packs_decoder.decode(packs))
+                refs = _chunks_decoder.decode(chunks)
             except msgspec.DecodeError:
                 continue
+            ok = verdicts.get(packs)
+            if ok is None:
+                try:
+                    names = _packs_decoder.decode(packs)
+                except msgspec.DecodeError:
+                    ok = verdicts[packs] = False
+                else:
+                    ok = verdicts[packs] = trusted(names)
+            if ok:
+                found[path] = refs
 
     def put_many(
         self,

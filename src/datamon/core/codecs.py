@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ _MIN_SAVING_SHIFT = 5
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder(order="sorted")
+_local = threading.local()
 
 
 def encode_frame(payload: bytes, level: int = 3) -> tuple[bytes, bytes]:
@@ -31,8 +33,24 @@ def encode_frame(payload: bytes, level: int = 3) -> tuple[bytes, bytes]:
     Returns ``(digest, framed)``; the digest names content-addressed objects.
     """
     d = digest(payload)
-    body = zstandard.ZstdCompressor(level=level).compress(payload)
-    return d, FRAME_MAGIC + bytes([FRAME_VERSION]) + d + body
+    return d, frame(d, payload, level)
+
+
+def frame(payload_digest: bytes, payload: bytes, level: int = 3) -> bytes:
+    """The frame of ``payload`` whose BLAKE3 digest the caller already computed."""
+    body = _compressor(level).compress(payload)
+    return FRAME_MAGIC + bytes([FRAME_VERSION]) + payload_digest + body
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: making one costs more than a small frame."""
+    found: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if found is None:
+        found = _local.compressors = {}
+    compressor = found.get(level)
+    if compressor is None:
+        compressor = found[level] = zstandard.ZstdCompressor(level=level)
+    return compressor
 
 
 def decode_frame(key: str, data: bytes, expected: bytes | None = None) -> bytes:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 
-from datamon.core.codecs import decode_frame, encode_frame, load_versioned, pack_msg
+from datamon.core.codecs import decode_frame, frame, load_versioned, pack_msg
+from datamon.core.ids import digest
 from datamon.core.model import FORMAT_VERSION, Entry, Kind, Tree
 from datamon.errors import PathNotInBundle
 from datamon.metadata.layout import tree_key
 from datamon.storage.base import Backend
 
 SPLIT = 4096
+_by_name = operator.attrgetter("name")
 
 
 class TreeStore:
@@ -20,20 +23,15 @@ class TreeStore:
 
     def put(self, entries: Sequence[Entry]) -> bytes:
         """Store a directory (entries in any order); returns its 32-byte id."""
-        ordered = sorted(entries, key=lambda e: e.name)
-        if len(ordered) <= SPLIT:
-            return self._put(Tree(format=FORMAT_VERSION, entries=tuple(ordered)))
-        parts = tuple(
-            self._put(Tree(format=FORMAT_VERSION, entries=tuple(ordered[i : i + SPLIT])))
-            for i in range(0, len(ordered), SPLIT)
-        )
-        return self._put(Tree(format=FORMAT_VERSION, parts=parts))
+        pending = PendingTrees(self)
+        oid = pending.add(entries)
+        pending.write()
+        return oid
 
-    def _put(self, tree: Tree) -> bytes:
-        oid, framed = encode_frame(pack_msg(tree))
+    def _store(self, oid: bytes, payload: bytes) -> None:
+        framed = frame(oid, payload)
         if self.meta.put_if_absent(tree_key(oid.hex()), framed):
             self.written += 1
-        return oid
 
     def get(self, oid: bytes) -> Tree:
         key = tree_key(oid.hex())
@@ -71,3 +69,47 @@ class TreeStore:
                 raise PathNotInBundle(path)
             current = found.tree
         raise AssertionError("unreachable")
+
+
+class PendingTrees:
+    """Trees named (encoded and hashed) now, stored later in the order they were added.
+
+    Adding children before the directory naming them keeps the write order of §7; a
+    caller that learns the whole tree is already stored (its root is the root of a
+    committed bundle, so every tree below it was stored first) may skip the writes.
+    """
+
+    def __init__(self, store: TreeStore) -> None:
+        self.store = store
+        self._trees: list[tuple[bytes, bytes]] = []
+        # How many of ``_trees`` are stored: a failed write resumes after them.
+        self._stored = 0
+
+    def __len__(self) -> int:
+        """How many trees wait to be stored."""
+        return len(self._trees) - self._stored
+
+    def add(self, entries: Sequence[Entry]) -> bytes:
+        """Name a directory (entries in any order) to store later; returns its 32-byte id."""
+        ordered = sorted(entries, key=_by_name)
+        if len(ordered) <= SPLIT:
+            return self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered)))
+        parts = tuple(
+            self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered[i : i + SPLIT])))
+            for i in range(0, len(ordered), SPLIT)
+        )
+        return self._add(Tree(format=FORMAT_VERSION, parts=parts))
+
+    def _add(self, tree: Tree) -> bytes:
+        payload = pack_msg(tree)
+        oid = digest(payload)
+        self._trees.append((oid, payload))
+        return oid
+
+    def write(self) -> None:
+        """Store every tree added and not yet stored, children first."""
+        for oid, payload in self._trees[self._stored :]:
+            self.store._store(oid, payload)
+            self._stored += 1
+        self._trees.clear()
+        self._stored = 0

@@ -2,21 +2,22 @@
 
 Writes go to a temporary file beside the target, then are renamed into place, so
 a reader sees a whole object or none. Plain writes are made durable together by
-:meth:`LocalBackend.flush` (one ``syncfs``), which every compare-and-swap calls
-first: an object is on disk before any ref can point at it. Compare-and-swap
+:meth:`LocalBackend.flush` (an fsync of each when there are few, else one ``syncfs``),
+which every compare-and-swap calls first: an object is on disk before any ref can
+point at it. Compare-and-swap
 holds an exclusive ``flock`` on ``<key>.lock`` while it checks and replaces the
 object, and fsyncs the new ref and its folder.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -32,18 +33,44 @@ from datamon.storage.base import ObjectInfo, Payload, check_key, check_prefix
 
 TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
+# Up to this many objects written since the last flush are synced one by one (with the
+# folders on their path); more take one syncfs, which also waits for other writers' data.
+FSYNC_MAX = 8
 
 
-def _load_libc() -> ctypes.CDLL | None:
+def _fsync(path: Path) -> None:
+    """fsync a file or folder; one deleted since it was written needs none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.syncfs  # noqa: B018 - present on Linux only
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux only), looked up at the first flush, not at import.
+
+    The interpreter has libc loaded already: its symbols are found without searching for
+    the library by name (``ctypes.util.find_library`` runs ``ldconfig``, ~40 ms).
+    """
+    import ctypes
+
+    try:
+        found: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+        return found
+    except (OSError, AttributeError):
+        pass
+    import ctypes.util
+
+    try:
+        found = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+        return found
     except (OSError, AttributeError):
         return None
-    return libc
-
-
-_LIBC = _load_libc()
 
 
 def _version(data: Payload) -> str:
@@ -71,6 +98,9 @@ class LocalBackend:
         if not self.root.is_dir():
             raise StoreUnreachable(f"store folder does not exist: {self.root}")
         self._dirty = False
+        # The objects written since the last flush; None once there are more than FSYNC_MAX.
+        self._written: list[Path] | None = []
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -133,6 +163,7 @@ class LocalBackend:
             os.replace(tmp, path)
         except OSError as exc:
             raise _translate(exc, key) from None
+        self._wrote(path)
 
     def put_if_absent(self, key: str, data: Payload) -> bool:
         path = self._path(key)
@@ -143,11 +174,14 @@ class LocalBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
+                # Written meanwhile by another writer, whose flush may not have come yet.
+                self._wrote(path)
                 return False
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as exc:
             raise _translate(exc, key) from None
+        self._wrote(path)
         return True
 
     def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
@@ -209,14 +243,44 @@ class LocalBackend:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def _wrote(self, path: Path) -> None:
+        with self._lock:
+            self._dirty = True
+            if self._written is not None:
+                self._written.append(path)
+                if len(self._written) > FSYNC_MAX:
+                    self._written = None
+
     def flush(self) -> None:
-        """One file-system-wide sync instead of an fsync per object written."""
-        if not self._dirty:
+        """Make every completed plain write durable.
+
+        A few objects are fsynced one by one, with every folder from theirs up to the
+        store's root (any may be new); more take one file-system-wide sync instead of an
+        fsync per object.
+        """
+        with self._lock:
+            if not self._dirty:
+                return
+            written, self._written = self._written, []
+            self._dirty = False
+        if written is not None:
+            folders: set[Path] = set()
+            for path in written:
+                _fsync(path)
+                folder = path.parent
+                while folder not in folders:
+                    folders.add(folder)
+                    if folder == self.root or folder == folder.parent:
+                        break
+                    folder = folder.parent
+            # Deepest first: a folder's entry in its parent is synced after its content.
+            for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+                _fsync(folder)
             return
-        self._dirty = False
         fd = os.open(self.root, os.O_RDONLY)
         try:
-            if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            syncfs = _syncfs()
+            if syncfs is None or syncfs(fd) != 0:
                 os.sync()
         finally:
             os.close(fd)

@@ -1,0 +1,72 @@
+"""Scanning a folder: entries stat'ed relative to their folder, named by full path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from datamon.api import scan as scan_module
+from datamon.api.scan import scan
+from datamon.errors import SourceUnreadable, UnsafePath
+from datamon.testing.workloads import write_tree
+
+
+def test_paths_stats_and_links(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    write_tree(root, {"a.txt": b"a", "d/b.txt": b"bb", "d/e/c.txt": b"ccc"})
+    os.symlink("../a.txt", root / "d" / "up")
+    os.mkfifo(root / "pipe")
+    for given in (str(root), str(root) + "/"):
+        top = scan(given)
+        assert [f.path for f in top.files] == [os.path.join(str(root), "a.txt")]
+        (d,) = top.dirs
+        assert d.path == os.path.join(str(root), "d")
+        assert d.rel == "d/"
+        assert sorted(f.path for f in d.files) == [os.path.join(str(root), "d", "b.txt")]
+        assert [(link.name, link.target) for link in d.links] == [("up", "../a.txt")]
+        (e,) = d.dirs
+        assert e.rel == "d/e/"
+        (c,) = e.files
+        assert c.path == os.path.join(str(root), "d", "e", "c.txt")
+        assert (c.st.st_ino, c.st.st_size) == (os.lstat(c.path).st_ino, 3)
+        assert d.links[0].st.st_ino == os.lstat(root / "d" / "up").st_ino
+        assert top.all_links() == [("d/up", d.links[0])]
+
+
+def test_link_out_of_the_tree_is_refused(tmp_path: Path) -> None:
+    write_tree(tmp_path / "t", {"d/x": b"x"})
+    os.symlink("../../outside", tmp_path / "t" / "d" / "bad")
+    with pytest.raises(UnsafePath, match="outside"):
+        scan(str(tmp_path / "t"))
+
+
+def test_read_bits_for_everyone_need_no_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if this process were neither owner nor in the group, and access(2) said no.
+    monkeypatch.setattr(scan_module, "_permission_check", lambda: lambda _st: False)
+    monkeypatch.setattr(scan_module.os, "access", lambda *_a: False)
+    write_tree(tmp_path / "t", {"open.txt": b"x"})
+    os.chmod(tmp_path / "t" / "open.txt", 0o444)
+    assert [f.name for f in scan(str(tmp_path / "t")).files] == ["open.txt"]
+    os.chmod(tmp_path / "t" / "open.txt", 0o440)
+    with pytest.raises(SourceUnreadable) as info:
+        scan(str(tmp_path / "t"))
+    assert info.value.path == os.path.join(str(tmp_path / "t"), "open.txt")
+
+
+def test_unlistable_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(tmp_path / "t", {"d/x": b"x"})
+    real_open = os.open
+
+    def refuse(path: str, flags: int, *args: int, **kwargs: int) -> int:
+        if str(path).endswith("/d"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module.os, "open", refuse)
+    with pytest.raises(SourceUnreadable) as info:
+        scan(str(tmp_path / "t"))
+    assert info.value.path == os.path.join(str(tmp_path / "t"), "d")
