@@ -168,6 +168,9 @@ class LocalBackend:
     def put_if_absent(self, key: str, data: Payload) -> bool:
         path = self._path(key)
         if path.exists():
+            # Perhaps written by another writer whose flush has not come yet: a ref this
+            # writer moves must not name it before it is durable.
+            self._wrote(path)
             return False
         try:
             tmp = self._write_temp(path, data)
@@ -246,7 +249,7 @@ class LocalBackend:
     def _wrote(self, path: Path) -> None:
         with self._lock:
             self._dirty = True
-            if self._written is not None:
+            if self._written is not None and path not in self._written:
                 self._written.append(path)
                 if len(self._written) > FSYNC_MAX:
                     self._written = None
