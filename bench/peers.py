@@ -6,8 +6,10 @@ remote and any cache or config it would otherwise keep under ``$HOME``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -28,6 +30,20 @@ def _datamon_exe() -> Path:
     if not found:
         raise FileNotFoundError("datamon is not installed in this interpreter's environment")
     return Path(found)
+
+
+def compile_datamon() -> None:
+    """Byte-compile Datamon's modules, as installing a package from a wheel does.
+
+    An editable install run with PYTHONDONTWRITEBYTECODE set would otherwise compile every
+    module again in every command (about 0.13 s of each start-up here), which the peers,
+    installed from wheels, never pay.
+    """
+    spec = importlib.util.find_spec("datamon")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("datamon is not importable in this interpreter")
+    folder = spec.submodule_search_locations[0]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", folder], check=True)
 
 
 class Tool(ABC):

@@ -323,6 +323,8 @@ def markdown(
         "restic, which has no such mode for a whole-tree snapshot, backs the tree up again "
         "(its parent snapshot spares unchanged files). Datamon's re-upload of the same tree "
         "without the list (a scan of every entry) is reported too.",
+        "- Datamon's modules are byte-compiled before the runs, as installing a wheel does "
+        "(DVC and Oxen come from wheels).",
         "- wall: the command's elapsed time, process start-up included. DVC's upload is "
         "`dvc add` + `dvc push` (times summed, peak RSS the larger); its download is `dvc pull` "
         "into a clean workspace (its `.dvc/config` and `data.dvc` only).",

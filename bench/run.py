@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report
 from measure import GNU_TIME, StepFailed, capture, machine
-from peers import PEERS, Datamon, Dvc, Oxen, Restic, Tool
+from peers import PEERS, Datamon, Dvc, Oxen, Restic, Tool, compile_datamon
 from scenarios import Context, Record, S3Target, upload_download, w3, w4, w6
 from workloads import FULL, QUICK, Workloads
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     if not GNU_TIME:
         notes.append("/usr/bin/time is missing: peak RSS is wait4's, an upper bound")
+    compile_datamon()
     datamon = Datamon(work / "datamon.yaml")
     peers: dict[str, Tool] = {}
     for p in (Dvc(), Restic(), Oxen()):
