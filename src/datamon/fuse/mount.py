@@ -9,6 +9,7 @@ then commits what is staged. A control socket lets ``datamon bundle mount commit
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -33,6 +34,9 @@ from datamon.fuse.state import MountError, MountInfo, MountState, alive, mounted
 from datamon.fuse.writable import CommitTarget, StagingOperations
 
 log = logging.getLogger("datamon.fuse")
+
+# Python's own collection thresholds.
+DEFAULT_GC = (700, 10, 10)
 
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 120.0
@@ -196,6 +200,9 @@ def _serve(
 ) -> None:
     import mfusepy  # type: ignore[import-untyped]
 
+    # A mount runs for long and its memory is bounded: collect cycles at Python's usual
+    # pace, not at the sparse one the command line sets for bulk uploads.
+    gc.set_threshold(*DEFAULT_GC)
     state = MountState(info.mountpoint)
     state.remove()
     state.write(info)
