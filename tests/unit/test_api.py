@@ -212,6 +212,7 @@ def test_unchanged_files_are_not_read_again(
 
     # Files written just now are "racy" and never cached; pretend they are old enough.
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     first = repo.upload(str(src), _opts(author))
     opened.clear()
     second = repo.upload(str(src), _opts(author))
@@ -239,6 +240,7 @@ def test_stat_cache_does_not_trust_chunks_the_store_lost(
     from datamon.cafs import statcache
 
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     repo = Repository.create(store, "r", "", author)
     write_tree(tmp_path / "src", {"a.bin": random_bytes(5, 300_000)})
     first = repo.upload(str(tmp_path / "src"), _opts(author))

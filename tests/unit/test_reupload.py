@@ -26,6 +26,7 @@ from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 def old_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     # Files written just now are "racy" and never cached; pretend they are old enough.
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
 
 
 def _opts(author: Author) -> UploadOptions:

@@ -29,7 +29,14 @@ CREATE TABLE IF NOT EXISTS files (
     chunks BLOB, packs BLOB
 ) WITHOUT ROWID;
 """
+# How long before an upload began reading a file's mtime and ctime must be for its row to be
+# recorded: a later write within the file system's timestamp granularity (plus the kernel's
+# coarse-clock tick) could otherwise leave the stat unchanged. Whole-second times (FAT keeps
+# 2 s) take RACY_NS; times with a sub-second part prove finer timestamps, which take
+# RACY_FINE_NS (ext4, XFS and btrfs keep nanoseconds; exFAT 10 ms; a tick is at most 10 ms).
 RACY_NS = 2_000_000_000
+RACY_FINE_NS = 100_000_000
+_SECOND_NS = 1_000_000_000
 _BATCH = 500
 _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
@@ -38,6 +45,13 @@ _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
 
 def _any_packs(_packs: tuple[str, ...]) -> bool:
     return True
+
+
+def settled(st: os.stat_result, read_at: int) -> bool:
+    """Whether a file with this stat, read from ``read_at`` on, may be recorded."""
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    fine = st.st_mtime_ns % _SECOND_NS or st.st_ctime_ns % _SECOND_NS
+    return read_at - changed >= (RACY_FINE_NS if fine else RACY_NS)
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -139,15 +153,15 @@ class StatCache:
     ) -> None:
         """Record ``(path, stat, chunks, packs)`` in one transaction.
 
-        The packs MUST already be durable in the store. Files modified less than
-        :data:`RACY_NS` before ``read_at`` (when reading them began, in ``time.time_ns()``;
-        now if not given) are skipped.
+        The packs MUST already be durable in the store. Files changed too shortly before
+        ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
+        skipped: see :func:`settled`.
         """
         now = time.time_ns() if read_at is None else read_at
         rows = [
             (path, *_key(st), _encoder.encode(chunks), _encoder.encode(sorted(set(packs))))
             for path, st, chunks, packs in files
-            if now - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
+            if settled(st, now)
         ]
         if not rows:
             return

@@ -1,0 +1,36 @@
+"""When the stat cache may record a file: its times must have settled before reading began."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from datamon.cafs.statcache import RACY_FINE_NS, RACY_NS, settled
+
+SECOND = 1_000_000_000
+READ_AT = 1_800_000_000 * SECOND  # a whole second, as whole-second file systems store
+
+
+def stat(mtime_ns: int, ctime_ns: int) -> os.stat_result:
+    fields = (0o100644, 1, 1, 1, 0, 0, 10, 0, mtime_ns // SECOND, ctime_ns // SECOND)
+    return os.stat_result(fields, {"st_mtime_ns": mtime_ns, "st_ctime_ns": ctime_ns})
+
+
+@pytest.mark.parametrize(
+    ("mtime_ns", "ctime_ns", "expected"),
+    [
+        # Sub-second times: the file system keeps them, so RACY_FINE_NS is enough.
+        (READ_AT - RACY_FINE_NS - 1, READ_AT - SECOND + 7, True),
+        (READ_AT - RACY_FINE_NS + 1, READ_AT - SECOND + 7, False),
+        (READ_AT - SECOND + 7, READ_AT - RACY_FINE_NS + 1, False),
+        # Whole seconds in both: perhaps a file system that keeps no more, so RACY_NS.
+        (READ_AT - SECOND, READ_AT - SECOND, False),
+        (READ_AT - RACY_NS, READ_AT - RACY_NS, True),
+        (READ_AT - RACY_NS, READ_AT - SECOND, False),
+        # Changed after reading began (clock skew, or a write during the read).
+        (READ_AT + SECOND + 5, READ_AT + SECOND + 5, False),
+    ],
+)
+def test_settled(mtime_ns: int, ctime_ns: int, expected: bool) -> None:
+    assert settled(stat(mtime_ns, ctime_ns), READ_AT) is expected
