@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from datamon.cafs.statcache import RACY_FINE_NS, RACY_NS, settled
+from datamon.cafs import statcache
+from datamon.cafs.statcache import RACY_FINE_NS, RACY_NS, StatCache, settled
+from datamon.core.model import ChunkRef
 
 SECOND = 1_000_000_000
 READ_AT = 1_800_000_000 * SECOND  # a whole second, as whole-second file systems store
@@ -34,3 +37,17 @@ def stat(mtime_ns: int, ctime_ns: int) -> os.stat_result:
 )
 def test_settled(mtime_ns: int, ctime_ns: int, expected: bool) -> None:
     assert settled(stat(mtime_ns, ctime_ns), READ_AT) is expected
+
+
+def test_rows_are_written_a_slice_at_a_time(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    old = stat(READ_AT - RACY_NS, READ_AT - RACY_NS)
+    refs = (ChunkRef(b"\x02" * 32, 3),)
+    n = 2 * statcache._ROWS + 5  # three slices
+    rows = ((f"/t/{i:06d}", old, refs, ["p"]) for i in range(n))  # a generator, read once
+    assert cache.put_many(rows, read_at=READ_AT) == n
+    found = cache.get_many([("/t/000000", old), (f"/t/{n - 1:06d}", old)])
+    assert found == {"/t/000000": refs, f"/t/{n - 1:06d}": refs}
+    young = stat(READ_AT - 1, READ_AT - 1)
+    assert cache.put_many([("/t/young", young, refs, ["p"])], read_at=READ_AT) == 0
+    cache.close()

@@ -143,13 +143,14 @@ class Ingester:
             fresh, self._fresh = self._fresh, []
         if self.stat_cache is None or not fresh:
             return 0
-        rows: list[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]] = []
-        for f in fresh:
-            queued = self.packer.packs_of(f.queued)
-            if None not in queued:
-                rows.append((f.path, f.st, f.refs, f.packs.union(p for p in queued if p)))
-        self.stat_cache.put_many(rows, read_at=self._started)
-        return len(rows)
+
+        def rows() -> Iterator[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]]:
+            for f in fresh:
+                queued = self.packer.packs_of(f.queued)
+                if None not in queued:
+                    yield f.path, f.st, f.refs, f.packs.union(p for p in queued if p)
+
+        return self.stat_cache.put_many(rows(), read_at=self._started)
 
     def reuse(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, tuple[ChunkRef, ...]]:
         """Cached chunk lists of unchanged files whose packs the store still holds.

@@ -11,9 +11,10 @@ provided every pack it names is still in the chunk index copy (see docs/design.m
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -38,6 +39,7 @@ RACY_NS = 2_000_000_000
 RACY_FINE_NS = 100_000_000
 _SECOND_NS = 1_000_000_000
 _BATCH = 500
+_ROWS = 10_000
 _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
@@ -148,31 +150,38 @@ class StatCache:
 
     def put_many(
         self,
-        files: Sequence[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]],
+        files: Iterable[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]],
         read_at: int | None = None,
-    ) -> None:
-        """Record ``(path, stat, chunks, packs)`` in one transaction.
+    ) -> int:
+        """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
         The packs MUST already be durable in the store. Files changed too shortly before
         ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
-        skipped: see :func:`settled`.
+        skipped: see :func:`settled`. Rows are encoded and written a slice at a time, so a
+        tree of a million files never holds all its encoded rows at once.
         """
         now = time.time_ns() if read_at is None else read_at
-        rows = [
+        rows = (
             (path, *_key(st), _encoder.encode(chunks), _encoder.encode(sorted(set(packs))))
             for path, st, chunks, packs in files
             if settled(st, now)
-        ]
-        if not rows:
-            return
+        )
+        batch = list(itertools.islice(rows, _ROWS))
+        if not batch:
+            return 0
+        count = 0
         db = self._db.get()
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            while batch:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                count += len(batch)
+                batch = list(itertools.islice(rows, _ROWS))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return count
 
     def close(self) -> None:
         self._db.close()
