@@ -80,6 +80,9 @@ def run_cmd(
         out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
         rss_path = Path(tmp) / "rss"
         args = [GNU_TIME, "-f", "%M", "-o", os.fspath(rss_path), *command] if GNU_TIME else command
+        # Untimed: write back what earlier steps (of any tool) left dirty, so a command that
+        # syncs its own writes does not also wait for theirs.
+        os.sync()
         with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
             start = time.perf_counter()
             proc = subprocess.Popen(

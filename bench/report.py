@@ -325,6 +325,8 @@ def markdown(
         "without the list (a scan of every entry) is reported too.",
         "- Datamon's modules are byte-compiled before the runs, as installing a wheel does "
         "(DVC and Oxen come from wheels).",
+        "- Every timed command starts after an untimed `sync`, so no command waits for the "
+        "write-back of data an earlier step (of any tool) left dirty.",
         "- wall: the command's elapsed time, process start-up included. DVC's upload is "
         "`dvc add` + `dvc push` (times summed, peak RSS the larger); its download is `dvc pull` "
         "into a clean workspace (its `.dvc/config` and `data.dvc` only).",
