@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datamon.cafs.reader import ChunkReader
+from datamon.cafs.sqlitedb import transaction
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 
@@ -158,10 +159,9 @@ class ChunkCache:
     @staticmethod
     def _drop_segment(db: sqlite3.Connection, segment: int) -> None:
         """Forget a segment whose file is gone (removed by hand, or a crash)."""
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM chunks WHERE segment = ?", (segment,))
-        db.execute("DELETE FROM segments WHERE id = ?", (segment,))
-        db.execute("COMMIT")
+        with transaction(db):
+            db.execute("DELETE FROM chunks WHERE segment = ?", (segment,))
+            db.execute("DELETE FROM segments WHERE id = ?", (segment,))
 
     # Writing -------------------------------------------------------------------------------
 
@@ -249,16 +249,16 @@ class ChunkCache:
         for cid, data in group:
             rows.append((cid, self._segment, at, len(data)))
             at += len(data)
-        db.execute("BEGIN IMMEDIATE")
-        moved = db.execute(
-            "UPDATE segments SET size = ?, used = ? WHERE id = ?", (at, time.time(), self._segment)
-        ).rowcount
+        with transaction(db):
+            moved = db.execute(
+                "UPDATE segments SET size = ?, used = ? WHERE id = ?",
+                (at, time.time(), self._segment),
+            ).rowcount
+            if moved:  # else the segment's row is gone: nothing was changed
+                db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows)
         if not moved:
-            db.execute("ROLLBACK")
             self._close_segment()
             return False
-        db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows)
-        db.execute("COMMIT")
         self._segment_size = at
         if at >= self._segment_max:
             self._close_segment()
@@ -303,9 +303,7 @@ class ChunkCache:
     def trim(self) -> None:
         """Evict the least recently used segments if the folder exceeds its bound, and remove
         segment files that no index row names (left by a crash) once they are an hour old."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db()) as db:
             rows = db.execute("SELECT id, size FROM segments ORDER BY used, id").fetchall()
             total = sum(size for _id, size in rows)
             victims: list[int] = []
@@ -319,10 +317,6 @@ class ChunkCache:
             for segment in victims:
                 db.execute("DELETE FROM chunks WHERE segment = ?", (segment,))
                 db.execute("DELETE FROM segments WHERE id = ?", (segment,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         for segment in victims:
             self._unlink(os.path.join(self._segments, str(segment)))
         known = {str(segment) for segment, _size in rows}
@@ -372,18 +366,13 @@ class ChunkCache:
             return
         if version != 0:
             raise _Unusable(f"in format {version}, which this version of Datamon does not read")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {FORMAT}")
                 self._remove_legacy()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _remove_legacy(self) -> None:
         """Chunk files of the earlier one-file-per-chunk layout, and segments no index names."""

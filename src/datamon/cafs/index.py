@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from datamon.cafs.layout import INDEX, index_key, pack_id_of
-from datamon.cafs.sqlitedb import LocalDB
+from datamon.cafs.sqlitedb import LocalDB, transaction
 from datamon.core.codecs import decode_frame, load_versioned
 from datamon.core.model import FORMAT_VERSION, PackIndex
 from datamon.errors import CorruptObject
@@ -78,30 +78,18 @@ class ChunkIndex:
                 self.record(load_pack_index(self.blob, pack_id))
 
     def record(self, index: PackIndex) -> None:
-        db = self._db.get()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db.get()) as db:
             db.executemany(
                 "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
                 ((e.id, index.pack, e.offset, e.length, e.size) for e in index.entries),
             )
             db.execute("INSERT OR IGNORE INTO packs VALUES (?)", (index.pack,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _forget(self, packs: set[str]) -> None:
-        db = self._db.get()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db.get()) as db:
             for pack_id in packs:
                 db.execute("DELETE FROM chunks WHERE pack = ?", (pack_id,))
                 db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def lookup(self, cid: bytes) -> Location | None:
         row = (

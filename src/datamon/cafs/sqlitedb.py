@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """One transaction on an autocommit connection: committed on exit, rolled back on error.
+
+    ``IMMEDIATE`` takes the write lock at the start, so two writers never both read and
+    then fail to upgrade; ``DEFERRED`` suits a writer that only inserts.
+    """
+    db.execute(f"BEGIN {kind}")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class LocalDB:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from datamon.cafs.sqlitedb import LocalDB
+from datamon.cafs.sqlitedb import LocalDB, transaction
 from datamon.core.model import ChunkRef
 
 # Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
@@ -64,17 +64,11 @@ class StatCache:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._db = LocalDB(db_path, "OFF")
-        db = self._db.get()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db.get()) as db:
             if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
                 db.execute("DROP TABLE IF EXISTS files")
                 db.execute(f"PRAGMA user_version = {_VERSION}")
             db.execute(_SCHEMA)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def get_many(
         self,
@@ -170,17 +164,11 @@ class StatCache:
         if not batch:
             return 0
         count = 0
-        db = self._db.get()
-        db.execute("BEGIN")
-        try:
+        with transaction(self._db.get(), "DEFERRED") as db:
             while batch:
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
                 count += len(batch)
                 batch = list(itertools.islice(rows, _ROWS))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return count
 
     def close(self) -> None:
