@@ -10,7 +10,7 @@ import pytest
 
 from datamon import Author, Store
 from datamon.core.codecs import encode_frame, pack_msg, to_json
-from datamon.core.ids import bundle_id
+from datamon.core.ids import bundle_id, digest
 from datamon.core.model import FORMAT_VERSION, Bundle, ChunkRef, Entry, Kind, StoreConfig, Tree
 from datamon.errors import (
     AmbiguousId,
@@ -132,16 +132,26 @@ class TestTrees:
         trees = TreeStore(meta)
         pending = PendingTrees(trees)
         leaf = pending.add([_file("x")])
-        big = pending.add([_file(f"f{i}") for i in range(3)])  # two parts and their top
+        files = [_file(f"f{i}") for i in range(3)]
+        big = pending.add(files)  # two parts and their top
         top = pending.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)])
         assert len(pending) == 5
         assert not any(k.startswith("trees/") for k in meta.list())
+        parts = tuple(
+            digest(pack_msg(Tree(format=FORMAT_VERSION, entries=tuple(files[i : i + 2]))))
+            for i in (0, 2)
+        )
+        # What each tree names: it may be written only once these are stored.
+        names = {big: parts, top: (leaf,)}
+        failed = tree_key(parts[1].hex())
         stored: list[str] = []
         real = meta.put_if_absent
 
         def put_if_absent(key: str, data: bytes) -> bool:
-            if len(stored) == 2:
-                stored.append("failed")
+            oid = bytes.fromhex(key.rsplit("/", 1)[-1])
+            assert all(meta.exists(tree_key(c.hex())) for c in names.get(oid, ()))
+            if key == failed and failed not in stored:
+                stored.append(key)
                 raise OSError("a write failed")
             stored.append(key)
             return real(key, data)
@@ -149,19 +159,14 @@ class TestTrees:
         monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
         with pytest.raises(OSError, match="a write failed"):
             pending.write()
+        # The other trees of the failed level were stored; none naming them was tried.
+        assert sorted(stored) == sorted(tree_key(t.hex()) for t in (leaf, *parts))
         assert len(pending) == 3
         pending.write()  # resumes with the tree that failed
         assert len(pending) == 0
         pending.write()
-        parts = trees.get(big).parts
-        assert stored == [
-            tree_key(leaf.hex()),
-            tree_key(parts[0].hex()),
-            "failed",
-            tree_key(parts[1].hex()),
-            tree_key(big.hex()),
-            tree_key(top.hex()),
-        ]
+        assert stored[3] == failed
+        assert sorted(stored[4:]) == sorted(tree_key(t.hex()) for t in (big, top))
         assert trees.written == 5
         assert trees.put([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)]) == top
         assert trees.written == 5

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from datamon import Store
 from datamon.cafs import packer as packer_module
@@ -11,7 +14,7 @@ from datamon.cafs.packer import PackWriter
 from datamon.cafs.reader import ChunkReader
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
-from datamon.core.model import ChunkRef
+from datamon.core.model import ChunkRef, PackIndex
 from datamon.testing.workloads import random_bytes, text_bytes
 
 
@@ -33,3 +36,42 @@ def test_every_chunk_reads_back_across_many_packs(tmp_path: Path) -> None:
     refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
     assert list(ChunkReader(store.index).read(refs)) == chunks
     assert writer.bytes_written == sum(store.blob.stat(pack_key(pack)).size for pack in packs)
+
+
+def test_packs_are_recorded_in_the_index_a_few_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    monkeypatch.setattr(packer_module, "RECORD_PACKS", 3)
+    calls: list[int] = []
+    real = store.index.record_many
+
+    def record_many(indexes: Iterable[PackIndex]) -> None:
+        batch = list(indexes)
+        calls.append(len(batch))
+        real(batch)
+
+    monkeypatch.setattr(store.index, "record_many", record_many)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    chunks = [random_bytes(i, 10_000) for i in range(8)]
+    for raw in chunks:
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    packs = writer.close()
+    assert len(packs) == 8
+    assert sum(calls) == 8 and len(calls) < 8
+    assert store.index.known_packs() == set(packs)
+    written = writer.written_chunks()
+    for raw in chunks:
+        location = store.index.lookup(digest(raw))
+        assert location is not None and written[digest(raw)] == location.pack
+
+
+def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    raw = random_bytes(1, 10_000)
+    writer.add(digest(raw), *codec.encode_parts(raw), len(raw))  # sealed: written
+    writer.abort()
+    assert store.index.known_packs() == set(writer.packs) and len(writer.packs) == 1

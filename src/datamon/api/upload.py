@@ -7,6 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
@@ -152,10 +153,13 @@ def _finish(
     build: TreeBuilder,
 ) -> UploadResult:
     info = CommitInfo(options.message, options.author, options.branch, options.label)
-    bid, bundle = commit(store, repo, info, build)
-    # The packs are durable and the bundle committed: the stat cache may name them now
-    # (design §9); an upload that failed before this point recorded nothing.
-    batch.ingester.remember()
+    # The packs are durable: the stat cache may name them now (design §9). Its rows are
+    # written while the trees and the bundle are: the one is Python and SQLite, the other
+    # mostly file creations in the kernel, so they share two cores.
+    with ThreadPoolExecutor(1, thread_name_prefix="datamon-statcache") as pool:
+        remembered = pool.submit(batch.ingester.remember)
+        bid, bundle = commit(store, repo, info, build)
+        remembered.result()
     stats = batch.ingester.stats
     return UploadResult(
         bundle_id=bid,

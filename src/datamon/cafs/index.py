@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 _BATCH = 500
+# Pack indexes loaded and recorded per transaction by a sync.
+_RECORD = 64
 
 
 class Location(NamedTuple):
@@ -66,8 +68,9 @@ class ChunkIndex:
         if gone:
             self._forget(gone)
         missing = sorted(present - known)
-        for pack_id in missing:
-            self.record(load_pack_index(self.blob, pack_id))
+        for start in range(0, len(missing), _RECORD):
+            batch = missing[start : start + _RECORD]
+            self.record_many(load_pack_index(self.blob, pack_id) for pack_id in batch)
         return len(missing)
 
     def ensure(self, pack_ids: Iterable[str]) -> None:
@@ -78,12 +81,22 @@ class ChunkIndex:
                 self.record(load_pack_index(self.blob, pack_id))
 
     def record(self, index: PackIndex) -> None:
+        self.record_many([index])
+
+    def record_many(self, indexes: Iterable[PackIndex]) -> None:
+        """Record pack indexes in one transaction.
+
+        Chunk ids are random, so each pack's rows land on as many pages of the table as it
+        has chunks: one commit per pack rewrote most of those pages into the write-ahead log
+        again and again (58,000 page writes for 18 packs of 50,000 small files).
+        """
         with transaction(self._db.get()) as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                ((e.id, index.pack, e.offset, e.length, e.size) for e in index.entries),
-            )
-            db.execute("INSERT OR IGNORE INTO packs VALUES (?)", (index.pack,))
+            for index in indexes:
+                db.executemany(
+                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                    ((e.id, index.pack, e.offset, e.length, e.size) for e in index.entries),
+                )
+                db.execute("INSERT OR IGNORE INTO packs VALUES (?)", (index.pack,))
 
     def _forget(self, packs: set[str]) -> None:
         with transaction(self._db.get()) as db:

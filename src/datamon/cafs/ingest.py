@@ -144,11 +144,17 @@ class Ingester:
         if self.stat_cache is None or not fresh:
             return 0
 
+        written = self.packer.written_chunks()
+
         def rows() -> Iterator[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]]:
             for f in fresh:
-                queued = self.packer.packs_of(f.queued)
-                if None not in queued:
-                    yield f.path, f.st, f.refs, f.packs.union(p for p in queued if p)
+                if not f.queued:
+                    yield f.path, f.st, f.refs, f.packs
+                    continue
+                try:
+                    yield f.path, f.st, f.refs, f.packs.union([written[c] for c in f.queued])
+                except KeyError:  # a chunk whose pack was not written
+                    continue
 
         return self.stat_cache.put_many(rows(), read_at=self._started)
 

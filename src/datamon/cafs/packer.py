@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,9 +13,12 @@ from datamon.core.codecs import encode_frame, pack_msg
 from datamon.core.ids import hexdigest
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
 
+log = logging.getLogger(__name__)
 Payload = bytes | memoryview
 # Room beyond the pack size in each pack buffer, for the chunk that takes it past the size.
 SLACK = 1 << 20
+# Written packs whose chunks wait to be recorded in the local index together (see _write).
+RECORD_PACKS = 16
 
 
 class PackWriter:
@@ -44,6 +48,7 @@ class PackWriter:
         self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="datamon-pack")
         self._futures: list[Future[str]] = []
         self.packs: list[str] = []
+        self._unrecorded: list[PackIndex] = []
         self.bytes_written = 0
         self.chunks_written = 0
 
@@ -51,17 +56,11 @@ class PackWriter:
         with self._lock:
             return cid in self._seen
 
-    def pack_of(self, cid: bytes) -> str | None:
-        """The pack this writer wrote the chunk to, or None if not (yet) written."""
+    def written_chunks(self) -> dict[bytes, str]:
+        """Every chunk this writer has written so far, with the pack holding it."""
         with self._lock:
-            seq = self._seen.get(cid)
-            return None if seq is None else self._written.get(seq)
-
-    def packs_of(self, cids: Iterable[bytes]) -> list[str | None]:
-        """:meth:`pack_of` for many chunks at once."""
-        with self._lock:
-            seqs = [self._seen.get(cid) for cid in cids]
-            return [None if seq is None else self._written.get(seq) for seq in seqs]
+            written = self._written
+            return {cid: written[seq] for cid, seq in self._seen.items() if seq in written}
 
     def add(self, cid: bytes, codec: int, payload: Payload, size: int) -> bool:
         """Queue an encoded chunk (codec byte and payload); False if this writer has it."""
@@ -126,14 +125,26 @@ class PackWriter:
         index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
         _digest, framed = encode_frame(pack_msg(index))
         self.blob.put_if_absent(index_key(pack_id), framed)
-        self.index.record(index)
         with self._lock:
             self.packs.append(pack_id)
             self._written[seq] = pack_id
             self.bytes_written += used
             if len(buffer) == self.pack_size + SLACK:
                 self._free.append(buffer)
+            self._unrecorded.append(index)
+            full = len(self._unrecorded) >= RECORD_PACKS
+        if full:
+            # This writer finds its own chunks through ``seen``, not the local index, so the
+            # index rows can wait and be written for many packs in one transaction.
+            self._record()
         return pack_id
+
+    def _record(self) -> None:
+        """Record the written packs not yet in the local index."""
+        with self._lock:
+            indexes, self._unrecorded = self._unrecorded, []
+        if indexes:
+            self.index.record_many(indexes)
 
     def _raise_failures(self) -> None:
         with self._lock:
@@ -152,7 +163,13 @@ class PackWriter:
                 future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._record()
         return list(self.packs)
 
     def abort(self) -> None:
+        """Stop; the packs already written are recorded, as a later upload may use them."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._record()
+        except Exception as exc:  # the error being handled matters more than this one
+            log.warning("could not record written packs in the local index: %s", exc)

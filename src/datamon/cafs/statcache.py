@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -155,11 +155,7 @@ class StatCache:
         tree of a million files never holds all its encoded rows at once.
         """
         now = time.time_ns() if read_at is None else read_at
-        rows = (
-            (path, *_key(st), _encoder.encode(chunks), _encoder.encode(sorted(set(packs))))
-            for path, st, chunks, packs in files
-            if settled(st, now)
-        )
+        rows = _rows(files, now)
         batch = list(itertools.islice(rows, _ROWS))
         if not batch:
             return 0
@@ -173,3 +169,18 @@ class StatCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _rows(
+    files: Iterable[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]], now: int
+) -> Iterator[tuple[str, int, int, int, int, bytes, bytes]]:
+    """The table rows of the files that are :func:`settled` at ``now`` (inlined here: this
+    runs once per file of an upload)."""
+    encode = _encoder.encode
+    fine_cut, coarse_cut = now - RACY_FINE_NS, now - RACY_NS
+    for path, st, chunks, packs in files:
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        changed = mtime if mtime > ctime else ctime
+        if changed > (fine_cut if mtime % _SECOND_NS or ctime % _SECOND_NS else coarse_cut):
+            continue
+        yield path, st.st_size, mtime, ctime, st.st_ino, encode(chunks), encode(sorted(set(packs)))
