@@ -6,12 +6,13 @@ import operator
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
 from datamon.api.edit import TreeEdit
+from datamon.api.folders import FolderKeys, reused_entry
 from datamon.api.parallel import bounded_map, size_groups
 from datamon.api.paths import TreeGuard, check_link
 from datamon.api.paths import check_name as check_local_name
@@ -20,6 +21,7 @@ from datamon.api.scan import LocalDir, LocalFile, LocalLink, scan
 from datamon.api.store import Store
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
+from datamon.cafs.statcache import Folder
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
@@ -59,13 +61,28 @@ def upload(
     """Upload the folder ``path`` as the next bundle of the branch."""
     _check(store, repo, options)
     root = scan(path)
-    # In the order downloads walk the tree, so that packs hold files as they are read back.
-    batch = _ingest(store, path, _ordered(root), options, progress)
+    keys = FolderKeys(root, time.time_ns())
+    taken: dict[int, tuple[Folder, tuple[str, ...]]] = {}
+
+    def select(ingester: Ingester) -> list[tuple[str, LocalFile]]:
+        # Folders unchanged since an upload recorded them are taken whole (design §9).
+        taken.update(keys.outermost(ingester.reuse_folders(keys.wanted())))
+        ingester.took_folders(folder for folder, _packs in taken.values())
+        # In the order downloads walk the tree, so that packs hold files as they are read.
+        return _ordered(root, taken)
+
+    batch = _ingest(store, path, select, options, progress)
     trees_before = store.trees.written
     pending = PendingTrees(store.trees)
-    top = _build(pending, root, batch.refs)
+    built: dict[int, Entry] = {}
+    top = _build(pending, root, batch.refs, taken, built)
+
+    def record(packs: dict[str, frozenset[str]]) -> None:
+        # The trees are durable now: the bundle naming them is committed.
+        store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
+
     return _finish(
-        store, repo, options, batch, trees_before, _unless_head(pending, top, batch.packs)
+        store, repo, options, batch, trees_before, _unless_head(pending, top, batch.packs), record
     )
 
 
@@ -90,11 +107,12 @@ def _check(store: Store, repo: str, options: UploadOptions) -> None:
 def _ingest(
     store: Store,
     path: str,
-    files: list[tuple[str, LocalFile]],
+    select: Callable[[Ingester], list[tuple[str, LocalFile]]],
     options: UploadOptions,
     progress: Progress | None,
 ) -> _Batch:
-    """Chunk and store ``files``; packs are durable when this returns."""
+    """Chunk and store the files ``select`` gives (once the chunk index is synced); packs
+    are durable when this returns."""
     progress = progress or NoProgress()
     store.index.sync()
     # Remote stores need several PUTs in flight to fill the network; local disk does not.
@@ -107,6 +125,7 @@ def _ingest(
         store.config.compression_level,
         stat_cache=store.stat_cache,
     )
+    files = select(ingester)
 
     def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
@@ -151,15 +170,21 @@ def _finish(
     batch: _Batch,
     trees_before: int,
     build: TreeBuilder,
+    after: Callable[[dict[str, frozenset[str]]], None] | None = None,
 ) -> UploadResult:
+    """Commit; record the files read in the stat cache meanwhile, then call ``after`` with
+    the packs of each file."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
+    packs = batch.ingester.file_packs()
     # The packs are durable: the stat cache may name them now (design §9). Its rows are
     # written while the trees and the bundle are: the one is Python and SQLite, the other
     # mostly file creations in the kernel, so they share two cores.
     with ThreadPoolExecutor(1, thread_name_prefix="datamon-statcache") as pool:
-        remembered = pool.submit(batch.ingester.remember)
+        remembered = pool.submit(batch.ingester.remember, packs)
         bid, bundle = commit(store, repo, info, build)
         remembered.result()
+    if after is not None:
+        after(packs)
     stats = batch.ingester.stats
     return UploadResult(
         bundle_id=bid,
@@ -198,7 +223,7 @@ def upload_paths(
             files.extend(_ordered(item))
         elif isinstance(item, LocalFile):
             files.append((os.path.abspath(item.path), item))
-    batch = _ingest(store, path, files, options, progress)
+    batch = _ingest(store, path, lambda _ingester: files, options, progress)
     trees_before = store.trees.written
     pending = PendingTrees(store.trees)
     stored = {
@@ -373,19 +398,24 @@ def _folders_on(root: str, rels: list[str]) -> list[tuple[str, os.stat_result]]:
     return found
 
 
-def _ordered(root: LocalDir) -> list[tuple[str, LocalFile]]:
-    """Every file with its absolute path, sorted by the names along its path.
+def _ordered(root: LocalDir, skip: Container[int] = ()) -> list[tuple[str, LocalFile]]:
+    """Every file with its absolute path, sorted by the names along its path, except those
+    in the folders whose ``id`` is in ``skip``.
 
     A depth-first walk visiting each folder's files and subfolders by name gives that order,
     since a file's path is never a prefix of another's; the absolute path (``abspath``, as
     the stat cache keys files) is computed once per folder.
     """
     out: list[tuple[str, LocalFile]] = []
+    if id(root) in skip:
+        return out
     stack: list[tuple[str, Iterator[LocalFile | LocalDir]]] = [_children(root)]
     while stack:
         prefix, children = stack[-1]
         for item in children:
             if isinstance(item, LocalDir):
+                if id(item) in skip:
+                    continue
                 stack.append(_children(item))
                 break
             out.append((prefix + item.name, item))
@@ -418,11 +448,23 @@ def _link_entry(link: LocalLink) -> Entry:
     return Entry(link.name, Kind.SYMLINK, 0o777, link.st.st_mtime_ns, target=link.target)
 
 
-def _build(trees: PendingTrees, node: LocalDir, refs: dict[str, tuple[ChunkRef, ...]]) -> Entry:
+def _build(
+    trees: PendingTrees,
+    node: LocalDir,
+    refs: dict[str, tuple[ChunkRef, ...]],
+    taken: dict[int, tuple[Folder, tuple[str, ...]]] | None = None,
+    built: dict[int, Entry] | None = None,
+) -> Entry:
     """Name the directory's tree bottom-up (stored later); returns the entry that names it.
 
     ``refs`` holds the chunks of every file by absolute path (as :func:`_ordered` gives it).
+    Folders in ``taken`` (by ``id``) keep their recorded tree; ``built`` receives the entry
+    of every folder named here.
     """
+    if taken:
+        row = taken.get(id(node))
+        if row is not None:
+            return reused_entry(node, row[0])
     entries: list[Entry] = []
     size = count = 0
     prefix = os.path.join(os.path.abspath(node.path), "")
@@ -433,11 +475,14 @@ def _build(trees: PendingTrees, node: LocalDir, refs: dict[str, tuple[ChunkRef, 
         count += 1
     entries.extend(_link_entry(link) for link in node.links)
     for sub in node.dirs:
-        child = _build(trees, sub, refs)
+        child = _build(trees, sub, refs, taken, built)
         entries.append(child)
         size += child.size
         count += child.files
     oid = trees.add(entries)
-    return Entry(
+    entry = Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )
+    if built is not None:
+        built[id(node)] = entry
+    return entry

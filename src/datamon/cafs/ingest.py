@@ -11,14 +11,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter, Payload
-from datamon.cafs.statcache import StatCache
+from datamon.cafs.statcache import Folder, StatCache
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -80,6 +80,8 @@ class Ingester:
         # a stat-cache row is reused only if every pack it names is among them.
         self._known = index.known_packs() if stat_cache is not None else set()
         self._fresh: list[_Fresh] = []
+        # Packs of the files taken from the stat cache, by path.
+        self._reused: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(
@@ -132,31 +134,55 @@ class Ingester:
                 self._fresh.extend(rows)
         return [done[path] for path, _st in files]
 
-    def remember(self) -> int:
+    def file_packs(self) -> dict[str, frozenset[str]]:
+        """The packs holding each file this ingester read or reused, by path.
+
+        Call once the pack writer is closed; a file with a chunk whose pack was not written
+        is left out. Equal sets are one object, so a large tree costs one entry per file.
+        """
+        written = self.packer.written_chunks()
+        shared: dict[frozenset[str], frozenset[str]] = {}
+        out: dict[str, frozenset[str]] = {}
+        for path, names in self._reused.items():
+            key = frozenset(names)
+            out[path] = shared.setdefault(key, key)
+        for f in self._fresh:
+            try:
+                key = frozenset(f.packs.union([written[c] for c in f.queued]))
+            except KeyError:  # a chunk whose pack was not written
+                continue
+            out[f.path] = shared.setdefault(key, key)
+        return out
+
+    def remember(self, packs: dict[str, frozenset[str]] | None = None) -> int:
         """Record the files this ingester read in the stat cache; returns how many.
 
         Call only once every pack written (``PackWriter.close``) is durable in the store
         (``Backend.flush``): a row names the packs holding the file's chunks, and a later
-        upload reuses it without looking the chunks up.
+        upload reuses it without looking the chunks up. ``packs`` is :meth:`file_packs`,
+        if the caller has it already.
         """
+        if self.stat_cache is None or not self._fresh:
+            return 0
+        packs = self.file_packs() if packs is None else packs
         with self._lock:
             fresh, self._fresh = self._fresh, []
-        if self.stat_cache is None or not fresh:
-            return 0
+        rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh if f.path in packs)
+        return self.stat_cache.put_many(rows, read_at=self._started)
 
-        written = self.packer.written_chunks()
+    def _trusted(self) -> Callable[[tuple[str, ...]], bool]:
+        """Whether a row's packs are all in the store (as known at the start); the packs
+        of the rows trusted join :attr:`stats` ``packs_used``. Asked once per distinct set."""
+        known = self._known
 
-        def rows() -> Iterator[tuple[str, os.stat_result, tuple[ChunkRef, ...], set[str]]]:
-            for f in fresh:
-                if not f.queued:
-                    yield f.path, f.st, f.refs, f.packs
-                    continue
-                try:
-                    yield f.path, f.st, f.refs, f.packs.union([written[c] for c in f.queued])
-                except KeyError:  # a chunk whose pack was not written
-                    continue
+        def trusted(packs: tuple[str, ...]) -> bool:
+            if known.issuperset(packs):
+                with self._lock:
+                    self.stats.packs_used.update(packs)
+                return True
+            return False
 
-        return self.stat_cache.put_many(rows(), read_at=self._started)
+        return trusted
 
     def reuse(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, tuple[ChunkRef, ...]]:
         """Cached chunk lists of unchanged files whose packs the store still holds.
@@ -165,24 +191,35 @@ class Ingester:
         """
         if self.stat_cache is None:
             return {}
-        known = self._known
-        used: set[str] = set()
-
-        def trusted(packs: tuple[str, ...]) -> bool:
-            # Asked once per distinct set of packs, not per file.
-            if known.issuperset(packs):
-                used.update(packs)
-                return True
-            return False
-
-        kept = self.stat_cache.get_many(files, trusted)
+        kept = self.stat_cache.get_many(files, self._trusted(), self._reused)
         chunks = sum(map(len, kept.values()))
         size = sum([r.size for refs in kept.values() for r in refs])
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size
-            self.stats.packs_used |= used
         return kept
+
+    def reuse_folders(
+        self, folders: Sequence[tuple[str, bytes]]
+    ) -> dict[str, tuple[Folder, tuple[str, ...]]]:
+        """Recorded folders whose key is unchanged and whose packs the store still holds.
+
+        Their packs join ``packs_used``; count the chunks and bytes of those the caller
+        takes with :meth:`took_folders`.
+        """
+        if self.stat_cache is None:
+            return {}
+        return self.stat_cache.get_folders(folders, self._trusted())
+
+    def took_folders(self, folders: Iterable[Folder]) -> None:
+        """Count in :attr:`stats` the chunks and bytes of folders reused whole."""
+        chunks = size = 0
+        for folder in folders:
+            chunks += folder.chunks
+            size += folder.size
+        with self._lock:
+            self.stats.chunks += chunks
+            self.stats.bytes_read += size
 
     def _ingest_small(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, _Batch]:
         chunks: dict[str, list[tuple[bytes, bytes]]] = {}

@@ -23,11 +23,14 @@ from datamon.cafs.sqlitedb import LocalDB, transaction
 from datamon.core.model import ChunkRef
 
 # Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
-_VERSION = 2
+_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER,
     chunks BLOB, packs BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folders (
+    path TEXT PRIMARY KEY, key BLOB, folder BLOB, packs BLOB
 ) WITHOUT ROWID;
 """
 # How long before an upload began reading a file's mtime and ctime must be for its row to be
@@ -43,6 +46,18 @@ _ROWS = 10_000
 _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
+
+
+class Folder(msgspec.Struct, array_like=True, frozen=True):
+    """What an upload needs of an unchanged folder: its tree and what lies below it."""
+
+    tree: bytes
+    size: int
+    files: int
+    chunks: int
+
+
+_folder_decoder = msgspec.msgpack.Decoder(Folder)
 
 
 def _any_packs(_packs: tuple[str, ...]) -> bool:
@@ -67,17 +82,22 @@ class StatCache:
         with transaction(self._db.get()) as db:
             if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
                 db.execute("DROP TABLE IF EXISTS files")
+                db.execute("DROP TABLE IF EXISTS folders")
                 db.execute(f"PRAGMA user_version = {_VERSION}")
-            db.execute(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
     def get_many(
         self,
         files: Sequence[tuple[str, os.stat_result]],
         trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
+        packs: dict[str, tuple[str, ...]] | None = None,
     ) -> dict[str, tuple[ChunkRef, ...]]:
         """The recorded chunks of those ``(path, stat)`` that are unchanged, when the packs
         their row names are ``trusted``: asked once per distinct set of packs (the rows of
-        a tree share a few), with the pack ids sorted.
+        a tree share a few), with the pack ids sorted. ``packs``, if given, receives the
+        packs of each file found.
 
         Files are usually given in path order, neighbours in one folder, so one range scan
         from the smallest to the largest path finds them all; when the range holds many
@@ -94,8 +114,9 @@ class StatCache:
             " WHERE path >= ? AND path <= ? LIMIT ?",
             (min(wanted), max(wanted), limit),
         ).fetchall()
-        verdicts: dict[bytes, bool] = {}
-        self._match(rows, wanted, found, verdicts, trusted)
+        verdicts: dict[bytes, tuple[str, ...] | None] = {}
+        out = {} if packs is None else packs
+        self._match(rows, wanted, found, out, verdicts, trusted)
         if len(rows) >= limit:
             seen = {row[0] for row in rows}
             rest = [path for path in wanted if path not in seen]
@@ -107,7 +128,7 @@ class StatCache:
                     f" WHERE path IN ({marks})",
                     batch,
                 ).fetchall()
-                self._match(more, wanted, found, verdicts, trusted)
+                self._match(more, wanted, found, out, verdicts, trusted)
         return found
 
     @staticmethod
@@ -115,14 +136,12 @@ class StatCache:
         rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
         wanted: dict[str, os.stat_result],
         found: dict[str, tuple[ChunkRef, ...]],
-        verdicts: dict[bytes, bool],
+        packs_of: dict[str, tuple[str, ...]],
+        verdicts: dict[bytes, tuple[str, ...] | None],
         trusted: Callable[[tuple[str, ...]], bool],
     ) -> None:
-        """Add the chunks of the rows that match their file's stat and name trusted packs.
-
-        ``verdicts`` remembers each distinct ``packs`` value seen (false when it does not
-        decode), so that each is decoded and judged once.
-        """
+        """Add the chunks (and packs) of the rows that match their file's stat and name
+        trusted packs."""
         for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
             st = wanted.get(path)
             if st is None or _key(st) != (size, mtime_ns, ctime_ns, ino) or packs is None:
@@ -131,16 +150,59 @@ class StatCache:
                 refs = _chunks_decoder.decode(chunks)
             except msgspec.DecodeError:
                 continue
-            ok = verdicts.get(packs)
-            if ok is None:
-                try:
-                    names = _packs_decoder.decode(packs)
-                except msgspec.DecodeError:
-                    ok = verdicts[packs] = False
-                else:
-                    ok = verdicts[packs] = trusted(names)
-            if ok:
+            names = _judge(packs, verdicts, trusted)
+            if names is not None:
                 found[path] = refs
+                packs_of[path] = names
+
+    def get_folders(
+        self,
+        folders: Sequence[tuple[str, bytes]],
+        trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
+    ) -> dict[str, tuple[Folder, tuple[str, ...]]]:
+        """The recorded :class:`Folder` and packs of those ``(path, key)`` whose key is
+        unchanged and whose packs are ``trusted`` (asked once per distinct set): one range
+        scan."""
+        wanted = dict(folders)
+        if not wanted:
+            return {}
+        rows = (
+            self._db.get()
+            .execute(
+                "SELECT path, key, folder, packs FROM folders WHERE path >= ? AND path <= ?",
+                (min(wanted), max(wanted)),
+            )
+            .fetchall()
+        )
+        verdicts: dict[bytes, tuple[str, ...] | None] = {}
+        found: dict[str, tuple[Folder, tuple[str, ...]]] = {}
+        for path, key, folder, packs in rows:
+            if wanted.get(path) != key:
+                continue
+            names = _judge(packs, verdicts, trusted)
+            if names is None:
+                continue
+            try:
+                found[path] = _folder_decoder.decode(folder), names
+            except msgspec.DecodeError:
+                continue
+        return found
+
+    def put_folders(self, folders: Iterable[tuple[str, bytes, Folder, Collection[str]]]) -> int:
+        """Record ``(path, key, folder, packs)``; returns how many.
+
+        The folder's tree, and every tree below it, MUST already be durable in the store, and
+        so MUST the packs (design §9).
+        """
+        encode = _encoder.encode
+        rows = [
+            (path, key, encode(folder), encode(sorted(set(packs))))
+            for path, key, folder, packs in folders
+        ]
+        if rows:
+            with transaction(self._db.get(), "DEFERRED") as db:
+                db.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
 
     def put_many(
         self,
@@ -169,6 +231,23 @@ class StatCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _judge(
+    packs: bytes,
+    verdicts: dict[bytes, tuple[str, ...] | None],
+    trusted: Callable[[tuple[str, ...]], bool],
+) -> tuple[str, ...] | None:
+    """The pack ids of an encoded ``packs`` value if trusted, else None; each distinct value
+    is decoded and judged once (``verdicts`` remembers)."""
+    if packs in verdicts:
+        return verdicts[packs]
+    try:
+        names: tuple[str, ...] | None = _packs_decoder.decode(packs)
+    except msgspec.DecodeError:
+        names = None
+    verdicts[packs] = names = names if names is not None and trusted(names) else None
+    return names
 
 
 def _rows(
