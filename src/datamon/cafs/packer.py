@@ -17,8 +17,11 @@ log = logging.getLogger(__name__)
 Payload = bytes | memoryview
 # Room beyond the pack size in each pack buffer, for the chunk that takes it past the size.
 SLACK = 1 << 20
-# Written packs whose chunks wait to be recorded in the local index together (see _write).
+# Written packs whose chunks wait to be recorded in the local index together (see _write),
+# and how many chunks they may hold: a pack of tiny chunks is recorded at once, as one
+# transaction of a few hundred thousand rows is enough, and would otherwise wait for close.
 RECORD_PACKS = 16
+RECORD_CHUNKS = 50_000
 
 
 class PackWriter:
@@ -49,6 +52,7 @@ class PackWriter:
         self._futures: list[Future[str]] = []
         self.packs: list[str] = []
         self._unrecorded: list[PackIndex] = []
+        self._unrecorded_chunks = 0
         self.bytes_written = 0
         self.chunks_written = 0
 
@@ -132,7 +136,8 @@ class PackWriter:
             if len(buffer) == self.pack_size + SLACK:
                 self._free.append(buffer)
             self._unrecorded.append(index)
-            full = len(self._unrecorded) >= RECORD_PACKS
+            self._unrecorded_chunks += len(index.entries)
+            full = len(self._unrecorded) >= RECORD_PACKS or self._unrecorded_chunks >= RECORD_CHUNKS
         if full:
             # This writer finds its own chunks through ``seen``, not the local index, so the
             # index rows can wait and be written for many packs in one transaction.
@@ -143,6 +148,7 @@ class PackWriter:
         """Record the written packs not yet in the local index."""
         with self._lock:
             indexes, self._unrecorded = self._unrecorded, []
+            self._unrecorded_chunks = 0
         if indexes:
             self.index.record_many(indexes)
 
