@@ -14,6 +14,7 @@ from datamon.api.folders import FolderKeys
 from datamon.api.scan import scan
 from datamon.cafs import statcache
 from datamon.cafs.statcache import Folder, StatCache
+from datamon.metadata.layout import tree_key
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
 OLD = -(10**18)
@@ -150,4 +151,22 @@ def test_a_folder_whose_packs_are_gone_is_rebuilt(
         second = repo.upload(str(src), opts)
     assert len(opened) == 8
     assert second.bundle.tree == first.bundle.tree
+    assert repo.verify(second.bundle_id).ok
+
+
+@pytest.mark.usefixtures("old_enough")
+def test_a_folder_whose_tree_is_gone_is_built_again(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _src(tmp_path / "src")
+    opts = UploadOptions("m", author)
+    first = repo.upload(str(src), opts)
+    (src / "top").write_bytes(b"changed")  # the root changes; a/ and c/ do not
+    root_tree = bytes.fromhex(first.bundle.tree)
+    a_tree = next(e.tree for e in local_store.trees.entries(root_tree) if e.name == "a")
+    os.remove(local_store.meta.root / tree_key(a_tree.hex()))  # as if restored from a backup
+    second = repo.upload(str(src), opts)
+    assert local_store.trees.exists(a_tree)  # written again
+    assert second.trees_written == 2  # the root and a/; a/b/ is still stored
     assert repo.verify(second.bundle_id).ok

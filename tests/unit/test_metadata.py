@@ -620,3 +620,19 @@ def test_trailing_newline_is_an_invalid_name(meta: MemoryBackend, kind: str) -> 
             RepoStore(meta).create("main\n", "", Author("A", "a@x"))
         else:
             RefStore(meta).move("r", "label", "main\n", "a" * 40, "x")
+
+
+def test_a_split_tree_comes_after_a_part_shared_with_a_deeper_folder(
+    meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trees_module, "SPLIT", 2)
+    pending = PendingTrees(TreeStore(meta))
+    leaf = pending.add([_file("x")])
+    # v2's first part (f1, f2) names nothing, but takes v2's level: above the leaf's.
+    pending.add([_file("f1"), _file("f2"), Entry("zzz", Kind.DIR, 0o755, 0, tree=leaf)])
+    v1 = pending.add([_file("f1"), _file("f2"), _file("f3")])
+    shared = digest(pack_msg(Tree(format=FORMAT_VERSION, entries=(_file("f1"), _file("f2")))))
+    levels = {oid: level for oid, (level, _payload) in pending._trees.items()}
+    assert levels[v1] > levels[shared] > levels[leaf]
+    pending.write()
+    assert TreeStore(meta).get(v1).parts[0] == shared

@@ -61,10 +61,10 @@ def test_packs_are_recorded_in_the_index_a_few_at_a_time(
     assert len(packs) == 8
     assert sum(calls) == 8 and len(calls) < 8
     assert store.index.known_packs() == set(packs)
-    written = writer.written_chunks()
-    for raw in chunks:
+    written = writer.packs_of([digest(raw) for raw in chunks])
+    for raw, pack in zip(chunks, written, strict=True):
         location = store.index.lookup(digest(raw))
-        assert location is not None and written[digest(raw)] == location.pack
+        assert location is not None and pack == location.pack
 
 
 def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:

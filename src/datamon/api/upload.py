@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import stat
@@ -27,6 +28,7 @@ from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
 from datamon.metadata.trees import PendingTrees
 
+log = logging.getLogger(__name__)
 DEFAULT_BRANCH = "main"
 DEFAULT_CONCURRENCY = 4
 GROUP_FILES = 256
@@ -66,7 +68,8 @@ def upload(
 
     def select(ingester: Ingester) -> list[tuple[str, LocalFile]]:
         # Folders unchanged since an upload recorded them are taken whole (design §9).
-        taken.update(keys.outermost(ingester.reuse_folders(keys.wanted())))
+        found = keys.outermost(ingester.reuse_folders(keys.wanted()))
+        taken.update(_stored(store, found))
         ingester.took_folders(folder for folder, _packs in taken.values())
         # In the order downloads walk the tree, so that packs hold files as they are read.
         return _ordered(root, taken)
@@ -125,7 +128,6 @@ def _ingest(
         store.config.compression_level,
         stat_cache=store.stat_cache,
     )
-    files = select(ingester)
 
     def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
         try:
@@ -134,9 +136,10 @@ def _ingest(
             where = exc.filename or (group[0][1].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
-    total = sum([f.st.st_size for _full, f in files])
-    progress.start("uploading", total)
     try:
+        files = select(ingester)
+        total = sum([f.st.st_size for _full, f in files])
+        progress.start("uploading", total)
         # Unchanged files first, in this thread: one scan of the stat cache for the tree.
         refs = ingester.reuse([(full, f.st) for full, f in files])
         if refs:
@@ -176,15 +179,27 @@ def _finish(
     the packs of each file."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
     packs = batch.ingester.file_packs()
+
     # The packs are durable: the stat cache may name them now (design §9). Its rows are
     # written while the trees and the bundle are: the one is Python and SQLite, the other
     # mostly file creations in the kernel, so they share two cores.
+    def remember() -> int:
+        try:
+            return batch.ingester.remember(packs)
+        finally:
+            store.stat_cache.release()
+
     with ThreadPoolExecutor(1, thread_name_prefix="datamon-statcache") as pool:
-        remembered = pool.submit(batch.ingester.remember, packs)
+        remembered = pool.submit(remember)
         bid, bundle = commit(store, repo, info, build)
-        remembered.result()
-    if after is not None:
-        after(packs)
+        # The bundle is committed: the stat cache only saves later reads, so an error
+        # writing it must not make a retry upload the tree twice.
+        try:
+            remembered.result()
+            if after is not None:
+                after(packs)
+        except Exception as exc:
+            log.warning("bundle %s committed, but the stat cache was not updated: %s", bid, exc)
     stats = batch.ingester.stats
     return UploadResult(
         bundle_id=bid,
@@ -268,6 +283,20 @@ def upload_paths(
         return top, tuple(sorted(packs))
 
     return _finish(store, repo, options, batch, trees_before, build)
+
+
+def _stored(
+    store: Store, found: dict[int, tuple[Folder, tuple[str, ...]]]
+) -> dict[int, tuple[Folder, tuple[str, ...]]]:
+    """Of the folders found in the stat cache, those whose tree the store holds.
+
+    A tree recorded once stays stored (Datamon deletes none), but a store can be restored
+    or copied behind the cache's back; one check per outermost folder is cheap.
+    """
+    items = list(found.items())
+    with ThreadPoolExecutor(8, thread_name_prefix="datamon-check") as pool:
+        present = list(pool.map(lambda item: store.trees.exists(item[1][0].tree), items))
+    return {node: row for (node, row), ok in zip(items, present, strict=True) if ok}
 
 
 def _unless_head(pending: PendingTrees, top: Entry, packs: tuple[str, ...]) -> TreeBuilder:

@@ -70,7 +70,8 @@ class ChunkIndex:
         missing = sorted(present - known)
         for start in range(0, len(missing), _RECORD):
             batch = missing[start : start + _RECORD]
-            self.record_many(load_pack_index(self.blob, pack_id) for pack_id in batch)
+            # Loaded first: the write lock is not held across downloads.
+            self.record_many([load_pack_index(self.blob, pack_id) for pack_id in batch])
         return len(missing)
 
     def ensure(self, pack_ids: Iterable[str]) -> None:

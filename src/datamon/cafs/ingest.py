@@ -140,17 +140,16 @@ class Ingester:
         Call once the pack writer is closed; a file with a chunk whose pack was not written
         is left out. Equal sets are one object, so a large tree costs one entry per file.
         """
-        written = self.packer.written_chunks()
         shared: dict[frozenset[str], frozenset[str]] = {}
         out: dict[str, frozenset[str]] = {}
         for path, names in self._reused.items():
             key = frozenset(names)
             out[path] = shared.setdefault(key, key)
         for f in self._fresh:
-            try:
-                key = frozenset(f.packs.union([written[c] for c in f.queued]))
-            except KeyError:  # a chunk whose pack was not written
+            queued = self.packer.packs_of(f.queued) if f.queued else []
+            if None in queued:  # a chunk whose pack was not written
                 continue
+            key = frozenset(f.packs.union([p for p in queued if p is not None]))
             out[f.path] = shared.setdefault(key, key)
         return out
 

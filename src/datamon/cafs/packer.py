@@ -60,11 +60,12 @@ class PackWriter:
         with self._lock:
             return cid in self._seen
 
-    def written_chunks(self) -> dict[bytes, str]:
-        """Every chunk this writer has written so far, with the pack holding it."""
+    def packs_of(self, cids: Iterable[bytes]) -> list[str | None]:
+        """The pack this writer wrote each chunk to, or None if not (yet) written."""
         with self._lock:
-            written = self._written
-            return {cid: written[seq] for cid, seq in self._seen.items() if seq in written}
+            seen, written = self._seen, self._written
+            seqs = [seen.get(cid) for cid in cids]
+            return [None if seq is None else written.get(seq) for seq in seqs]
 
     def add(self, cid: bytes, codec: int, payload: Payload, size: int) -> bool:
         """Queue an encoded chunk (codec byte and payload); False if this writer has it."""

@@ -49,6 +49,17 @@ class LocalDB:
                 self._all.append(db)
         return db
 
+    def release(self) -> None:
+        """Close this thread's connection, if it has one: for a thread that ends while the
+        object lives on (a connection holds three file descriptors)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            return
+        del self._local.db
+        with self._lock:
+            self._all.remove(db)
+        db.close()
+
     def close(self) -> None:
         """Close every thread's connection (none may be in use any more)."""
         with self._lock:

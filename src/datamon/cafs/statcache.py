@@ -229,6 +229,10 @@ class StatCache:
                 batch = list(itertools.islice(rows, _ROWS))
         return count
 
+    def release(self) -> None:
+        """Close the calling thread's connection (see ``LocalDB.release``)."""
+        self._db.release()
+
     def close(self) -> None:
         self._db.close()
 

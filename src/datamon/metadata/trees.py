@@ -39,6 +39,9 @@ class TreeStore:
             with self._lock:
                 self.written += 1
 
+    def exists(self, oid: bytes) -> bool:
+        return self.meta.exists(tree_key(oid.hex()))
+
     def get(self, oid: bytes) -> Tree:
         key = tree_key(oid.hex())
         payload = decode_frame(key, self.meta.get(key), expected=oid)
@@ -110,7 +113,8 @@ class PendingTrees:
             self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered[i : i + SPLIT])), level)
             for i in range(0, len(ordered), SPLIT)
         )
-        return self._add(Tree(format=FORMAT_VERSION, parts=parts), level + 1)
+        # A part may have been added before, by an equal folder, at a higher level.
+        return self._add(Tree(format=FORMAT_VERSION, parts=parts), self._level(parts))
 
     def _level(self, children: Iterable[bytes]) -> int:
         trees = self._trees
@@ -128,6 +132,11 @@ class PendingTrees:
         for oid, (level, payload) in self._trees.items():
             levels.setdefault(level, []).append((oid, payload))
         if not levels:
+            return
+        if len(self._trees) == 1:  # one directory's tree, as edits write them: no pool
+            for oid, payload in next(iter(levels.values())):
+                self.store._store(oid, payload)
+                self._trees.pop(oid)
             return
         with ThreadPoolExecutor(self.workers, thread_name_prefix="datamon-trees") as pool:
             for level in sorted(levels):
