@@ -38,6 +38,9 @@ LOCK_SUFFIX = ".lock"
 FSYNC_MAX = 8
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 def _fsync(path: Path) -> None:
     """fsync a file or folder; one deleted since it was written needs none."""
     try:
@@ -138,9 +141,14 @@ class LocalBackend:
         return data, _version(data)
 
     def _write_temp(self, path: Path, data: Payload, sync: bool = False) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, _CREATE, 0o644)
+        except FileNotFoundError:
+            # The folder is made only when missing: most writes land in one that exists,
+            # and a mkdir for each cost a system call per object.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o644)
         try:
             view = memoryview(data)
             while view:
