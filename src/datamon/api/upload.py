@@ -8,7 +8,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
@@ -98,6 +98,8 @@ class _Batch:
     ingester: Ingester
     packer: PackWriter
     written: int
+    # Done once the packs (and their indexes) are durable in the store.
+    durable: Future[None]
 
 
 def _check(store: Store, repo: str, options: UploadOptions) -> None:
@@ -115,7 +117,7 @@ def _ingest(
     progress: Progress | None,
 ) -> _Batch:
     """Chunk and store the files ``select`` gives (once the chunk index is synced); packs
-    are durable when this returns."""
+    are durable once the batch's ``durable`` is done."""
     progress = progress or NoProgress()
     store.index.sync()
     # Remote stores need several PUTs in flight to fill the network; local disk does not.
@@ -160,10 +162,13 @@ def _ingest(
     finally:
         ingester.close()
         progress.finish()
-    # Packs (and their indexes) must be durable before a ref can name them.
-    store.blob.flush()
+    # Packs (and their indexes) must be durable before a ref or a stat-cache row names them:
+    # the flush waits for the disk while this thread names the trees (see _finish).
+    flusher = ThreadPoolExecutor(1, thread_name_prefix="datamon-flush")
+    durable = flusher.submit(store.blob.flush)
+    flusher.shutdown(wait=False)
     packs = tuple(sorted(set(written) | ingester.stats.packs_used))
-    return _Batch(refs, packs, ingester, packer, len(written))
+    return _Batch(refs, packs, ingester, packer, len(written), durable)
 
 
 def _finish(
@@ -179,6 +184,7 @@ def _finish(
     the packs of each file."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
     packs = batch.ingester.file_packs()
+    batch.durable.result()
 
     # The packs are durable: the stat cache may name them now (design §9). Its rows are
     # written while the trees and the bundle are: the one is Python and SQLite, the other
