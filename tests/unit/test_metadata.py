@@ -636,3 +636,29 @@ def test_a_split_tree_comes_after_a_part_shared_with_a_deeper_folder(
     assert levels[v1] > levels[shared] > levels[leaf]
     pending.write()
     assert TreeStore(meta).get(v1).parts[0] == shared
+
+
+def test_eager_trees_are_written_as_added_and_a_failed_child_holds_its_parent(
+    meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = PendingTrees(TreeStore(meta), workers=2, eager=True)
+    real = meta.put_if_absent
+    failed: list[str] = []
+    written: list[str] = []
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        if key.startswith("trees/") and not failed:
+            failed.append(key)
+            raise OSError("a write failed")
+        written.append(key)
+        return real(key, data)
+
+    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+    leaf = pending.add([_file("x")])
+    top = pending.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)])
+    other = pending.add([_file("y")])
+    pending.write()  # waits for the background writes, then writes what failed, in order
+    assert failed == [tree_key(leaf.hex())]
+    assert written.index(tree_key(leaf.hex())) < written.index(tree_key(top.hex()))
+    assert tree_key(other.hex()) in written and len(pending) == 0
+    assert TreeStore(meta).get(top).entries[0].tree == leaf

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from datamon.core.codecs import decode_frame, frame, load_versioned, pack_msg
 from datamon.core.ids import digest
@@ -92,12 +92,20 @@ class PendingTrees:
     so every tree below it was stored first) may skip the writes.
     """
 
-    def __init__(self, store: TreeStore, workers: int = WRITERS) -> None:
+    def __init__(self, store: TreeStore, workers: int = WRITERS, eager: bool = False) -> None:
+        """With ``eager``, each tree is written in the background as soon as it is added,
+        once the trees it names are (a tree whose child failed is not written, and waits
+        for :meth:`write`); :meth:`write` then waits for those writes."""
         self.store = store
         self.workers = workers
+        self._lock = threading.Lock()
         # Tree id -> (level, encoded tree), in the order added; stored ones are removed, so
         # a failed write resumes with what is left.
         self._trees: dict[bytes, tuple[int, bytes]] = {}
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="datamon-trees") if eager else None
+        )
+        self._writes: dict[bytes, Future[None]] = {}
 
     def __len__(self) -> int:
         """How many trees wait to be stored."""
@@ -106,28 +114,54 @@ class PendingTrees:
     def add(self, entries: Sequence[Entry]) -> bytes:
         """Name a directory (entries in any order) to store later; returns its 32-byte id."""
         ordered = sorted(entries, key=_by_name)
-        level = self._level(e.tree for e in ordered if e.kind == Kind.DIR)
+        dirs = tuple(e.tree for e in ordered if e.kind == Kind.DIR)
         if len(ordered) <= SPLIT:
-            return self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered)), level)
+            return self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered)), dirs)
         parts = tuple(
-            self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered[i : i + SPLIT])), level)
+            self._add(Tree(format=FORMAT_VERSION, entries=tuple(ordered[i : i + SPLIT])), dirs)
             for i in range(0, len(ordered), SPLIT)
         )
         # A part may have been added before, by an equal folder, at a higher level.
-        return self._add(Tree(format=FORMAT_VERSION, parts=parts), self._level(parts))
+        return self._add(Tree(format=FORMAT_VERSION, parts=parts), parts)
 
-    def _level(self, children: Iterable[bytes]) -> int:
-        trees = self._trees
-        return max((trees[c][0] + 1 for c in children if c in trees), default=0)
-
-    def _add(self, tree: Tree, level: int) -> bytes:
+    def _add(self, tree: Tree, names: tuple[bytes, ...]) -> bytes:
+        """Add a tree naming the trees ``names`` (a superset is harmless)."""
         payload = pack_msg(tree)
         oid = digest(payload)
-        self._trees.setdefault(oid, (level, payload))
+        with self._lock:
+            trees = self._trees
+            if oid in trees or oid in self._writes:
+                return oid
+            trees[oid] = (max((trees[c][0] + 1 for c in names if c in trees), default=0), payload)
+            if self._pool is not None:
+                after = [self._writes[c] for c in names if c in self._writes]
+                self._writes[oid] = self._pool.submit(self._write_after, oid, payload, after)
         return oid
+
+    def _write_after(self, oid: bytes, payload: bytes, after: list[Future[None]]) -> None:
+        # Those were submitted first: running or done, never queued behind this one.
+        for child in after:
+            child.result()
+        self.store._store(oid, payload)
+        with self._lock:
+            self._trees.pop(oid, None)
+
+    def abort(self) -> None:
+        """Stop the background writes (eager mode); what is not written stays pending."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def write(self) -> None:
         """Store every tree added and not yet stored, children first."""
+        if self._pool is not None:
+            with self._lock:
+                started = list(self._writes.values())
+            wait(started)
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._writes.clear()
+            # Trees whose write failed, or whose child's did, are still pending: written
+            # again below, where a persistent error is raised.
         levels: dict[int, list[tuple[bytes, bytes]]] = {}
         for oid, (level, payload) in self._trees.items():
             levels.setdefault(level, []).append((oid, payload))
