@@ -205,19 +205,18 @@ def _finish(
     the packs of each file."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
     packs = batch.ingester.file_packs()
-    batch.durable.result()
 
-    # The packs are durable: the stat cache may name them now (design §9). Its rows are
-    # written while the trees and the bundle are: the one is Python and SQLite, the other
-    # mostly file creations in the kernel, so they share two cores.
+    # The stat cache may name the packs once they are durable (design §9): its rows are
+    # prepared while the flush waits for the disk, and written while the bundle is.
     def remember() -> int:
         try:
-            return batch.ingester.remember(packs)
+            return batch.ingester.remember(packs, batch.durable)
         finally:
             store.stat_cache.release()
 
     with ThreadPoolExecutor(1, thread_name_prefix="datamon-statcache") as pool:
         remembered = pool.submit(remember)
+        batch.durable.result()
         bid, bundle = commit(store, repo, info, build)
         # The bundle is committed: the stat cache only saves later reads, so an error
         # writing it must not make a retry upload the tree twice.

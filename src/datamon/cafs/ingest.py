@@ -153,13 +153,16 @@ class Ingester:
             out[f.path] = shared.setdefault(key, key)
         return out
 
-    def remember(self, packs: dict[str, frozenset[str]] | None = None) -> int:
+    def remember(
+        self, packs: dict[str, frozenset[str]] | None = None, durable: Future[None] | None = None
+    ) -> int:
         """Record the files this ingester read in the stat cache; returns how many.
 
         Call only once every pack written (``PackWriter.close``) is durable in the store
         (``Backend.flush``): a row names the packs holding the file's chunks, and a later
         upload reuses it without looking the chunks up. ``packs`` is :meth:`file_packs`,
-        if the caller has it already.
+        if the caller has it already. With ``durable``, the rows are prepared at once and
+        written once it is done (the flush that makes the packs durable).
         """
         if self.stat_cache is None or not self._fresh:
             return 0
@@ -167,7 +170,7 @@ class Ingester:
         with self._lock:
             fresh, self._fresh = self._fresh, []
         rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh if f.path in packs)
-        return self.stat_cache.put_many(rows, read_at=self._started)
+        return self.stat_cache.put_many(rows, read_at=self._started, durable=durable)
 
     def _trusted(self) -> Callable[[tuple[str, ...]], bool]:
         """Whether a row's packs are all in the store (as known at the start); the packs

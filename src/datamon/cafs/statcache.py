@@ -15,6 +15,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import msgspec
@@ -43,6 +44,8 @@ RACY_FINE_NS = 100_000_000
 _SECOND_NS = 1_000_000_000
 _BATCH = 500
 _ROWS = 10_000
+# Slices encoded ahead while the packs they name are being made durable.
+_AHEAD = 10
 _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
@@ -208,25 +211,35 @@ class StatCache:
         self,
         files: Iterable[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]],
         read_at: int | None = None,
+        durable: Future[None] | None = None,
     ) -> int:
         """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
-        The packs MUST already be durable in the store. Files changed too shortly before
-        ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
-        skipped: see :func:`settled`. Rows are encoded and written a slice at a time, so a
-        tree of a million files never holds all its encoded rows at once.
+        The packs MUST be durable in the store before the rows are written: already, or
+        once ``durable`` is done (rows are encoded meanwhile, up to ``_AHEAD`` slices). Files
+        changed too shortly before ``read_at`` (when reading them began, in
+        ``time.time_ns()``; now if not given) are skipped: see :func:`settled`. Rows are
+        encoded and written a slice at a time, so a tree of a million files never holds all
+        its encoded rows at once.
         """
         now = time.time_ns() if read_at is None else read_at
         rows = _rows(files, now)
-        batch = list(itertools.islice(rows, _ROWS))
-        if not batch:
+        slices = [list(itertools.islice(rows, _ROWS))]
+        if durable is not None:
+            while not durable.done() and len(slices) < _AHEAD and slices[-1]:
+                slices.append(list(itertools.islice(rows, _ROWS)))
+            durable.result()
+        if not slices[0]:
             return 0
         count = 0
         with transaction(self._db.get(), "DEFERRED") as db:
-            while batch:
+            for batch in itertools.chain(
+                slices, iter(lambda: list(itertools.islice(rows, _ROWS)), [])
+            ):
+                if not batch:
+                    break
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
                 count += len(batch)
-                batch = list(itertools.islice(rows, _ROWS))
         return count
 
     def release(self) -> None:
