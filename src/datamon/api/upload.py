@@ -102,8 +102,10 @@ def upload(
         arrivals.fail()
         raise
     finally:
-        builder.shutdown(wait=True)
-        pending.abort()  # unless the trees were needed: then they are all written
+        try:
+            builder.shutdown(wait=True)
+        finally:
+            pending.abort()  # unless the trees were needed: then they are all written
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,8 @@ def _unless_head(pending: PendingTrees, top: Entry, packs: tuple[str, ...]) -> T
 
     The head's root is stored, and every tree below it was stored before it (§7): an
     unchanged folder then needs no tree written, nor checked one by one. On a retry onto
-    another head, the trees not yet stored are stored then.
+    another head, the trees not yet stored are stored then. (Trees written in the
+    background as they are named, by a full upload, are written whatever the head.)
     """
 
     def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:
@@ -523,17 +526,21 @@ def _build(
     entries: list[Entry] = []
     size = count = 0
     prefix = os.path.join(os.path.abspath(node.path), "")
-    for f in node.files:
-        entry = _file_entry(f, refs[prefix + f.name])
-        entries.append(entry)
-        size += entry.size
-        count += 1
+    # By name, files and folders together, as _ordered gives files to ingest: a builder
+    # reading chunk lists as they arrive then names each folder soon after its last file.
+    items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
+    for item in sorted(items, key=_by_name):
+        if isinstance(item, LocalDir):
+            child = _build(trees, item, refs, taken, built)
+            entries.append(child)
+            size += child.size
+            count += child.files
+        else:
+            entry = _file_entry(item, refs[prefix + item.name])
+            entries.append(entry)
+            size += entry.size
+            count += 1
     entries.extend(_link_entry(link) for link in node.links)
-    for sub in node.dirs:
-        child = _build(trees, sub, refs, taken, built)
-        entries.append(child)
-        size += child.size
-        count += child.files
     oid = trees.add(entries)
     entry = Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
