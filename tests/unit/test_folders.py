@@ -12,6 +12,7 @@ import pytest
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api.folders import FolderKeys
 from datamon.api.scan import scan
+from datamon.api.upload import UploadResult
 from datamon.cafs import statcache
 from datamon.cafs.statcache import Folder, StatCache
 from datamon.metadata.layout import tree_key
@@ -32,6 +33,16 @@ def _src(root: Path) -> Path:
     files["top"] = b"top"
     write_tree(root, files)
     return root
+
+
+def _uploaded(
+    store: Store, tmp_path: Path, author: Author
+) -> tuple[Repository, Path, UploadOptions, UploadResult]:
+    """A repo with the tree of :func:`_src` uploaded once."""
+    repo = Repository.create(store, "r", "", author)
+    src = _src(tmp_path / "src")
+    opts = UploadOptions("m", author)
+    return repo, src, opts, repo.upload(str(src), opts)
 
 
 def _keys(root: Path) -> dict[str, bytes | None]:
@@ -105,10 +116,7 @@ def test_an_older_stat_cache_is_dropped(tmp_path: Path) -> None:
 def test_unchanged_folders_are_taken_whole(
     local_store: Store, tmp_path: Path, author: Author, opened: list[str]
 ) -> None:
-    repo = Repository.create(local_store, "r", "", author)
-    src = _src(tmp_path / "src")
-    opts = UploadOptions("m", author)
-    first = repo.upload(str(src), opts)
+    repo, src, opts, first = _uploaded(local_store, tmp_path, author)
     opened.clear()
     looked_up: list[str] = []
     real = local_store.stat_cache.get_many
@@ -139,10 +147,7 @@ def test_unchanged_folders_are_taken_whole(
 def test_a_folder_whose_packs_are_gone_is_rebuilt(
     local_store: Store, tmp_path: Path, author: Author, opened: list[str]
 ) -> None:
-    repo = Repository.create(local_store, "r", "", author)
-    src = _src(tmp_path / "src")
-    opts = UploadOptions("m", author)
-    first = repo.upload(str(src), opts)
+    repo, src, opts, first = _uploaded(local_store, tmp_path, author)
     # The chunk index copy no longer lists the packs: neither folder nor file rows are
     # trusted, so every file is read again (its chunks are still found in the index).
     opened.clear()
@@ -158,10 +163,7 @@ def test_a_folder_whose_packs_are_gone_is_rebuilt(
 def test_a_folder_whose_tree_is_gone_is_built_again(
     local_store: Store, tmp_path: Path, author: Author
 ) -> None:
-    repo = Repository.create(local_store, "r", "", author)
-    src = _src(tmp_path / "src")
-    opts = UploadOptions("m", author)
-    first = repo.upload(str(src), opts)
+    repo, src, opts, first = _uploaded(local_store, tmp_path, author)
     (src / "top").write_bytes(b"changed")  # the root changes; a/ and c/ do not
     root_tree = bytes.fromhex(first.bundle.tree)
     a_tree = next(e.tree for e in local_store.trees.entries(root_tree) if e.name == "a")

@@ -322,6 +322,8 @@ def _stored(
     or copied behind the cache's back; one check per outermost folder is cheap.
     """
     items = list(found.items())
+    if not items:
+        return {}
     with ThreadPoolExecutor(8, thread_name_prefix="datamon-check") as pool:
         present = list(pool.map(lambda item: store.trees.exists(item[1][0].tree), items))
     return {node: row for (node, row), ok in zip(items, present, strict=True) if ok}
