@@ -204,3 +204,28 @@ def test_flush_of_a_few_objects_fsyncs_them_and_their_folders(
     assert not backend.put_if_absent("a/two", b"2")
     backend.flush()
     assert synced == [f"{root}/a/two", f"{root}/a", root]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_large_objects_are_synced_as_written_and_their_folders_at_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_module.os, "fsync", fsync)
+    backend.put("small", b"x" * (local_module.EARLY_SYNC - 1))
+    assert synced == []  # left for the flush
+    assert backend.put_if_absent("p/pack", memoryview(bytearray(local_module.EARLY_SYNC)))
+    # The temporary file, before it was linked into place.
+    assert len(synced) == 1 and local_module.TMP_MARK in synced[0]
+    synced.clear()
+    backend.flush()
+    root = str(backend.root)
+    # The folder entry of the large object still waits for the flush.
+    assert f"{root}/p" in synced and root in synced

@@ -1,7 +1,8 @@
 """LocalBackend: the embedded default, a folder on local disk.
 
 Writes go to a temporary file beside the target, then are renamed into place, so
-a reader sees a whole object or none. Plain writes are made durable together by
+a reader sees a whole object or none. Objects of 1 MiB or more have their data fsynced as
+they are written; all plain writes are made durable together by
 :meth:`LocalBackend.flush` (an fsync of each when there are few, else one ``syncfs``),
 which every compare-and-swap calls first: an object is on disk before any ref can
 point at it. Compare-and-swap
@@ -36,6 +37,11 @@ LOCK_SUFFIX = ".lock"
 # Up to this many objects written since the last flush are synced one by one (with the
 # folders on their path); more take one syncfs, which also waits for other writers' data.
 FSYNC_MAX = 8
+# Objects of at least this size (packs) are fsynced as they are written, by the writing
+# thread: the disk then writes a large upload while it is read and compressed, instead of
+# all at the final flush (1.2 s of a 5.6 s upload of 1 GiB here). Their folder entries are
+# still synced by the flush.
+EARLY_SYNC = 1 << 20
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -151,11 +157,12 @@ class LocalBackend:
             fd = os.open(tmp, _CREATE, 0o644)
         try:
             view = memoryview(data)
+            size = view.nbytes
             while view:
                 view = view[os.write(fd, view) :]
-            if sync:
+            if sync or size >= EARLY_SYNC:
                 os.fsync(fd)
-            else:
+            if not sync:
                 self._dirty = True
         except BaseException:
             os.close(fd)
