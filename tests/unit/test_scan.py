@@ -9,6 +9,7 @@ import pytest
 
 from datamon.api import scan as scan_module
 from datamon.api.scan import scan
+from datamon.core.filestat import FileStat
 from datamon.errors import SourceUnreadable, UnsafePath
 from datamon.testing.workloads import write_tree
 
@@ -70,3 +71,12 @@ def test_unlistable_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(SourceUnreadable) as info:
         scan(str(tmp_path / "t"))
     assert info.value.path == os.path.join(str(tmp_path / "t"), "d")
+
+
+def test_files_keep_a_compact_stat_with_the_fields_uploads_read(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"12345")
+    top = scan(str(tmp_path))
+    [f] = top.files
+    st = os.lstat(tmp_path / "f")
+    assert isinstance(f.st, FileStat)
+    assert f.st == FileStat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

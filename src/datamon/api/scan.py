@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datamon.api.paths import TreeGuard, check_name
+from datamon.core.filestat import FileStat
 from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ _ALL_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 class LocalFile:
     path: str
     name: str
-    st: os.stat_result
+    st: FileStat
 
 
 @dataclass(slots=True)
@@ -118,7 +119,7 @@ def _scan_dir(
                     and not os.access(prefix + name, os.R_OK)
                 ):
                     raise SourceUnreadable(prefix + name, "permission denied")
-                files.append(LocalFile(prefix + name, name, est))
+                files.append(LocalFile(prefix + name, name, FileStat.of(est)))
             elif kind == stat.S_IFDIR:
                 child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
                 node.dirs.append(child)

@@ -24,6 +24,7 @@ from datamon.api.store import Store
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
 from datamon.cafs.statcache import Folder
+from datamon.core.filestat import FileStat, StatLike
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
@@ -419,7 +420,7 @@ def _local(root: str, real_root: str, rel: str) -> LocalFile | LocalDir | LocalL
             _check_link_on_disk(real_root, f"{rel}/{sub}", os.path.join(full, sub))
         return node
     if stat.S_ISREG(st.st_mode):
-        return LocalFile(full, name, st)
+        return LocalFile(full, name, FileStat.of(st))
     if stat.S_ISLNK(st.st_mode):
         try:
             target = os.readlink(full)
@@ -495,7 +496,7 @@ def _groups(files: list[tuple[str, LocalFile]]) -> Iterator[list[tuple[str, Loca
     return size_groups(files, lambda f: f[1].st.st_size, GROUP_FILES, GROUP_BYTES)
 
 
-def _mode(st: os.stat_result) -> int:
+def _mode(st: StatLike) -> int:
     return stat.S_IMODE(st.st_mode)
 
 

@@ -20,12 +20,14 @@ from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.statcache import Folder, StatCache
 from datamon.core.codecs import ChunkCodec
+from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 
 BATCH_BYTES = 4 << 20
 SMALL_FILE = 1 << 20
 WINDOW = 3
+_NO_PACKS: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -36,7 +38,7 @@ class IngestStats:
     packs_used: set[str] = field(default_factory=set)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     refs: list[ChunkRef] = field(default_factory=list)
     new: int = 0
@@ -45,15 +47,20 @@ class _Batch:
     queued: list[bytes] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Fresh:
-    """A file read by this upload, to record in the stat cache once its packs are durable."""
+    """A file read by this upload, to record in the stat cache once its packs are durable.
+
+    One is held per file until the commit: slots, and a frozen set and a tuple (empty ones
+    are shared), keep a million of them to a fraction of the memory of a dict, set and list
+    each.
+    """
 
     path: str
-    st: os.stat_result
+    st: StatLike
     refs: tuple[ChunkRef, ...]
-    packs: set[str]
-    queued: list[bytes]
+    packs: frozenset[str]
+    queued: tuple[bytes, ...]
 
 
 class Ingester:
@@ -97,7 +104,7 @@ class Ingester:
             codec = self._local.codec = ChunkCodec(self.level)
         return codec
 
-    def ingest_path(self, path: str, st: os.stat_result | None = None) -> tuple[ChunkRef, ...]:
+    def ingest_path(self, path: str, st: StatLike | None = None) -> tuple[ChunkRef, ...]:
         """The file's chunks; with ``st`` and a stat cache, an unchanged file is not read."""
         if st is not None:
             return self.ingest_files([(path, st)])[0]
@@ -105,7 +112,7 @@ class Ingester:
             return self.ingest_chunks(self.chunker.chunks(stream))
 
     def ingest_files(
-        self, files: Sequence[tuple[str, os.stat_result]], reuse: bool = True
+        self, files: Sequence[tuple[str, StatLike]], reuse: bool = True
     ) -> list[tuple[ChunkRef, ...]]:
         """The chunks of each file, in order, with one index query per group of files.
 
@@ -127,7 +134,13 @@ class Ingester:
             done[path] = tuple(where[path].refs)
         if self.stat_cache is not None and fresh:
             rows = [
-                _Fresh(path, st, done[path], where[path].packs, where[path].queued)
+                _Fresh(
+                    path,
+                    st,
+                    done[path],
+                    frozenset(where[path].packs) if where[path].packs else _NO_PACKS,
+                    tuple(where[path].queued),
+                )
                 for path, st in fresh
             ]
             with self._lock:
@@ -186,7 +199,7 @@ class Ingester:
 
         return trusted
 
-    def reuse(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, tuple[ChunkRef, ...]]:
+    def reuse(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, tuple[ChunkRef, ...]]:
         """Cached chunk lists of unchanged files whose packs the store still holds.
 
         One call for a whole tree (in path order) is one range scan of the cache.
@@ -223,7 +236,7 @@ class Ingester:
             self.stats.chunks += chunks
             self.stats.bytes_read += size
 
-    def _ingest_small(self, files: Sequence[tuple[str, os.stat_result]]) -> dict[str, _Batch]:
+    def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Batch]:
         chunks: dict[str, list[tuple[bytes, bytes]]] = {}
         for path, st in files:
             data = self.chunker.read(path, st.st_size)

@@ -12,7 +12,6 @@ provided every pack it names is still in the chunk index copy (see docs/design.m
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -21,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from datamon.cafs.sqlitedb import LocalDB, transaction
+from datamon.core.filestat import StatLike
 from datamon.core.model import ChunkRef
 
 # Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
@@ -67,14 +67,14 @@ def _any_packs(_packs: tuple[str, ...]) -> bool:
     return True
 
 
-def settled(st: os.stat_result, read_at: int) -> bool:
+def settled(st: StatLike, read_at: int) -> bool:
     """Whether a file with this stat, read from ``read_at`` on, may be recorded."""
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
     fine = st.st_mtime_ns % _SECOND_NS or st.st_ctime_ns % _SECOND_NS
     return read_at - changed >= (RACY_FINE_NS if fine else RACY_NS)
 
 
-def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+def _key(st: StatLike) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
@@ -93,7 +93,7 @@ class StatCache:
 
     def get_many(
         self,
-        files: Sequence[tuple[str, os.stat_result]],
+        files: Sequence[tuple[str, StatLike]],
         trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
         packs: dict[str, tuple[str, ...]] | None = None,
     ) -> dict[str, tuple[ChunkRef, ...]]:
@@ -137,7 +137,7 @@ class StatCache:
     @staticmethod
     def _match(
         rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
-        wanted: dict[str, os.stat_result],
+        wanted: dict[str, StatLike],
         found: dict[str, tuple[ChunkRef, ...]],
         packs_of: dict[str, tuple[str, ...]],
         verdicts: dict[bytes, tuple[str, ...] | None],
@@ -209,7 +209,7 @@ class StatCache:
 
     def put_many(
         self,
-        files: Iterable[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]],
+        files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]],
         read_at: int | None = None,
         durable: Future[None] | None = None,
     ) -> int:
@@ -268,7 +268,7 @@ def _judge(
 
 
 def _rows(
-    files: Iterable[tuple[str, os.stat_result, tuple[ChunkRef, ...], Collection[str]]], now: int
+    files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]], now: int
 ) -> Iterator[tuple[str, int, int, int, int, bytes, bytes]]:
     """The table rows of the files that are :func:`settled` at ``now`` (inlined here: this
     runs once per file of an upload)."""
