@@ -168,9 +168,23 @@ def test_flush_syncs_without_searching_for_libc(
     assert len(synced) == 1
 
 
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the local backend fsyncs from now on, in order."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_module.os, "fsync", fsync)
+    return paths
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 def test_flush_of_a_few_objects_fsyncs_them_and_their_folders(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: list[str]
 ) -> None:
     backend = LocalBackend(tmp_path / "store")
     backend.put("a/b/one", b"1")
@@ -178,14 +192,6 @@ def test_flush_of_a_few_objects_fsyncs_them_and_their_folders(
     assert not backend.put_if_absent("a/two", b"2")
     backend.put("gone", b"3")
     backend.delete("gone")  # e.g. a bundle dropped after a lost compare-and-swap
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(local_module.os, "fsync", fsync)
     monkeypatch.setattr(local_module, "_syncfs", lambda: pytest.fail("syncfs"))
     backend.flush()
     root = str(backend.root)
@@ -208,17 +214,9 @@ def test_flush_of_a_few_objects_fsyncs_them_and_their_folders(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 def test_large_objects_are_synced_as_written_and_their_folders_at_flush(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced: list[str]
 ) -> None:
     backend = LocalBackend(tmp_path / "store")
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(local_module.os, "fsync", fsync)
     backend.put("small", b"x" * (local_module.EARLY_SYNC - 1))
     assert synced == []  # left for the flush
     assert backend.put_if_absent("p/pack", memoryview(bytearray(local_module.EARLY_SYNC)))
