@@ -290,8 +290,10 @@ def markdown(
     notes: list[str],
 ) -> str:
     mach, versions = meta["machine"], meta["versions"]
+    ran = m.workloads()
+    which = "every workload" if set(meta["workloads"]) <= set(ran) else ", ".join(ran)
     out = [
-        f"# Datamon benchmark: {meta['mode']} run, {meta['date']}",
+        f"# Datamon benchmark: {meta['mode']}-scale run of {which}, {meta['date']}",
         "",
         f"Command: `{meta['command']}` — took {meta['elapsed_s']:.0f} s "
         f"(data generation {meta['generate_s']:.0f} s). Medians of {meta['runs']} run(s) "

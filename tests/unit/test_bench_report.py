@@ -1,0 +1,82 @@
+"""The benchmark's report: medians, ratios against a peer, target verdicts and the heading."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[tuple[ModuleType, ModuleType]]:
+    # The harness imports its modules by their bare names, as `python bench/run.py` does.
+    sys.path.insert(0, str(BENCH))
+    try:
+        import report
+        import scenarios
+
+        yield report, scenarios
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _meta(workloads: list[str]) -> dict[str, Any]:
+    return {
+        "mode": "full",
+        "date": "2026-11-29 03:57 UTC",
+        "command": "python bench/run.py",
+        "elapsed_s": 79.0,
+        "generate_s": 20.0,
+        "runs": 3,
+        "machine": {"cpu": "x", "cores": 2, "ram": "1 GiB", "kernel": "k", "load_at_start": "0"},
+        "versions": {"python": "3.11"},
+        "workloads": {w: f"{w} data" for w in workloads},
+    }
+
+
+def _upload_runs(scenarios: ModuleType, ours: list[float], dvc: list[float]) -> list[Any]:
+    records = []
+    for run, (a, b) in enumerate(zip(ours, dvc, strict=True)):
+        records.append(scenarios.Record("W1", "upload", "datamon", run, wall_s=a))
+        records.append(scenarios.Record("W1", "upload", "dvc", run, wall_s=b))
+    return records
+
+
+def test_w1_upload_target_uses_the_medians_of_both_tools(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    report, scenarios = bench
+    medians = report.Medians(_upload_runs(scenarios, [3.3, 2.9, 3.1], [6.0, 6.4, 5.0]))
+    assert medians.ratio("W1", "upload", "wall_s", "dvc") == pytest.approx(3.1 / 6.0)
+    verdicts = {t["target"]: t for t in (t.check(medians) for t in report.TARGETS)}
+    w1 = verdicts["W1 upload <= 0.5x DVC add+push"]
+    assert w1["status"] == "FAIL"
+    assert report.fmt_target_value(w1) == "0.52x"
+    assert verdicts["W2 upload <= 0.8x restic"]["status"] == "n/a"
+
+    faster = report.Medians(_upload_runs(scenarios, [2.9, 3.0, 2.8], [6.0, 6.4, 5.0]))
+    assert report.TARGETS[0].check(faster)["status"] == "PASS"
+
+
+def test_heading_names_the_workloads_of_a_partial_run(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    report, scenarios = bench
+    medians = report.Medians(_upload_runs(scenarios, [3.0], [6.0]))
+    targets = [t.check(medians) for t in report.TARGETS]
+
+    partial = report.markdown(_meta(["W1", "W2"]), medians, targets, [], [])
+    assert partial.splitlines()[0] == (
+        "# Datamon benchmark: full-scale run of W1, 2026-11-29 03:57 UTC"
+    )
+    assert "| upload | wall s | 3.000 | 6.000 | 0.50x |" in partial
+    assert "- **W2**" not in partial  # only the workloads that ran are described
+
+    whole = report.markdown(_meta(["W1"]), medians, targets, [], [])
+    assert whole.splitlines()[0].startswith("# Datamon benchmark: full-scale run of every workload")
