@@ -1,0 +1,94 @@
+"""The local copy of the chunk index: where each chunk is, rebuilt from the store's pack indexes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from datamon import Store
+from datamon.cafs.index import ChunkIndex, Location
+from datamon.cafs.layout import index_key
+from datamon.cafs.packer import PackWriter
+from datamon.core.codecs import ChunkCodec
+from datamon.core.ids import digest
+from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+from datamon.storage.memory import MemoryBackend
+from datamon.testing.workloads import random_bytes
+
+
+def _index(pack: str, *ids: bytes) -> PackIndex:
+    entries = tuple(PackEntry(cid, 10 * i, 10, 20) for i, cid in enumerate(ids))
+    return PackIndex(format=FORMAT_VERSION, pack=pack, entries=entries)
+
+
+def test_locations_name_their_pack_and_the_first_recorded_is_kept(tmp_path: Path) -> None:
+    index = ChunkIndex(MemoryBackend(), tmp_path / "index.sqlite")
+    a, b, c = (digest(bytes([i])) for i in range(3))
+    first, second, third = "1" * 64, "2" * 64, "3" * 64
+    # One transaction holding a chunk twice (b), then a later one with a chunk seen before (a).
+    index.record_many([_index(first, a, b), _index(second, b, c)])
+    index.record(_index(third, a))
+    assert index.lookup(a) == Location(first, 0, 10, 20)
+    assert index.lookup(b) == Location(first, 10, 10, 20)
+    assert index.lookup(c) == Location(second, 10, 10, 20)
+    assert index.lookup(digest(b"none")) is None
+    assert index.lookup_many([c, a, digest(b"none"), c]) == {
+        c: Location(second, 10, 10, 20),
+        a: Location(first, 0, 10, 20),
+    }
+    assert index.known_packs() == {first, second, third}
+    index.close()
+
+
+def _written_packs(store: Store, count: int) -> dict[str, bytes]:
+    """Write ``count`` packs of one chunk each; returns the chunk id of each pack."""
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    chunks = [random_bytes(i, 10_000) for i in range(count)]
+    for raw in chunks:
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    writer.close()
+    ids = [digest(raw) for raw in chunks]
+    packs = writer.packs_of(ids)
+    return {pack: cid for pack, cid in zip(packs, ids, strict=True) if pack is not None}
+
+
+def test_sync_forgets_packs_whose_index_left_the_store(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    packs = _written_packs(store, 3)
+    gone, *kept = sorted(packs)
+    store.blob.delete(index_key(gone))
+    assert store.index.sync() == 0
+    assert store.index.known_packs() == set(kept)
+    assert store.index.lookup(packs[gone]) is None
+    assert all(store.index.lookup(packs[p]) is not None for p in kept)
+    store.close()
+
+
+def test_a_copy_of_another_version_is_dropped_and_rebuilt_from_the_store(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    packs = _written_packs(store, 2)
+    path = store.index.db_path
+    store.close()
+    # The layout before versioning: the pack's id in every chunk row, user_version 0. A wrong
+    # row in it must not survive.
+    path.unlink()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE chunks (id BLOB PRIMARY KEY, pack, offset, length, size) WITHOUT ROWID"
+        )
+        db.execute("CREATE TABLE packs (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        pack, cid = next(iter(packs.items()))
+        db.execute("INSERT INTO chunks VALUES (?, ?, 0, 1, 1)", (cid, "f" * 64))
+        db.execute("INSERT INTO packs VALUES (?)", ("f" * 64,))
+
+    store = Store.open(str(tmp_path / "store"))
+    assert store.index.known_packs() == set()
+    assert store.index.sync() == 2
+    assert store.index.known_packs() == set(packs)
+    for pack, cid in packs.items():
+        found = store.index.lookup(cid)
+        assert found is not None and found.pack == pack
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
