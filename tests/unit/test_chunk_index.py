@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from datamon import Store
@@ -92,3 +93,22 @@ def test_a_copy_of_another_version_is_dropped_and_rebuilt_from_the_store(tmp_pat
     store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_opening_a_current_copy_waits_for_no_writer(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    ChunkIndex(MemoryBackend(), path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a long record
+    opened: list[ChunkIndex] = []
+    try:
+        thread = threading.Thread(target=lambda: opened.append(ChunkIndex(MemoryBackend(), path)))
+        thread.start()
+        thread.join(timeout=5)
+        assert opened, "opening the copy waited for the write lock"
+        assert opened[0].lookup(digest(b"x")) is None  # reads go on beside the writer
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        thread.join()
+    opened[0].close()
