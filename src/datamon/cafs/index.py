@@ -8,7 +8,6 @@ brings the copy up to date by listing the pack indexes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -59,17 +58,7 @@ class ChunkIndex:
         self.blob = blob
         self.db_path = db_path
         self._db = LocalDB(db_path, "NORMAL")
-        db = self._db.get()
-        if _version(db) == _VERSION:
-            return  # set in the transaction that made the tables: no write lock needed
-        with transaction(db):
-            if _version(db) != _VERSION:  # unless another process did it meanwhile
-                db.execute("DROP TABLE IF EXISTS chunks")
-                db.execute("DROP TABLE IF EXISTS packs")
-                db.execute(f"PRAGMA user_version = {_VERSION}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._db.ensure_schema(_VERSION, _SCHEMA, ("chunks", "packs"))
 
     def close(self) -> None:
         self._db.close()
@@ -141,11 +130,6 @@ class ChunkIndex:
             for row in rows:
                 found[row[0]] = Location(*row[1:])
         return found
-
-
-def _version(db: sqlite3.Connection) -> int:
-    version: int = db.execute("PRAGMA user_version").fetchone()[0]
-    return version
 
 
 def _chunk_id(row: tuple[bytes, int, int, int, int]) -> bytes:

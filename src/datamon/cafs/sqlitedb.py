@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +49,25 @@ class LocalDB:
                 self._all.append(db)
         return db
 
+    def ensure_schema(self, version: int, schema: str, tables: Sequence[str]) -> None:
+        """Create the tables of ``schema`` (statements separated by ``;``) under ``PRAGMA
+        user_version`` = ``version``; ``tables`` of another version are dropped, not migrated.
+
+        A file already at ``version`` is left as it is without taking the write lock: the
+        version is set in the transaction that makes the tables.
+        """
+        db = self.get()
+        if _user_version(db) == version:
+            return
+        with transaction(db):
+            if _user_version(db) != version:  # unless another process did it meanwhile
+                for table in tables:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                db.execute(f"PRAGMA user_version = {version}")
+            for statement in schema.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
     def release(self) -> None:
         """Close this thread's connection, if it has one: for a thread that ends while the
         object lives on (a connection holds three file descriptors)."""
@@ -67,3 +86,8 @@ class LocalDB:
         for db in connections:
             db.close()
         self._local = threading.local()
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    return version

@@ -82,14 +82,7 @@ class StatCache:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._db = LocalDB(db_path, "OFF")
-        with transaction(self._db.get()) as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
-                db.execute("DROP TABLE IF EXISTS files")
-                db.execute("DROP TABLE IF EXISTS folders")
-                db.execute(f"PRAGMA user_version = {_VERSION}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._db.ensure_schema(_VERSION, _SCHEMA, ("files", "folders"))
 
     def get_many(
         self,
