@@ -165,6 +165,50 @@ def test_chunk_codec_accepts_memoryview() -> None:
     assert codec.decode("c", memoryview(codec.encode(memoryview(raw))), len(raw)) == raw
 
 
+def _group() -> list[bytes | memoryview]:
+    return [
+        text_bytes(7, 12_000),
+        random_bytes(8, 9_000),
+        memoryview(text_bytes(9, 40_000))[100:30_100],
+        random_bytes(10, 32 * 1024) + bytes(512),  # saves less than 1/32: raw
+        b"x" * 70,
+    ]
+
+
+def test_encode_many_gives_what_encode_parts_gives() -> None:
+    codec = ChunkCodec()
+    raws = _group()
+    many = codec.encode_many(raws)
+    assert [c for c, _p in many] == [CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD]
+    for raw, (codec_byte, payload) in zip(raws, many, strict=True):
+        one_codec, one_payload = codec.encode_parts(raw)
+        assert (codec_byte, bytes(payload)) == (one_codec, bytes(one_payload))
+        blob = bytes([codec_byte]) + bytes(payload)
+        assert codec.decode("c", blob, len(raw)) == bytes(raw)
+
+
+def test_encode_many_of_nothing() -> None:
+    assert ChunkCodec().encode_many([]) == []
+
+
+class _OneAtATime:
+    """A compressor without the batch call (zstandard's CFFI backend lacks it)."""
+
+    def __init__(self) -> None:
+        self._inner = zstandard.ZstdCompressor(level=1)
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._inner.compress(data)
+
+
+def test_encode_many_without_the_batch_call() -> None:
+    codec = ChunkCodec()
+    batch = codec.encode_many(_group())
+    codec._compressor = _OneAtATime()  # type: ignore[assignment]
+    single = codec.encode_many(_group())
+    assert [(c, bytes(p)) for c, p in single] == [(c, bytes(p)) for c, p in batch]
+
+
 def test_empty_chunk_blob_is_corrupt() -> None:
     with pytest.raises(CorruptObject):
         ChunkCodec().decode("chunk x", b"", 0)

@@ -237,14 +237,19 @@ class Ingester:
             self.stats.bytes_read += size
 
     def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Batch]:
+        # Each step for the whole group before the next: reads, then hashes, then one
+        # compression call. Interleaved per file, the two ingesting threads handed the
+        # interpreter lock to each other at every step (W2: about 8 futex calls a file).
+        read = self.chunker.read
+        datas = [read(path, st.st_size) for path, st in files]
         chunks: dict[str, list[tuple[bytes, bytes]]] = {}
-        for path, st in files:
-            data = self.chunker.read(path, st.st_size)
+        for (path, _st), data in zip(files, datas, strict=True):
             chunks[path] = [(digest(raw), raw) for raw in self.chunker.chunks_of(data)]
+        del datas
         where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
         batch = _Batch()
         out: dict[str, _Batch] = {}
-        new: list[tuple[bytes, int, Payload, int]] = []
+        missing: list[tuple[bytes, bytes]] = []
         for path, items in chunks.items():
             one = out[path] = _Batch(refs=[ChunkRef(cid, len(raw)) for cid, raw in items])
             for cid, raw in items:
@@ -254,9 +259,14 @@ class Ingester:
                 else:
                     one.queued.append(cid)
                     if not self.packer.seen(cid):
-                        new.append((cid, *self._codec().encode_parts(raw), len(raw)))
+                        missing.append((cid, raw))
             batch.refs.extend(one.refs)
             batch.packs |= one.packs
+        encoded = self._codec().encode_many([raw for _cid, raw in missing])
+        new: list[tuple[bytes, int, Payload, int]] = [
+            (cid, codec, payload, len(raw))
+            for (cid, raw), (codec, payload) in zip(missing, encoded, strict=True)
+        ]
         # One call, so the group's chunks lie side by side in the pack, as they are read.
         batch.new = self.packer.add_many(new)
         self._collect(batch, [])
