@@ -50,8 +50,8 @@ def _written_packs(store: Store, count: int) -> dict[str, bytes]:
         writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
     writer.close()
     ids = [digest(raw) for raw in chunks]
-    packs = writer.packs_of(ids)
-    return {pack: cid for pack, cid in zip(packs, ids, strict=True) if pack is not None}
+    packs = writer.packs_of_each([(cid,) for cid in ids])
+    return {next(iter(names)): cid for names, cid in zip(packs, ids, strict=True) if names}
 
 
 def test_sync_forgets_packs_whose_index_left_the_store(tmp_path: Path) -> None:

@@ -61,10 +61,27 @@ def test_packs_are_recorded_in_the_index_a_few_at_a_time(
     assert len(packs) == 8
     assert sum(calls) == 8 and len(calls) < 8
     assert store.index.known_packs() == set(packs)
-    written = writer.packs_of([digest(raw) for raw in chunks])
-    for raw, pack in zip(chunks, written, strict=True):
+    written = writer.packs_of_each([(digest(raw),) for raw in chunks])
+    for raw, names in zip(chunks, written, strict=True):
         location = store.index.lookup(digest(raw))
-        assert location is not None and pack == location.pack
+        assert location is not None and names == {location.pack}
+
+
+def test_packs_of_each_group_of_chunks(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    a, b, c = (random_bytes(i, 10_000) for i in range(3))  # one pack each
+    for raw in (a, b, c):
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    writer.close()
+    pa, pb, pc = (writer.packs_of_each([(digest(raw),)])[0] for raw in (a, b, c))
+    assert pa and pb and pc and len(pa | pb | pc) == 3
+    ia, ib, never = digest(a), digest(b), digest(b"never added")
+    found = writer.packs_of_each([(ia,), (ia, ib), (ib, ia), (ia, never), (never,), (), (ia,)])
+    assert found == [pa, pa | pb, pa | pb, None, None, frozenset(), pa]
+    # Equal sets are one object, so a million files hold a few sets.
+    assert found[0] is found[6] and found[1] is found[2]
 
 
 def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:

@@ -158,11 +158,12 @@ class Ingester:
         for path, names in self._reused.items():
             key = frozenset(names)
             out[path] = shared.setdefault(key, key)
-        for f in self._fresh:
-            queued = self.packer.packs_of(f.queued) if f.queued else []
-            if None in queued:  # a chunk whose pack was not written
+        fresh = self._fresh
+        written = self.packer.packs_of_each([f.queued for f in fresh])
+        for f, queued in zip(fresh, written, strict=True):
+            if queued is None:  # a chunk whose pack was not written
                 continue
-            key = frozenset(f.packs.union([p for p in queued if p is not None]))
+            key = f.packs | queued if f.packs else queued
             out[f.path] = shared.setdefault(key, key)
         return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from datamon.cafs.index import ChunkIndex
@@ -60,12 +60,27 @@ class PackWriter:
         with self._lock:
             return cid in self._seen
 
-    def packs_of(self, cids: Iterable[bytes]) -> list[str | None]:
-        """The pack this writer wrote each chunk to, or None if not (yet) written."""
+    def packs_of_each(self, groups: Iterable[Sequence[bytes]]) -> list[frozenset[str] | None]:
+        """For each group of chunk ids, the packs this writer wrote them to; None for a group
+        with a chunk not (yet) written. One lock for all, and equal sets are one object."""
+        sets: dict[frozenset[str], frozenset[str]] = {}
+        single: dict[int, frozenset[str] | None] = {}  # a group of one chunk, by pack number
+        out: list[frozenset[str] | None] = []
         with self._lock:
             seen, written = self._seen, self._written
-            seqs = [seen.get(cid) for cid in cids]
-            return [None if seq is None else written.get(seq) for seq in seqs]
+            for cids in groups:
+                if len(cids) == 1:
+                    seq = seen.get(cids[0], -1)
+                    if seq not in single:
+                        name = written.get(seq)
+                        single[seq] = None if name is None else _shared(sets, frozenset((name,)))
+                    out.append(single[seq])
+                    continue
+                names = [written.get(seen.get(cid, -1)) for cid in cids]
+                known = [name for name in names if name is not None]
+                ok = len(known) == len(names)
+                out.append(_shared(sets, frozenset(known)) if ok else None)
+        return out
 
     def add(self, cid: bytes, codec: int, payload: Payload, size: int) -> bool:
         """Queue an encoded chunk (codec byte and payload); False if this writer has it."""
@@ -180,3 +195,7 @@ class PackWriter:
             self._record()
         except Exception as exc:  # the error being handled matters more than this one
             log.warning("could not record written packs in the local index: %s", exc)
+
+
+def _shared(sets: dict[frozenset[str], frozenset[str]], key: frozenset[str]) -> frozenset[str]:
+    return sets.setdefault(key, key)
