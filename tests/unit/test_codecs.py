@@ -192,13 +192,16 @@ def test_encode_many_of_nothing() -> None:
 
 
 class _OneAtATime:
-    """A compressor without the batch call (zstandard's CFFI backend lacks it)."""
+    """A compressor whose batch call is not implemented, as in zstandard's CFFI backend."""
 
     def __init__(self) -> None:
         self._inner = zstandard.ZstdCompressor(level=1)
 
     def compress(self, data: bytes | memoryview) -> bytes:
         return self._inner.compress(data)
+
+    def multi_compress_to_buffer(self, data: object, threads: int = -1) -> object:
+        raise NotImplementedError
 
 
 def test_encode_many_without_the_batch_call() -> None:

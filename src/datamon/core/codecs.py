@@ -143,20 +143,22 @@ class ChunkCodec:
 
         Compressing a group of small chunks at once releases the interpreter lock once for
         the group instead of once per chunk; the frames are the same bytes ``compress``
-        gives. (Only the C backend of zstandard has the batch call.)
+        gives.
         """
         if not raws:
             return []
-        many = getattr(self._compressor, "multi_compress_to_buffer", None)
-        if many is None:
+        try:
+            batch: list[bytes | bytearray | memoryview] = [*raws]
+            packed = self._compressor.multi_compress_to_buffer(batch, threads=1)
+        except NotImplementedError:  # zstandard's CFFI backend has no batch call
             return [self.encode_parts(raw) for raw in raws]
-        packed = many(raws, threads=1)
         out: list[tuple[int, bytes | memoryview]] = []
         for i, raw in enumerate(raws):
             size = len(raw)
             one = packed[i]
             if len(one) + (size >> _MIN_SAVING_SHIFT) < size:
-                out.append((CODEC_ZSTD, memoryview(one)))
+                # A segment of the batch's output buffer (the stubs omit its buffer protocol).
+                out.append((CODEC_ZSTD, memoryview(one)))  # type: ignore[arg-type]
             else:
                 out.append((CODEC_RAW, raw))
         return out
