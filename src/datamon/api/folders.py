@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from datamon.api.scan import LocalDir
-from datamon.cafs import statcache
-from datamon.cafs.statcache import Folder
+from datamon.cafs.statcache import Folder, Settled
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef, Entry, Kind
 
-_SECOND_NS = 1_000_000_000
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -36,8 +34,7 @@ class FolderKeys:
         self.root = root
         self.keys: dict[int, bytes | None] = {}
         self.paths: dict[int, str] = {}
-        self._fine_cut = now - statcache.RACY_FINE_NS
-        self._coarse_cut = now - statcache.RACY_NS
+        self._settled = Settled(now)
         self._key(root, folder_path(root))
 
     def _key(self, node: LocalDir, path: str) -> bytes | None:
@@ -49,13 +46,12 @@ class FolderKeys:
     def _listing(self, node: LocalDir, subs: list[tuple[LocalDir, bytes | None]]) -> bytes | None:
         if any(key is None for _sub, key in subs):
             return None
-        fine_cut, coarse_cut = self._fine_cut, self._coarse_cut
+        ok = self._settled
         files = []
         for f in node.files:
             st = f.st
             mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-            changed = mtime if mtime > ctime else ctime
-            if changed > (fine_cut if mtime % _SECOND_NS or ctime % _SECOND_NS else coarse_cut):
+            if not ok(mtime, ctime):
                 return None
             files.append((f.name, st.st_mode, st.st_size, mtime, ctime, st.st_ino))
         links = [(link.name, link.target, link.st.st_mtime_ns) for link in node.links]

@@ -67,11 +67,25 @@ def _any_packs(_packs: tuple[str, ...]) -> bool:
     return True
 
 
+class Settled:
+    """Whether a file whose times are ``mtime`` and ``ctime`` (ns), read from ``read_at``
+    on, may be recorded: its last change must be older than the racy window (see above)."""
+
+    __slots__ = ("_coarse_cut", "_fine_cut")
+
+    def __init__(self, read_at: int) -> None:
+        self._fine_cut = read_at - RACY_FINE_NS
+        self._coarse_cut = read_at - RACY_NS
+
+    def __call__(self, mtime: int, ctime: int) -> bool:
+        changed = mtime if mtime > ctime else ctime
+        fine = mtime % _SECOND_NS or ctime % _SECOND_NS
+        return changed <= (self._fine_cut if fine else self._coarse_cut)
+
+
 def settled(st: StatLike, read_at: int) -> bool:
     """Whether a file with this stat, read from ``read_at`` on, may be recorded."""
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    fine = st.st_mtime_ns % _SECOND_NS or st.st_ctime_ns % _SECOND_NS
-    return read_at - changed >= (RACY_FINE_NS if fine else RACY_NS)
+    return Settled(read_at)(st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _key(st: StatLike) -> tuple[int, int, int, int]:
@@ -263,13 +277,11 @@ def _judge(
 def _rows(
     files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]], now: int
 ) -> Iterator[tuple[str, int, int, int, int, bytes, bytes]]:
-    """The table rows of the files that are :func:`settled` at ``now`` (inlined here: this
-    runs once per file of an upload)."""
+    """The table rows of the files that are :func:`settled` at ``now``."""
     encode = _encoder.encode
-    fine_cut, coarse_cut = now - RACY_FINE_NS, now - RACY_NS
+    ok = Settled(now)
     for path, st, chunks, packs in files:
         mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-        changed = mtime if mtime > ctime else ctime
-        if changed > (fine_cut if mtime % _SECOND_NS or ctime % _SECOND_NS else coarse_cut):
+        if not ok(mtime, ctime):
             continue
         yield path, st.st_size, mtime, ctime, st.st_ino, encode(chunks), encode(sorted(set(packs)))
