@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,4 +52,54 @@ def test_rows_are_written_a_slice_at_a_time(tmp_path: Path) -> None:
     assert found == {"/t/000000": refs, f"/t/{n - 1:06d}": refs}
     young = stat(READ_AT - 1, READ_AT - 1)
     assert cache.put_many([("/t/young", young, refs, ["p"])], read_at=READ_AT) == 0
+    cache.close()
+
+
+class _Gate(Future[None]):
+    """A future that tells when someone waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def result(self, timeout: float | None = None) -> None:
+        self.waited.set()
+        return super().result(timeout)
+
+
+def test_rows_are_committed_only_once_the_packs_are_durable(tmp_path: Path) -> None:
+    cache, other = StatCache(tmp_path / "stat.sqlite"), StatCache(tmp_path / "stat.sqlite")
+    old = stat(READ_AT - RACY_NS, READ_AT - RACY_NS)
+    gate = _Gate()
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(
+            cache.put_many,
+            [(f"/g/{i}", old, (ChunkRef(b"\x03" * 32, 3),), ["p"]) for i in range(3)],
+            READ_AT,
+            gate,
+        )
+        try:
+            assert gate.waited.wait(30)  # the rows are in, the packs not yet durable
+            assert other.get_many([("/g/0", old)]) == {}
+        finally:
+            gate.set_result(None)
+        assert done.result(30) == 3
+    assert set(other.get_many([(f"/g/{i}", old) for i in range(3)])) == {"/g/0", "/g/1", "/g/2"}
+    cache.close()
+    other.close()
+
+
+def test_no_row_is_kept_when_the_packs_do_not_become_durable(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    old = stat(READ_AT - RACY_NS, READ_AT - RACY_NS)
+    gate = _Gate()
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(
+            cache.put_many, [("/g/0", old, (ChunkRef(b"\x03" * 32, 3),), ["p"])], READ_AT, gate
+        )
+        assert gate.waited.wait(30)
+        gate.set_exception(OSError("flush failed"))
+        with pytest.raises(OSError, match="flush failed"):
+            done.result(30)
+    assert cache.get_many([("/g/0", old)]) == {}
     cache.close()

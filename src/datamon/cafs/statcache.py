@@ -43,9 +43,8 @@ RACY_NS = 2_000_000_000
 RACY_FINE_NS = 100_000_000
 _SECOND_NS = 1_000_000_000
 _BATCH = 500
+# Rows encoded and inserted at a time.
 _ROWS = 10_000
-# Slices encoded ahead while the packs they name are being made durable.
-_AHEAD = 10
 _encoder = msgspec.msgpack.Encoder()
 _chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
@@ -222,31 +221,23 @@ class StatCache:
     ) -> int:
         """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
-        The packs MUST be durable in the store before the rows are written: already, or
-        once ``durable`` is done (rows are encoded meanwhile, up to ``_AHEAD`` slices). Files
-        changed too shortly before ``read_at`` (when reading them began, in
-        ``time.time_ns()``; now if not given) are skipped: see :func:`settled`. Rows are
-        encoded and written a slice at a time, so a tree of a million files never holds all
-        its encoded rows at once.
+        The packs MUST be durable in the store before the rows are committed: already, or
+        once ``durable`` is done. The rows are inserted meanwhile, and the transaction is
+        committed only then (rolled back if ``durable`` fails), so no reader, and no crash,
+        ever sees a row naming a pack that is not durable. Files changed too shortly before
+        ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
+        skipped: see :func:`settled`. Rows are encoded and inserted a slice at a time, so a
+        tree of a million files never holds all its encoded rows at once.
         """
         now = time.time_ns() if read_at is None else read_at
         rows = _rows(files, now)
-        slices = [list(itertools.islice(rows, _ROWS))]
-        if durable is not None:
-            while not durable.done() and len(slices) < _AHEAD and slices[-1]:
-                slices.append(list(itertools.islice(rows, _ROWS)))
-            durable.result()
-        if not slices[0]:
-            return 0
         count = 0
         with transaction(self._db.get(), "DEFERRED") as db:
-            for batch in itertools.chain(
-                slices, iter(lambda: list(itertools.islice(rows, _ROWS)), [])
-            ):
-                if not batch:
-                    break
+            while batch := list(itertools.islice(rows, _ROWS)):
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
                 count += len(batch)
+            if durable is not None:
+                durable.result()
         return count
 
     def release(self) -> None:
