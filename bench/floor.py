@@ -14,6 +14,9 @@ same libraries Datamon uses, and nothing else (no index, no packs, no trees):
     grouped xN    the same work on N threads a group at a time: read every file of the
                   group, then hash every chunk, then compress them all in one zstd call
                   (how Datamon ingests small files)
+    grouped xN processes   the same groups in N forked processes, each with its own
+                  interpreter lock: if this is not faster than the threads, the bare work
+                  does not queue for the lock
 
 Then ``datamon bundle upload`` of the same folder (fresh store and cache). Reports files/s
 and MB/s (median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
@@ -24,6 +27,7 @@ stages show what the per-file work alone costs on this machine, measured in the 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -116,18 +120,31 @@ def stage_grouped(paths: list[str]) -> None:
         zstd.multi_compress_to_buffer(chunks, threads=1)
 
 
+def groups_of(paths: list[str]) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    size = 0
+    for path in paths:
+        if len(groups[-1]) >= GROUP or size >= GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(path)
+        size += os.path.getsize(path)
+    return groups
+
+
 def threaded(stage: Callable[[list[str]], None], threads: int) -> Callable[[list[str]], None]:
     def run(paths: list[str]) -> None:
-        groups: list[list[str]] = [[]]
-        size = 0
-        for path in paths:
-            if len(groups[-1]) >= GROUP or size >= GROUP_BYTES:
-                groups.append([])
-                size = 0
-            groups[-1].append(path)
-            size += os.path.getsize(path)
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(stage, groups))
+            list(pool.map(stage, groups_of(paths)))
+
+    return run
+
+
+def forked(stage: Callable[[list[str]], None], pool: Executor) -> Callable[[list[str]], None]:
+    """The stage on a pool of processes started beforehand (their start is not timed)."""
+
+    def run(paths: list[str]) -> None:
+        list(pool.map(stage, groups_of(paths), chunksize=4))
 
     return run
 
@@ -165,6 +182,10 @@ def main() -> None:
     n = len(paths)
     threads = threaded(stage_compress, args.threads)
     grouped = threaded(stage_grouped, args.threads)
+    # Forked before any thread starts; started once, as a long-lived pool would be.
+    procs = ProcessPoolExecutor(args.threads, mp_context=multiprocessing.get_context("fork"))
+    list(procs.map(stage_grouped, [paths[:1]] * args.threads))
+    in_procs = forked(stage_grouped, procs)
     stages: list[tuple[str, Callable[[], float]]] = [
         ("scan", lambda: timed(lambda: files_of(args.root))),
         ("read", lambda: timed(lambda: stage_read(paths))),
@@ -173,12 +194,14 @@ def main() -> None:
         ("compress", lambda: timed(lambda: stage_compress(paths))),
         (f"compress x{args.threads}", lambda: timed(lambda: threads(paths))),
         (f"grouped x{args.threads}", lambda: timed(lambda: grouped(paths))),
+        (f"grouped x{args.threads} processes", lambda: timed(lambda: in_procs(paths))),
         ("datamon bundle upload", lambda: datamon_upload(args.root)),
     ]
     times: dict[str, list[float]] = {name: [] for name, _fn in stages}
-    for _ in range(args.runs):
-        for name, fn in stages:
-            times[name].append(fn())
+    with procs:
+        for _ in range(args.runs):
+            for name, fn in stages:
+                times[name].append(fn())
     total = sum(os.path.getsize(path) for path in paths)
     upload = n / statistics.median(times["datamon bundle upload"])
     print(f"{n:,} files, {total / 1e6:,.0f} MB, under {args.root}; medians of {args.runs} runs;")
