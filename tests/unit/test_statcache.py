@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from datamon.cafs import statcache
-from datamon.cafs.statcache import RACY_FINE_NS, RACY_NS, StatCache, settled
+from datamon.cafs.statcache import RACY_FINE_NS, RACY_NS, Settled, StatCache
 from datamon.core.model import ChunkRef
 
 SECOND = 1_000_000_000
@@ -38,7 +38,7 @@ def stat(mtime_ns: int, ctime_ns: int) -> os.stat_result:
     ],
 )
 def test_settled(mtime_ns: int, ctime_ns: int, expected: bool) -> None:
-    assert settled(stat(mtime_ns, ctime_ns), READ_AT) is expected
+    assert Settled(READ_AT)(mtime_ns, ctime_ns) is expected
 
 
 def test_rows_are_written_a_slice_at_a_time(tmp_path: Path) -> None:

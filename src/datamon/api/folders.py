@@ -4,7 +4,7 @@ the same tree again reuses the folder's tree whole instead of rebuilding it file
 A folder's key is the BLAKE3 of its listing: each file's name, mode, size, mtime, ctime and
 inode (what the stat cache trusts, §9), each symlink's name, target and mtime, and each
 subfolder's name, mode, mtime and key. A folder holding a file changed too recently to be
-trusted (``statcache.settled``) has no key, and neither has any folder above it.
+trusted (``statcache.Settled``) has no key, and neither has any folder above it.
 """
 
 from __future__ import annotations

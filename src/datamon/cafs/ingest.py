@@ -81,7 +81,7 @@ class Ingester:
         self.level = level
         self.stat_cache = stat_cache
         self.stats = IngestStats()
-        # Files changed too shortly before this moment are not recorded (statcache.settled).
+        # Files changed too shortly before this moment are not recorded (statcache.Settled).
         self._started = time.time_ns()
         # Packs whose index the store holds, as the chunk index copy knew them at the start:
         # a stat-cache row is reused only if every pack it names is among them.

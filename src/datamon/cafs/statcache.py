@@ -82,11 +82,6 @@ class Settled:
         return changed <= (self._fine_cut if fine else self._coarse_cut)
 
 
-def settled(st: StatLike, read_at: int) -> bool:
-    """Whether a file with this stat, read from ``read_at`` on, may be recorded."""
-    return Settled(read_at)(st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _key(st: StatLike) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
@@ -226,7 +221,7 @@ class StatCache:
         committed only then (rolled back if ``durable`` fails), so no reader, and no crash,
         ever sees a row naming a pack that is not durable. Files changed too shortly before
         ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
-        skipped: see :func:`settled`. Rows are encoded and inserted a slice at a time, so a
+        skipped: see :class:`Settled`. Rows are encoded and inserted a slice at a time, so a
         tree of a million files never holds all its encoded rows at once.
         """
         now = time.time_ns() if read_at is None else read_at
@@ -268,7 +263,7 @@ def _judge(
 def _rows(
     files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]], now: int
 ) -> Iterator[tuple[str, int, int, int, int, bytes, bytes]]:
-    """The table rows of the files that are :func:`settled` at ``now``."""
+    """The table rows of the files :class:`Settled` at ``now``."""
     encode = _encoder.encode
     ok = Settled(now)
     for path, st, chunks, packs in files:
