@@ -132,13 +132,35 @@ def test_stat_cache_range_lookup(tmp_path: Path) -> None:
     cache = StatCache(tmp_path / "stat.sqlite")
     st = os.stat(tmp_path)
     refs = (ChunkRef(b"\x01" * 32, 5),)
-    # Many unrelated rows between the wanted paths force the by-name fallback.
-    rows = [(f"/a/{i:05d}", st, refs, ["p"]) for i in range(3000)]
+    # A row per folder: many unrelated folders between the wanted ones force the by-name
+    # fallback.
+    rows = [(f"/a/{i:05d}/f", st, refs, ["p"]) for i in range(3000)]
     cache.put_many(rows)
-    wanted = [("/a/00000", st), ("/a/02999", st), ("/a/missing", st)]
+    wanted = [("/a/00000/f", st), ("/a/02999/f", st), ("/a/missing/f", st), ("/a/00001/g", st)]
     found = cache.get_many(wanted)
-    assert found == {"/a/00000": refs, "/a/02999": refs}
+    assert found == {"/a/00000/f": refs, "/a/02999/f": refs}
     assert len(cache.get_many([(p, st) for p, *_ in rows[100:400]])) == 300
+    cache.close()
+
+
+def test_a_folder_row_keeps_the_files_not_recorded_again(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    st = os.stat(tmp_path)
+    one, two = (ChunkRef(b"\x01" * 32, 5),), (ChunkRef(b"\x02" * 32, 6),)
+    assert cache.put_many([("/d/a", st, one, ["p"]), ("/d/b", st, one, ["p"])]) == 2
+    assert cache.put_many([("/d/b", st, two, ["q"]), ("/d/c", st, two, ["q", "p"])]) == 2
+    packs: dict[str, tuple[str, ...]] = {}
+    found = cache.get_many([("/d/a", st), ("/d/b", st), ("/d/c", st)], packs=packs)
+    assert found == {"/d/a": one, "/d/b": two, "/d/c": two}
+    assert packs == {"/d/a": ("p",), "/d/b": ("q",), "/d/c": ("p", "q")}
+    # A row that does not decode is replaced by the files recorded next.
+    db = sqlite3.connect(cache.db_path)
+    db.execute("UPDATE files SET entries = x'c1' WHERE folder = '/d/'")
+    db.commit()
+    db.close()
+    assert cache.get_many([("/d/a", st)]) == {}
+    cache.put_many([("/d/c", st, one, ["p"])])
+    assert cache.get_many([("/d/a", st), ("/d/c", st)]) == {"/d/c": one}
     cache.close()
 
 
@@ -173,10 +195,11 @@ def test_each_set_of_packs_is_judged_once(tmp_path: Path) -> None:
     st = os.stat(tmp_path)
     refs = (ChunkRef(b"\x01" * 32, 5),)
     cache.put_many([(f"/a/{i}", st, refs, ["q", "p"]) for i in range(5)])
-    cache.put_many([("/a/x", st, refs, ["r"]), ("/a/y", st, refs, ["s"])])
+    cache.put_many([("/a/x", st, refs, ["r"]), ("/b/y", st, refs, ["s"])])
+    cache.put_many([("/c/z", st, refs, ["t"]), ("/e/w", st, refs, ["u"])])
     db = sqlite3.connect(cache.db_path)
-    db.execute("UPDATE files SET packs = x'c1' WHERE path = '/a/3'")  # not MessagePack
-    db.execute("UPDATE files SET chunks = x'c1' WHERE path = '/a/y'")
+    db.execute("UPDATE files SET packs = x'c1' WHERE folder = '/c/'")  # not MessagePack
+    db.execute("UPDATE files SET entries = x'c1' WHERE folder = '/e/'")
     db.commit()
     db.close()
     asked: list[tuple[str, ...]] = []
@@ -185,12 +208,20 @@ def test_each_set_of_packs_is_judged_once(tmp_path: Path) -> None:
         asked.append(packs)
         return packs != ("r",)
 
-    wanted = [(f"/a/{i}", st) for i in range(5)] + [("/a/x", st), ("/a/y", st)]
+    wanted = [(f"/a/{i}", st) for i in range(5)]
+    wanted += [("/a/x", st), ("/b/y", st), ("/c/z", st), ("/e/w", st)]
     found = cache.get_many(wanted, trusted)
-    assert found == {"/a/0": refs, "/a/1": refs, "/a/2": refs, "/a/4": refs}
-    # Not for the packs that do not decode, nor for a row whose chunks do not.
-    assert asked == [("p", "q"), ("r",)]
-    assert len(cache.get_many(wanted)) == 5
+    assert found == {
+        "/a/0": refs,
+        "/a/1": refs,
+        "/a/2": refs,
+        "/a/3": refs,
+        "/a/4": refs,
+        "/b/y": refs,
+    }
+    # Not for the packs of rows that do not decode.
+    assert asked == [("p", "q"), ("r",), ("s",)]
+    assert len(cache.get_many(wanted)) == 7
     cache.close()
 
 

@@ -4,7 +4,8 @@ A file is taken as unchanged when its size, mtime, ctime and inode all match wha
 recorded; files modified less than two seconds before they were read are never recorded,
 because a further write in the same clock tick could leave those fields unchanged.
 
-Each row also names the packs that hold the file's chunks. Rows are recorded only once those
+One row holds the files of one folder, so recording a tree costs a row per folder, not per
+file. Each file also names the packs that hold its chunks. Rows are recorded only once those
 packs are durable in the store, so a reader may reuse a row without looking its chunks up,
 provided every pack it names is still in the chunk index copy (see docs/design.md §9).
 """
@@ -12,8 +13,9 @@ provided every pack it names is still in the chunk index copy (see docs/design.m
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -24,11 +26,10 @@ from datamon.core.filestat import StatLike
 from datamon.core.model import ChunkRef
 
 # Bumped whenever the meaning of a row changes: older tables are dropped, not migrated.
-_VERSION = 3
+_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER,
-    chunks BLOB, packs BLOB
+    folder TEXT PRIMARY KEY, entries BLOB, packs BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS folders (
     path TEXT PRIMARY KEY, key BLOB, folder BLOB, packs BLOB
@@ -43,11 +44,30 @@ RACY_NS = 2_000_000_000
 RACY_FINE_NS = 100_000_000
 _SECOND_NS = 1_000_000_000
 _BATCH = 500
-# Rows encoded and inserted at a time.
+# Files recorded at a time: their folders' rows are read, merged and written together.
 _ROWS = 10_000
 _encoder = msgspec.msgpack.Encoder()
-_chunks_decoder = msgspec.msgpack.Decoder(tuple[ChunkRef, ...])
+_sets_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, ...], ...])
 _packs_decoder = msgspec.msgpack.Decoder(tuple[str, ...])
+
+
+class _File(msgspec.Struct, array_like=True, frozen=True):
+    """One file of a folder's row: its name, the stat it had when read, its chunks, and
+    which of the row's sets of packs holds them."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    chunks: tuple[ChunkRef, ...]
+    packs: int
+
+
+_files_decoder = msgspec.msgpack.Decoder(tuple[_File, ...])
+_Row = tuple[str, bytes, bytes]
+# A file to record: its stat, its chunks, and the packs holding them (sorted, distinct).
+_New = tuple[StatLike, tuple[ChunkRef, ...], tuple[str, ...]]
 
 
 class Folder(msgspec.Struct, array_like=True, frozen=True):
@@ -99,65 +119,41 @@ class StatCache:
         packs: dict[str, tuple[str, ...]] | None = None,
     ) -> dict[str, tuple[ChunkRef, ...]]:
         """The recorded chunks of those ``(path, stat)`` that are unchanged, when the packs
-        their row names are ``trusted``: asked once per distinct set of packs (the rows of
+        their row names are ``trusted``: asked once per distinct set of packs (the files of
         a tree share a few), with the pack ids sorted. ``packs``, if given, receives the
         packs of each file found.
 
-        Files are usually given in path order, neighbours in one folder, so one range scan
-        from the smallest to the largest path finds them all; when the range holds many
-        other rows, the rest are looked up by name.
+        A row holds the files of one folder; the rows of the folders of ``files`` are read
+        as one range scan, or by name when the range holds many others.
         """
         wanted = dict(files)
         if not wanted:
             return {}
         found: dict[str, tuple[ChunkRef, ...]] = {}
-        db = self._db.get()
-        limit = 2 * len(wanted) + 64
-        rows = db.execute(
-            "SELECT path, size, mtime_ns, ctime_ns, ino, chunks, packs FROM files"
-            " WHERE path >= ? AND path <= ? LIMIT ?",
-            (min(wanted), max(wanted), limit),
-        ).fetchall()
-        verdicts: dict[bytes, tuple[str, ...] | None] = {}
         out = {} if packs is None else packs
-        self._match(rows, wanted, found, out, verdicts, trusted)
-        if len(rows) >= limit:
-            seen = {row[0] for row in rows}
-            rest = [path for path in wanted if path not in seen]
-            for start in range(0, len(rest), _BATCH):
-                batch = rest[start : start + _BATCH]
-                marks = ",".join("?" * len(batch))
-                more = db.execute(
-                    "SELECT path, size, mtime_ns, ctime_ns, ino, chunks, packs FROM files"
-                    f" WHERE path IN ({marks})",
-                    batch,
-                ).fetchall()
-                self._match(more, wanted, found, out, verdicts, trusted)
-        return found
-
-    @staticmethod
-    def _match(
-        rows: list[tuple[str, int, int, int, int, bytes, bytes | None]],
-        wanted: dict[str, StatLike],
-        found: dict[str, tuple[ChunkRef, ...]],
-        packs_of: dict[str, tuple[str, ...]],
-        verdicts: dict[bytes, tuple[str, ...] | None],
-        trusted: Callable[[tuple[str, ...]], bool],
-    ) -> None:
-        """Add the chunks (and packs) of the rows that match their file's stat and name
-        trusted packs."""
-        for path, size, mtime_ns, ctime_ns, ino, chunks, packs in rows:
-            st = wanted.get(path)
-            if st is None or _key(st) != (size, mtime_ns, ctime_ns, ino) or packs is None:
-                continue
+        verdicts: dict[tuple[str, ...], bool] = {}
+        folders = {_split(path)[0] for path in wanted}
+        for folder, entries, sets in _read(self._db.get(), folders):
             try:
-                refs = _chunks_decoder.decode(chunks)
+                names = _sets_decoder.decode(sets)
+                recorded = _files_decoder.decode(entries)
             except msgspec.DecodeError:
                 continue
-            names = _judge(packs, verdicts, trusted)
-            if names is not None:
-                found[path] = refs
-                packs_of[path] = names
+            for f in recorded:
+                path = folder + f.name
+                st = wanted.get(path)
+                if st is None or _key(st) != (f.size, f.mtime_ns, f.ctime_ns, f.ino):
+                    continue
+                if f.packs >= len(names):
+                    continue
+                which = names[f.packs]
+                verdict = verdicts.get(which)
+                if verdict is None:
+                    verdict = verdicts[which] = trusted(which)
+                if verdict:
+                    found[path] = f.chunks
+                    out[path] = which
+        return found
 
     def get_folders(
         self,
@@ -217,20 +213,38 @@ class StatCache:
         """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
         The packs MUST be durable in the store before the rows are committed: already, or
-        once ``durable`` is done. The rows are inserted meanwhile, and the transaction is
+        once ``durable`` is done. The rows are written meanwhile, and the transaction is
         committed only then (rolled back if ``durable`` fails), so no reader, and no crash,
         ever sees a row naming a pack that is not durable. Files changed too shortly before
         ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
-        skipped: see :class:`Settled`. Rows are encoded and inserted a slice at a time, so a
-        tree of a million files never holds all its encoded rows at once.
+        skipped: see :class:`Settled`. A file joins the row of its folder, replacing a file
+        of the same name; the others recorded there stay. Files are taken a slice at a
+        time, so a tree of a million files never holds all its encoded rows at once.
         """
-        now = time.time_ns() if read_at is None else read_at
-        rows = _rows(files, now)
+        ok = Settled(time.time_ns() if read_at is None else read_at)
+        sets: dict[frozenset[str], tuple[str, ...]] = {}
         count = 0
-        with transaction(self._db.get(), "DEFERRED") as db:
-            while batch := list(itertools.islice(rows, _ROWS)):
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-                count += len(batch)
+        items = iter(files)
+        with transaction(self._db.get()) as db:
+            while batch := list(itertools.islice(items, _ROWS)):
+                grouped: dict[str, dict[str, _New]] = {}
+                for path, st, chunks, packs in batch:
+                    if not ok(st.st_mtime_ns, st.st_ctime_ns):
+                        continue
+                    names = sets.get(packs) if isinstance(packs, frozenset) else None
+                    if names is None:
+                        names = tuple(sorted(set(packs)))
+                        if isinstance(packs, frozenset):
+                            sets[packs] = names
+                    cut = path.rfind("/") + 1  # _split, inlined: once per file
+                    members = grouped.get(path[:cut])
+                    if members is None:
+                        members = grouped[path[:cut]] = {}
+                    members[path[cut:]] = (st, chunks, names)
+                    count += 1
+                old = {folder: (entries, packs) for folder, entries, packs in _read(db, grouped)}
+                rows = [_merge(folder, new, old.get(folder)) for folder, new in grouped.items()]
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
             if durable is not None:
                 durable.result()
         return count
@@ -260,14 +274,56 @@ def _judge(
     return names
 
 
-def _rows(
-    files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]], now: int
-) -> Iterator[tuple[str, int, int, int, int, bytes, bytes]]:
-    """The table rows of the files :class:`Settled` at ``now``."""
-    encode = _encoder.encode
-    ok = Settled(now)
-    for path, st, chunks, packs in files:
-        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-        if not ok(mtime, ctime):
-            continue
-        yield path, st.st_size, mtime, ctime, st.st_ino, encode(chunks), encode(sorted(set(packs)))
+def _split(path: str) -> tuple[str, str]:
+    """A file's folder (up to and with the last ``/``) and its name."""
+    cut = path.rfind("/") + 1
+    return path[:cut], path[cut:]
+
+
+def _read(db: sqlite3.Connection, folders: Collection[str]) -> list[_Row]:
+    """The ``files`` rows of ``folders``: one range scan from the first to the last, unless
+    the range holds many other folders; then the rest are read by name."""
+    if not folders:
+        return []
+    limit = 2 * len(folders) + 64
+    rows: list[_Row] = db.execute(
+        "SELECT folder, entries, packs FROM files WHERE folder >= ? AND folder <= ? LIMIT ?",
+        (min(folders), max(folders), limit),
+    ).fetchall()
+    out = [row for row in rows if row[0] in folders]
+    if len(rows) >= limit:
+        seen = {row[0] for row in rows}
+        rest = [folder for folder in folders if folder not in seen]
+        for start in range(0, len(rest), _BATCH):
+            batch = rest[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            out += db.execute(
+                f"SELECT folder, entries, packs FROM files WHERE folder IN ({marks})", batch
+            ).fetchall()
+    return out
+
+
+def _merge(
+    folder: str,
+    new: dict[str, _New],
+    old: tuple[bytes, bytes] | None,
+) -> _Row:
+    """The row of ``folder`` with the ``new`` files, and the files of its ``old`` row that
+    are not among them (none if that row does not decode)."""
+    index: dict[tuple[str, ...], int] = {}
+    entries: list[tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]] = []
+    if old is not None:
+        try:
+            kept = _files_decoder.decode(old[0])
+            names = _sets_decoder.decode(old[1])
+        except msgspec.DecodeError:
+            kept, names = (), ()
+        for f in kept:
+            if f.name in new or f.packs >= len(names):
+                continue
+            which = index.setdefault(names[f.packs], len(index))
+            entries.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
+    for name, (st, chunks, packs) in new.items():
+        which = index.setdefault(packs, len(index))
+        entries.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, chunks, which))
+    return folder, _encoder.encode(entries), _encoder.encode(list(index))
