@@ -66,8 +66,9 @@ class _File(msgspec.Struct, array_like=True, frozen=True):
 
 _files_decoder = msgspec.msgpack.Decoder(tuple[_File, ...])
 _Row = tuple[str, bytes, bytes]
-# A file to record: its stat, its chunks, and the packs holding them (sorted, distinct).
-_New = tuple[StatLike, tuple[ChunkRef, ...], tuple[str, ...]]
+# A file as a row holds it: name, size, mtime_ns, ctime_ns, ino, chunks, and the position of
+# its set of packs in the row's.
+_Entry = tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]
 
 
 class Folder(msgspec.Struct, array_like=True, frozen=True):
@@ -132,7 +133,8 @@ class StatCache:
         found: dict[str, tuple[ChunkRef, ...]] = {}
         out = {} if packs is None else packs
         verdicts: dict[tuple[str, ...], bool] = {}
-        folders = {_split(path)[0] for path in wanted}
+        # A file's folder: its path up to and with the last "/".
+        folders = {path[: path.rfind("/") + 1] for path in wanted}
         for folder, entries, sets in _read(self._db.get(), folders):
             try:
                 names = _sets_decoder.decode(sets)
@@ -227,23 +229,29 @@ class StatCache:
         items = iter(files)
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _ROWS)):
-                grouped: dict[str, dict[str, _New]] = {}
+                # Each folder's new files, as the row holds them, and its sets of packs.
+                grouped: dict[str, tuple[list[_Entry], dict[tuple[str, ...], int]]] = {}
                 for path, st, chunks, packs in batch:
-                    if not ok(st.st_mtime_ns, st.st_ctime_ns):
+                    mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+                    if not ok(mtime, ctime):
                         continue
                     names = sets.get(packs) if isinstance(packs, frozenset) else None
                     if names is None:
                         names = tuple(sorted(set(packs)))
                         if isinstance(packs, frozenset):
                             sets[packs] = names
-                    cut = path.rfind("/") + 1  # _split, inlined: once per file
-                    members = grouped.get(path[:cut])
-                    if members is None:
-                        members = grouped[path[:cut]] = {}
-                    members[path[cut:]] = (st, chunks, names)
+                    cut = path.rfind("/") + 1  # the folder, with its "/", and the name
+                    row = grouped.get(path[:cut])
+                    if row is None:
+                        row = grouped[path[:cut]] = ([], {})
+                    which = row[1].setdefault(names, len(row[1]))
+                    row[0].append((path[cut:], st.st_size, mtime, ctime, st.st_ino, chunks, which))
                     count += 1
                 old = {folder: (entries, packs) for folder, entries, packs in _read(db, grouped)}
-                rows = [_merge(folder, new, old.get(folder)) for folder, new in grouped.items()]
+                rows = [
+                    _row(folder, *_merge(new, index, old.get(folder)))
+                    for folder, (new, index) in grouped.items()
+                ]
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
             if durable is not None:
                 durable.result()
@@ -274,12 +282,6 @@ def _judge(
     return names
 
 
-def _split(path: str) -> tuple[str, str]:
-    """A file's folder (up to and with the last ``/``) and its name."""
-    cut = path.rfind("/") + 1
-    return path[:cut], path[cut:]
-
-
 def _read(db: sqlite3.Connection, folders: Collection[str]) -> list[_Row]:
     """The ``files`` rows of ``folders``: one range scan from the first to the last, unless
     the range holds many other folders; then the rest are read by name."""
@@ -304,26 +306,26 @@ def _read(db: sqlite3.Connection, folders: Collection[str]) -> list[_Row]:
 
 
 def _merge(
-    folder: str,
-    new: dict[str, _New],
-    old: tuple[bytes, bytes] | None,
-) -> _Row:
-    """The row of ``folder`` with the ``new`` files, and the files of its ``old`` row that
-    are not among them (none if that row does not decode)."""
-    index: dict[tuple[str, ...], int] = {}
-    entries: list[tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]] = []
-    if old is not None:
-        try:
-            kept = _files_decoder.decode(old[0])
-            names = _sets_decoder.decode(old[1])
-        except msgspec.DecodeError:
-            kept, names = (), ()
-        for f in kept:
-            if f.name in new or f.packs >= len(names):
-                continue
-            which = index.setdefault(names[f.packs], len(index))
-            entries.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
-    for name, (st, chunks, packs) in new.items():
-        which = index.setdefault(packs, len(index))
-        entries.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, chunks, which))
+    new: list[_Entry], index: dict[tuple[str, ...], int], old: tuple[bytes, bytes] | None
+) -> tuple[list[_Entry], dict[tuple[str, ...], int]]:
+    """A folder's ``new`` files (whose sets of packs are numbered by ``index``) and the files
+    of its ``old`` row that are not among them (none if that row does not decode)."""
+    if old is None:
+        return new, index
+    try:
+        kept = _files_decoder.decode(old[0])
+        names = _sets_decoder.decode(old[1])
+    except msgspec.DecodeError:
+        return new, index
+    fresh = {entry[0] for entry in new}
+    merged = [*new]
+    for f in kept:
+        if f.name in fresh or f.packs >= len(names):
+            continue
+        which = index.setdefault(names[f.packs], len(index))
+        merged.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
+    return merged, index
+
+
+def _row(folder: str, entries: list[_Entry], index: dict[tuple[str, ...], int]) -> _Row:
     return folder, _encoder.encode(entries), _encoder.encode(list(index))
