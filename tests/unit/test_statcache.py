@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from datamon.cafs import statcache
@@ -102,4 +104,68 @@ def test_no_row_is_kept_when_the_packs_do_not_become_durable(tmp_path: Path) -> 
         with pytest.raises(OSError, match="flush failed"):
             done.result(30)
     assert cache.get_many([("/g/0", old)]) == {}
+    cache.close()
+
+
+OLD = stat(READ_AT - RACY_NS, READ_AT - RACY_NS)
+ONE = (ChunkRef(b"\x01" * 32, 5),)
+TWO = (ChunkRef(b"\x02" * 32, 6),)
+
+
+def test_rows_far_apart_are_merged_by_name(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    # Many folders between the two recorded again: their rows are read by name, not by range.
+    cache.put_many([(f"/a/{i:05d}/x", OLD, ONE, ["p"]) for i in range(3000)], READ_AT)
+    cache.put_many([("/a/00000/y", OLD, ONE, ["p"])], READ_AT)
+    new = [("/a/00000/z", OLD, TWO, ["q"]), ("/a/02999/z", OLD, TWO, ["q"])]
+    assert cache.put_many(new, READ_AT) == 2
+    wanted = [(f"/a/{d}/{n}", OLD) for d in ("00000", "02999") for n in "xyz"]
+    packs: dict[str, tuple[str, ...]] = {}
+    found = cache.get_many(wanted, packs=packs)
+    assert found == {
+        "/a/00000/x": ONE,
+        "/a/00000/y": ONE,
+        "/a/00000/z": TWO,
+        "/a/02999/x": ONE,
+        "/a/02999/z": TWO,
+    }
+    assert packs["/a/00000/x"] == ("p",) and packs["/a/02999/z"] == ("q",)
+    cache.close()
+
+
+def test_a_folder_split_across_slices_keeps_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statcache, "_ROWS", 3)
+    cache = StatCache(tmp_path / "stat.sqlite")
+    big = [(f"/big/{i:02d}", OLD, ONE, [f"p{i % 2}"]) for i in range(10)]
+    small = [(f"/s{i}/f", OLD, TWO, ["q"]) for i in range(4)]
+    rows = big[:4] + small[:2] + big[4:] + small[2:] + [big[0]]  # and one file twice
+    assert cache.put_many(rows, READ_AT) == 14
+    found = cache.get_many([(path, OLD) for path, *_ in big + small])
+    assert found == {path: refs for path, _st, refs, _packs in big + small}
+    cache.close()
+
+
+def test_a_failed_record_leaves_the_folder_row_as_it_was(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.put_many([("/g/a", OLD, ONE, ["p"])], READ_AT)
+    failed: Future[None] = Future()
+    failed.set_exception(OSError("flush failed"))
+    with pytest.raises(OSError, match="flush failed"):
+        cache.put_many([("/g/a", OLD, TWO, ["q"]), ("/g/b", OLD, TWO, ["q"])], READ_AT, failed)
+    assert cache.get_many([("/g/a", OLD), ("/g/b", OLD)]) == {"/g/a": ONE}
+    cache.close()
+
+
+def test_a_file_naming_no_set_of_packs_is_not_reused(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.put_many([("/h/a", OLD, ONE, ["p"])], READ_AT)
+    for position in (-1, 1):
+        entries = [("a", 10, OLD.st_mtime_ns, OLD.st_ctime_ns, OLD.st_ino, ONE, position)]
+        db = sqlite3.connect(cache.db_path)
+        db.execute("UPDATE files SET entries = ?", (msgspec.msgpack.encode(entries),))
+        db.commit()
+        db.close()
+        assert cache.get_many([("/h/a", OLD)]) == {}
     cache.close()

@@ -1,13 +1,15 @@
 """StatCache: remembers the chunks of local files, so an unchanged file is not read again.
 
 A file is taken as unchanged when its size, mtime, ctime and inode all match what was
-recorded; files modified less than two seconds before they were read are never recorded,
-because a further write in the same clock tick could leave those fields unchanged.
+recorded; files modified too shortly before they were read are never recorded (see
+:class:`Settled`), because a further write in the same clock tick could leave those fields
+unchanged.
 
 One row holds the files of one folder, so recording a tree costs a row per folder, not per
 file. Each file also names the packs that hold its chunks. Rows are recorded only once those
-packs are durable in the store, so a reader may reuse a row without looking its chunks up,
-provided every pack it names is still in the chunk index copy (see docs/design.md §9).
+packs are durable in the store, so a reader may reuse a file's chunk list without looking
+its chunks up, provided every pack the file names is still in the chunk index copy (see
+docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ _Row = tuple[str, bytes, bytes]
 # A file as a row holds it: name, size, mtime_ns, ctime_ns, ino, chunks, and the position of
 # its set of packs in the row's.
 _Entry = tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]
+# A folder's files to record, by name, and the numbers of their sets of packs.
+_Pending = tuple[dict[str, _Entry], dict[tuple[str, ...], int]]
 
 
 class Folder(msgspec.Struct, array_like=True, frozen=True):
@@ -139,14 +143,14 @@ class StatCache:
             try:
                 names = _sets_decoder.decode(sets)
                 recorded = _files_decoder.decode(entries)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, TypeError):  # not MessagePack, or not even bytes
                 continue
             for f in recorded:
                 path = folder + f.name
                 st = wanted.get(path)
                 if st is None or _key(st) != (f.size, f.mtime_ns, f.ctime_ns, f.ino):
                     continue
-                if f.packs >= len(names):
+                if not 0 <= f.packs < len(names):
                     continue
                 which = names[f.packs]
                 verdict = verdicts.get(which)
@@ -221,16 +225,18 @@ class StatCache:
         ``read_at`` (when reading them began, in ``time.time_ns()``; now if not given) are
         skipped: see :class:`Settled`. A file joins the row of its folder, replacing a file
         of the same name; the others recorded there stay. Files are taken a slice at a
-        time, so a tree of a million files never holds all its encoded rows at once.
+        time, and a folder's row is written once a slice has none of its files, so a tree
+        of a million files never holds all its rows at once.
         """
         ok = Settled(time.time_ns() if read_at is None else read_at)
         sets: dict[frozenset[str], tuple[str, ...]] = {}
         count = 0
         items = iter(files)
+        # Each folder's new files by name, as its row holds them, and its sets of packs.
+        pending: dict[str, _Pending] = {}
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _ROWS)):
-                # Each folder's new files, as the row holds them, and its sets of packs.
-                grouped: dict[str, tuple[list[_Entry], dict[tuple[str, ...], int]]] = {}
+                touched: set[str] = set()
                 for path, st, chunks, packs in batch:
                     mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
                     if not ok(mtime, ctime):
@@ -241,18 +247,19 @@ class StatCache:
                         if isinstance(packs, frozenset):
                             sets[packs] = names
                     cut = path.rfind("/") + 1  # the folder, with its "/", and the name
-                    row = grouped.get(path[:cut])
+                    folder = path[:cut]
+                    row = pending.get(folder)
                     if row is None:
-                        row = grouped[path[:cut]] = ([], {})
+                        row = pending[folder] = ({}, {})
+                    touched.add(folder)
                     which = row[1].setdefault(names, len(row[1]))
-                    row[0].append((path[cut:], st.st_size, mtime, ctime, st.st_ino, chunks, which))
-                    count += 1
-                old = {folder: (entries, packs) for folder, entries, packs in _read(db, grouped)}
-                rows = [
-                    _row(folder, *_merge(new, index, old.get(folder)))
-                    for folder, (new, index) in grouped.items()
-                ]
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
+                    name = path[cut:]
+                    row[0][name] = (name, st.st_size, mtime, ctime, st.st_ino, chunks, which)
+                # Files come in about path order: a folder none of this slice's files is in
+                # is written now, the others once no more of their files come (so a folder
+                # of a million files is written once, not once a slice).
+                count += _write(db, {f: pending.pop(f) for f in list(pending) if f not in touched})
+            count += _write(db, pending)
             if durable is not None:
                 durable.result()
         return count
@@ -305,27 +312,36 @@ def _read(db: sqlite3.Connection, folders: Collection[str]) -> list[_Row]:
     return out
 
 
+def _write(db: sqlite3.Connection, folders: dict[str, _Pending]) -> int:
+    """Write the rows of ``folders``, each merged with its stored row; returns how many files
+    they gained or replaced."""
+    if not folders:
+        return 0
+    old = {row[0]: (row[1], row[2]) for row in _read(db, folders)}
+    rows = [_merge(folder, new, index, old.get(folder)) for folder, (new, index) in folders.items()]
+    db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
+    return sum(len(new) for new, _index in folders.values())
+
+
 def _merge(
-    new: list[_Entry], index: dict[tuple[str, ...], int], old: tuple[bytes, bytes] | None
-) -> tuple[list[_Entry], dict[tuple[str, ...], int]]:
-    """A folder's ``new`` files (whose sets of packs are numbered by ``index``) and the files
-    of its ``old`` row that are not among them (none if that row does not decode)."""
-    if old is None:
-        return new, index
-    try:
-        kept = _files_decoder.decode(old[0])
-        names = _sets_decoder.decode(old[1])
-    except msgspec.DecodeError:
-        return new, index
-    fresh = {entry[0] for entry in new}
-    merged = [*new]
-    for f in kept:
-        if f.name in fresh or f.packs >= len(names):
-            continue
-        which = index.setdefault(names[f.packs], len(index))
-        merged.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
-    return merged, index
-
-
-def _row(folder: str, entries: list[_Entry], index: dict[tuple[str, ...], int]) -> _Row:
+    folder: str,
+    new: dict[str, _Entry],
+    index: dict[tuple[str, ...], int],
+    old: tuple[bytes, bytes] | None,
+) -> _Row:
+    """The row of ``folder``: its ``new`` files (whose sets of packs ``index`` numbers) and
+    the files of its ``old`` row that are not among them (none if that row does not
+    decode)."""
+    entries = list(new.values())
+    if old is not None:
+        try:
+            kept = _files_decoder.decode(old[0])
+            names = _sets_decoder.decode(old[1])
+        except (msgspec.DecodeError, TypeError):
+            kept, names = (), ()
+        for f in kept:
+            if f.name in new or not 0 <= f.packs < len(names):
+                continue
+            which = index.setdefault(names[f.packs], len(index))
+            entries.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
     return folder, _encoder.encode(entries), _encoder.encode(list(index))
