@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
@@ -172,3 +173,18 @@ def test_a_folder_whose_tree_is_gone_is_built_again(
     assert local_store.trees.exists(a_tree)  # written again
     assert second.trees_written == 2  # the root and a/; a/b/ is still stored
     assert repo.verify(second.bundle_id).ok
+
+
+@pytest.mark.usefixtures("old_enough")
+def test_an_upload_drops_deleted_files_from_their_folder_row(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo, src, opts, _first = _uploaded(local_store, tmp_path, author)
+    (src / "c" / "g0").unlink()
+    (src / "c" / "new").write_bytes(b"new")
+    repo.upload(str(src), opts)
+    folder = os.path.join(os.path.abspath(src / "c"), "")
+    db = sqlite3.connect(local_store.stat_cache.db_path)
+    (entries,) = db.execute("SELECT entries FROM files WHERE folder = ?", (folder,)).fetchone()
+    db.close()
+    assert sorted(f[0] for f in msgspec.msgpack.decode(entries)) == ["g1", "g2", "new"]

@@ -169,3 +169,18 @@ def test_a_file_naming_no_set_of_packs_is_not_reused(tmp_path: Path) -> None:
         db.close()
         assert cache.get_many([("/h/a", OLD)]) == {}
     cache.close()
+
+
+def test_files_no_longer_listed_in_their_folder_are_dropped(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    old = [(f"/d/{n}", OLD, ONE, ["p"]) for n in "abc"] + [("/e/a", OLD, ONE, ["p"])]
+    cache.put_many(old, READ_AT)
+    now = {"/d/": {"a", "c", "x"}}  # b was deleted; /e/ was not scanned
+    cache.put_many([("/d/x", OLD, TWO, ["q"]), ("/e/x", OLD, TWO, ["q"])], READ_AT, None, now.get)
+    wanted = [(f"/d/{n}", OLD) for n in "abcx"] + [("/e/a", OLD), ("/e/x", OLD)]
+    assert set(cache.get_many(wanted)) == {"/d/a", "/d/c", "/d/x", "/e/a", "/e/x"}
+    db = sqlite3.connect(cache.db_path)
+    (entries,) = db.execute("SELECT entries FROM files WHERE folder = '/d/'").fetchone()
+    db.close()
+    assert sorted(f[0] for f in msgspec.msgpack.decode(entries)) == ["a", "c", "x"]
+    cache.close()

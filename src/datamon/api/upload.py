@@ -23,7 +23,7 @@ from datamon.api.scan import LocalDir, LocalFile, LocalLink, scan
 from datamon.api.store import Store
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
-from datamon.cafs.statcache import Folder
+from datamon.cafs.statcache import Folder, Listed
 from datamon.core.filestat import FileStat, StatLike
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
@@ -98,7 +98,7 @@ def upload(
             store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
 
         build = _unless_head(pending, top, batch.packs)
-        return _finish(store, repo, options, batch, trees_before, build, record)
+        return _finish(store, repo, options, batch, trees_before, build, record, _listing(root))
     except BaseException:
         arrivals.fail()
         raise
@@ -203,9 +203,11 @@ def _finish(
     trees_before: int,
     build: TreeBuilder,
     after: Callable[[dict[str, frozenset[str]]], None] | None = None,
+    listed: Listed | None = None,
 ) -> UploadResult:
-    """Commit; record the files read in the stat cache meanwhile, then call ``after`` with
-    the packs of each file."""
+    """Commit; record the files read in the stat cache meanwhile (``listed``: the files
+    each scanned folder holds, see ``StatCache.put_many``), then call ``after`` with the
+    packs of each file."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
     packs = batch.ingester.file_packs()
 
@@ -213,7 +215,7 @@ def _finish(
     # prepared while the flush waits for the disk, and written while the bundle is.
     def remember() -> int:
         try:
-            return batch.ingester.remember(packs, batch.durable)
+            return batch.ingester.remember(packs, batch.durable, listed)
         finally:
             store.stat_cache.release()
 
@@ -483,6 +485,23 @@ def _ordered(root: LocalDir, skip: Container[int] = ()) -> list[tuple[str, Local
         else:
             stack.pop()
     return out
+
+
+def _listing(root: LocalDir) -> Listed:
+    """The names of the files each folder of a scan holds, by the folder's path as the stat
+    cache keys it (absolute, with a trailing separator); None for a folder not scanned."""
+    folders: dict[str, LocalDir] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        folders[os.path.join(os.path.abspath(node.path), "")] = node
+        stack.extend(node.dirs)
+
+    def listed(folder: str) -> set[str] | None:
+        node = folders.get(folder)
+        return None if node is None else {f.name for f in node.files}
+
+    return listed
 
 
 def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:

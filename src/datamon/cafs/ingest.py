@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter, Payload
-from datamon.cafs.statcache import Folder, StatCache
+from datamon.cafs.statcache import Folder, Listed, StatCache
 from datamon.core.codecs import ChunkCodec
 from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
@@ -168,7 +168,10 @@ class Ingester:
         return out
 
     def remember(
-        self, packs: dict[str, frozenset[str]] | None = None, durable: Future[None] | None = None
+        self,
+        packs: dict[str, frozenset[str]] | None = None,
+        durable: Future[None] | None = None,
+        listed: Listed | None = None,
     ) -> int:
         """Record the files this ingester read in the stat cache; returns how many.
 
@@ -176,7 +179,8 @@ class Ingester:
         (``Backend.flush``): a row names the packs holding the file's chunks, and a later
         upload reuses it without looking the chunks up. ``packs`` is :meth:`file_packs`,
         if the caller has it already. With ``durable``, the rows are prepared at once and
-        written once it is done (the flush that makes the packs durable).
+        written once it is done (the flush that makes the packs durable). ``listed`` tells
+        the files each folder holds now, if known (``StatCache.put_many``).
         """
         if self.stat_cache is None or not self._fresh:
             return 0
@@ -184,7 +188,7 @@ class Ingester:
         with self._lock:
             fresh, self._fresh = self._fresh, []
         rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh if f.path in packs)
-        return self.stat_cache.put_many(rows, read_at=self._started, durable=durable)
+        return self.stat_cache.put_many(rows, self._started, durable, listed)
 
     def _trusted(self) -> Callable[[tuple[str, ...]], bool]:
         """Whether a row's packs are all in the store (as known at the start); the packs

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -71,6 +71,8 @@ _Row = tuple[str, bytes, bytes]
 # A file as a row holds it: name, size, mtime_ns, ctime_ns, ino, chunks, and the position of
 # its set of packs in the row's.
 _Entry = tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]
+# The names of the files in a folder (its path with a trailing "/") now, or None if unknown.
+Listed = Callable[[str], Container[str] | None]
 # A folder's files to record, by name, and the numbers of their sets of packs.
 _Pending = tuple[dict[str, _Entry], dict[tuple[str, ...], int]]
 
@@ -215,6 +217,7 @@ class StatCache:
         files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], Collection[str]]],
         read_at: int | None = None,
         durable: Future[None] | None = None,
+        listed: Listed | None = None,
     ) -> int:
         """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
@@ -226,7 +229,9 @@ class StatCache:
         skipped: see :class:`Settled`. A file joins the row of its folder, replacing a file
         of the same name; the others recorded there stay. Files are taken a slice at a
         time, and a folder's row is written once a slice has none of its files, so a tree
-        of a million files never holds all its rows at once.
+        of a million files never holds all its rows at once. ``listed``, if given, tells the
+        names of the files a folder holds now (None when not known): a file of its row
+        that is not among them is dropped, so a row does not keep deleted files.
         """
         ok = Settled(time.time_ns() if read_at is None else read_at)
         sets: dict[frozenset[str], tuple[str, ...]] = {}
@@ -258,8 +263,9 @@ class StatCache:
                 # Files come in about path order: a folder none of this slice's files is in
                 # is written now, the others once no more of their files come (so a folder
                 # of a million files is written once, not once a slice).
-                count += _write(db, {f: pending.pop(f) for f in list(pending) if f not in touched})
-            count += _write(db, pending)
+                done = {f: pending.pop(f) for f in list(pending) if f not in touched}
+                count += _write(db, done, listed)
+            count += _write(db, pending, listed)
             if durable is not None:
                 durable.result()
         return count
@@ -312,13 +318,16 @@ def _read(db: sqlite3.Connection, folders: Collection[str]) -> list[_Row]:
     return out
 
 
-def _write(db: sqlite3.Connection, folders: dict[str, _Pending]) -> int:
+def _write(db: sqlite3.Connection, folders: dict[str, _Pending], listed: Listed | None) -> int:
     """Write the rows of ``folders``, each merged with its stored row; returns how many files
     they gained or replaced."""
     if not folders:
         return 0
     old = {row[0]: (row[1], row[2]) for row in _read(db, folders)}
-    rows = [_merge(folder, new, index, old.get(folder)) for folder, (new, index) in folders.items()]
+    rows = [
+        _merge(folder, new, index, old.get(folder), listed)
+        for folder, (new, index) in folders.items()
+    ]
     db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
     return sum(len(new) for new, _index in folders.values())
 
@@ -328,10 +337,11 @@ def _merge(
     new: dict[str, _Entry],
     index: dict[tuple[str, ...], int],
     old: tuple[bytes, bytes] | None,
+    listed: Listed | None,
 ) -> _Row:
     """The row of ``folder``: its ``new`` files (whose sets of packs ``index`` numbers) and
-    the files of its ``old`` row that are not among them (none if that row does not
-    decode)."""
+    the files of its ``old`` row that are not among them and are ``listed`` in the folder
+    now, if that is known (none if that row does not decode)."""
     entries = list(new.values())
     if old is not None:
         try:
@@ -339,8 +349,11 @@ def _merge(
             names = _sets_decoder.decode(old[1])
         except (msgspec.DecodeError, TypeError):
             kept, names = (), ()
+        present = listed(folder) if listed is not None else None
         for f in kept:
             if f.name in new or not 0 <= f.packs < len(names):
+                continue
+            if present is not None and f.name not in present:
                 continue
             which = index.setdefault(names[f.packs], len(index))
             entries.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
