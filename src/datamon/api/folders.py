@@ -34,12 +34,14 @@ class FolderKeys:
         self.root = root
         self.keys: dict[int, bytes | None] = {}
         self.paths: dict[int, str] = {}
+        self._nodes: dict[str, LocalDir] = {}
         self._settled = Settled(now)
         self._key(root, folder_path(root))
 
     def _key(self, node: LocalDir, path: str) -> bytes | None:
         subs = [(sub, self._key(sub, f"{path}{sub.name}/")) for sub in node.dirs]
         self.paths[id(node)] = path
+        self._nodes[path] = node
         key = self.keys[id(node)] = self._listing(node, subs)
         return key
 
@@ -57,6 +59,12 @@ class FolderKeys:
         links = [(link.name, link.target, link.st.st_mtime_ns) for link in node.links]
         dirs = [(sub.name, sub.st.st_mode, sub.st.st_mtime_ns, key) for sub, key in subs]
         return digest(_encode((files, links, dirs)))
+
+    def listed(self, folder: str) -> set[str] | None:
+        """The names of the files the scan found in ``folder`` (a path as :attr:`paths`
+        holds them), or None for a folder not scanned: ``StatCache.put_many``'s ``listed``."""
+        node = self._nodes.get(folder)
+        return None if node is None else {f.name for f in node.files}
 
     def wanted(self) -> list[tuple[str, bytes]]:
         """``(path, key)`` of every folder that has a key, for a stat cache lookup."""

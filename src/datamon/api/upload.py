@@ -98,7 +98,7 @@ def upload(
             store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
 
         build = _unless_head(pending, top, batch.packs)
-        return _finish(store, repo, options, batch, trees_before, build, record, _listing(root))
+        return _finish(store, repo, options, batch, trees_before, build, record, keys.listed)
     except BaseException:
         arrivals.fail()
         raise
@@ -485,23 +485,6 @@ def _ordered(root: LocalDir, skip: Container[int] = ()) -> list[tuple[str, Local
         else:
             stack.pop()
     return out
-
-
-def _listing(root: LocalDir) -> Listed:
-    """The names of the files each folder of a scan holds, by the folder's path as the stat
-    cache keys it (absolute, with a trailing separator); None for a folder not scanned."""
-    folders: dict[str, LocalDir] = {}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        folders[os.path.join(os.path.abspath(node.path), "")] = node
-        stack.extend(node.dirs)
-
-    def listed(folder: str) -> set[str] | None:
-        node = folders.get(folder)
-        return None if node is None else {f.name for f in node.files}
-
-    return listed
 
 
 def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:
