@@ -182,7 +182,7 @@ def test_files_are_ordered_by_path_components(tmp_path: Path) -> None:
     names = ["a-b/x", "a/b", "a/c/d", "a/c-e", "a.b", "a/z", "b/a/a", "A", "a b/c"]
     write_tree(tmp_path / "t", {n: b"." for n in names})
     root = str(tmp_path / "t")
-    got = [full for full, _f in upload_module._ordered(scan(root))]
+    got = [f.path for f in upload_module._ordered(scan(root))]
     want = sorted(
         (os.path.abspath(os.path.join(root, n)) for n in names),
         key=lambda p: os.path.relpath(p, root).split(os.sep),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datamon.api import scan as scan_module
-from datamon.api.scan import scan
+from datamon.api.scan import LocalFile, scan
 from datamon.core.filestat import FileStat
 from datamon.errors import SourceUnreadable, UnsafePath
 from datamon.testing.workloads import write_tree
@@ -78,5 +78,29 @@ def test_files_keep_a_compact_stat_with_the_fields_uploads_read(tmp_path: Path) 
     top = scan(str(tmp_path))
     [f] = top.files
     st = os.lstat(tmp_path / "f")
-    assert isinstance(f.st, FileStat)
-    assert f.st == FileStat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    assert f.st is f
+    fields = (f.st_mode, f.st_size, f.st_mtime_ns, f.st_ctime_ns, f.st_ino)
+    assert fields == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def test_equal_stat_fields_are_held_once() -> None:
+    # Distinct integer objects of equal value, as two stat calls return them.
+    def stat_of(mode: str, mtime: str, ctime: str) -> FileStat:
+        return FileStat(int(mode), 7, int(mtime), int(ctime), 42)
+
+    a = LocalFile.of("/t/a", "a", stat_of("33188", "1764000000123456789", "1764000000123456789"))
+    b = LocalFile.of("/t/b", "b", stat_of("33188", "1764000000123456789", "1764000000999999999"))
+    assert a.st_mode is b.st_mode
+    assert a.st_ctime_ns is a.st_mtime_ns
+    assert b.st_ctime_ns == 1764000000999999999
+
+
+def test_paths_are_absolute_whatever_root_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(tmp_path / "t", {"d/x": b"x"})
+    monkeypatch.chdir(tmp_path)
+    for given in ("t", "./t/", "t/d/.."):
+        top = scan(given)
+        assert top.path == str(tmp_path / "t")
+        assert [f.path for f in top.dirs[0].files] == [str(tmp_path / "t" / "d" / "x")]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datamon.api.paths import TreeGuard, check_name
-from datamon.core.filestat import FileStat
+from datamon.core.filestat import StatLike
 from datamon.errors import SourceUnreadable
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,39 @@ _S_IFREG = stat.S_IFREG
 _ALL_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 
 
+# Modes seen so far, each kept once: most files of a tree share a handful of modes.
+_MODES: dict[int, int] = {}
+
+
 @dataclass(slots=True)
 class LocalFile:
+    """A scanned file: its absolute path, its name, and the stat fields uploads read.
+
+    It is its own stat (:attr:`st`): an upload holds one per file until it commits, and a
+    separate stat object with its integers cost about 200 bytes more a file (1,000,000
+    files: 0.2 GB).
+    """
+
     path: str
     name: str
-    st: FileStat
+    st_mode: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+
+    @classmethod
+    def of(cls, path: str, name: str, st: StatLike) -> LocalFile:
+        mode = st.st_mode
+        mode = _MODES.setdefault(mode, mode)
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        if ctime == mtime:  # usual for a file written once: one integer object for both
+            ctime = mtime
+        return cls(path, name, mode, st.st_size, mtime, ctime, st.st_ino)
+
+    @property
+    def st(self) -> LocalFile:
+        return self
 
 
 @dataclass(slots=True)
@@ -58,8 +86,10 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
 
     Names that are not UTF-8 and symlinks leading out of ``root`` are refused here,
     so that no bundle is made that could not be downloaded. With ``guard_links`` false
-    the caller checks symlinks itself (``root`` is then a folder inside the tree).
+    the caller checks symlinks itself (``root`` is then a folder inside the tree). Every
+    path found is absolute (``abspath`` of ``root``, then names), as uploads key files.
     """
+    root = os.path.abspath(root)
     try:
         st = os.stat(root)
     except OSError as exc:
@@ -119,7 +149,7 @@ def _scan_dir(
                     and not os.access(prefix + name, os.R_OK)
                 ):
                     raise SourceUnreadable(prefix + name, "permission denied")
-                files.append(LocalFile(prefix + name, name, FileStat.of(est)))
+                files.append(LocalFile.of(prefix + name, name, est))
             elif kind == stat.S_IFDIR:
                 child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
                 node.dirs.append(child)

@@ -24,7 +24,7 @@ from datamon.api.store import Store
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.packer import PackWriter
 from datamon.cafs.statcache import Folder, Listed
-from datamon.core.filestat import FileStat, StatLike
+from datamon.core.filestat import StatLike
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind
 from datamon.errors import InvalidArgument, SourceUnreadable, UnsafePath
 from datamon.metadata.layout import check_name
@@ -79,7 +79,7 @@ def upload(
     named: list[Future[Entry]] = []
     builder = ThreadPoolExecutor(1, thread_name_prefix="datamon-build")
 
-    def select(ingester: Ingester) -> list[tuple[str, LocalFile]]:
+    def select(ingester: Ingester) -> list[LocalFile]:
         # Folders unchanged since an upload recorded them are taken whole (design §9).
         found = keys.outermost(ingester.reuse_folders(keys.wanted()))
         taken.update(_stored(store, found))
@@ -132,7 +132,7 @@ def _check(store: Store, repo: str, options: UploadOptions) -> None:
 def _ingest(
     store: Store,
     path: str,
-    select: Callable[[Ingester], list[tuple[str, LocalFile]]],
+    select: Callable[[Ingester], list[LocalFile]],
     options: UploadOptions,
     progress: Progress | None,
     arrivals: Arrivals | None = None,
@@ -152,33 +152,33 @@ def _ingest(
         stat_cache=store.stat_cache,
     )
 
-    def ingest(group: list[tuple[str, LocalFile]]) -> list[tuple[ChunkRef, ...]]:
+    def ingest(group: list[LocalFile]) -> list[tuple[ChunkRef, ...]]:
         try:
-            return ingester.ingest_files([(full, f.st) for full, f in group], reuse=False)
+            return ingester.ingest_files([(f.path, f) for f in group], reuse=False)
         except OSError as exc:
-            where = exc.filename or (group[0][1].path if len(group) == 1 else path)
+            where = exc.filename or (group[0].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
 
     try:
         files = select(ingester)
-        total = sum([f.st.st_size for _full, f in files])
+        total = sum([f.st_size for f in files])
         progress.start("uploading", total)
         if arrivals is None:  # (an empty one is falsy)
             arrivals = Arrivals()
         refs = arrivals.refs
         # Unchanged files first, in this thread: one scan of the stat cache for the tree.
-        found = ingester.reuse([(full, f.st) for full, f in files])
+        found = ingester.reuse([(f.path, f) for f in files])
         if found:
             arrivals.add(found)
             # The paths are distinct: as many found as asked for means every one was found.
-            files = [] if len(found) == len(files) else [x for x in files if x[0] not in found]
-            progress.advance(total - sum([f.st.st_size for _full, f in files]))
+            files = [] if len(found) == len(files) else [f for f in files if f.path not in found]
+            progress.advance(total - sum([f.st_size for f in files]))
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
         threads = max(1, min(options.concurrency, max(2, os.cpu_count() or 1)))
         for group, results in bounded_map(ingest, _groups(files), threads):
-            arrivals.add({full: chunks for (full, _f), chunks in zip(group, results, strict=True)})
-            progress.advance(sum(f.st.st_size for _full, f in group))
+            arrivals.add({f.path: chunks for f, chunks in zip(group, results, strict=True)})
+            progress.advance(sum(f.st_size for f in group))
         written = packer.close()
     except BaseException:
         packer.abort()
@@ -263,12 +263,12 @@ def upload_paths(
     _check(store, repo, options)
     real_root = _real_dir(path)
     changes = [(rel, _local(path, real_root, rel)) for rel in _relative(path, paths)]
-    files: list[tuple[str, LocalFile]] = []
+    files: list[LocalFile] = []
     for _rel, item in changes:
         if isinstance(item, LocalDir):
             files.extend(_ordered(item))
         elif isinstance(item, LocalFile):
-            files.append((os.path.abspath(item.path), item))
+            files.append(item)
     batch = _ingest(store, path, lambda _ingester: files, options, progress)
     trees_before = store.trees.written
     pending = PendingTrees(store.trees)
@@ -295,7 +295,7 @@ def upload_paths(
                 elif isinstance(item, LocalDir):
                     edit.put(rel, stored[rel])
                 elif isinstance(item, LocalFile):
-                    edit.put(rel, _file_entry(item, batch.refs[os.path.abspath(item.path)]))
+                    edit.put(rel, _file_entry(item, batch.refs[item.path]))
                 else:
                     edit.put(rel, _link_entry(item))
             except OSError as exc:
@@ -422,7 +422,7 @@ def _local(root: str, real_root: str, rel: str) -> LocalFile | LocalDir | LocalL
             _check_link_on_disk(real_root, f"{rel}/{sub}", os.path.join(full, sub))
         return node
     if stat.S_ISREG(st.st_mode):
-        return LocalFile(full, name, FileStat.of(st))
+        return LocalFile.of(os.path.abspath(full), name, st)
     if stat.S_ISLNK(st.st_mode):
         try:
             target = os.readlink(full)
@@ -461,41 +461,43 @@ def _folders_on(root: str, rels: list[str]) -> list[tuple[str, os.stat_result]]:
     return found
 
 
-def _ordered(root: LocalDir, skip: Container[int] = ()) -> list[tuple[str, LocalFile]]:
-    """Every file with its absolute path, sorted by the names along its path, except those
-    in the folders whose ``id`` is in ``skip``.
+def _ordered(root: LocalDir, skip: Container[int] = ()) -> list[LocalFile]:
+    """Every file, sorted by the names along its path, except those in the folders whose
+    ``id`` is in ``skip``.
 
     A depth-first walk visiting each folder's files and subfolders by name gives that order,
-    since a file's path is never a prefix of another's; the absolute path (``abspath``, as
-    the stat cache keys files) is computed once per folder.
+    since a file's path is never a prefix of another's.
     """
-    out: list[tuple[str, LocalFile]] = []
+    out: list[LocalFile] = []
     if id(root) in skip:
         return out
-    stack: list[tuple[str, Iterator[LocalFile | LocalDir]]] = [_children(root)]
+    stack: list[Iterator[LocalFile | LocalDir]] = [_children(root)]
     while stack:
-        prefix, children = stack[-1]
-        for item in children:
+        for item in stack[-1]:
             if isinstance(item, LocalDir):
                 if id(item) in skip:
                     continue
                 stack.append(_children(item))
                 break
-            out.append((prefix + item.name, item))
+            out.append(item)
         else:
             stack.pop()
     return out
 
 
-def _children(node: LocalDir) -> tuple[str, Iterator[LocalFile | LocalDir]]:
+def _children(node: LocalDir) -> Iterator[LocalFile | LocalDir]:
     items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
     items.sort(key=_by_name)
-    return os.path.join(os.path.abspath(node.path), ""), iter(items)
+    return iter(items)
 
 
-def _groups(files: list[tuple[str, LocalFile]]) -> Iterator[list[tuple[str, LocalFile]]]:
+def _groups(files: list[LocalFile]) -> Iterator[list[LocalFile]]:
     """A large file alone, small files together: one index query per group."""
-    return size_groups(files, lambda f: f[1].st.st_size, GROUP_FILES, GROUP_BYTES)
+    return size_groups(files, _size, GROUP_FILES, GROUP_BYTES)
+
+
+def _size(f: LocalFile) -> int:
+    return f.st_size
 
 
 def _mode(st: StatLike) -> int:
@@ -504,7 +506,7 @@ def _mode(st: StatLike) -> int:
 
 def _file_entry(f: LocalFile, chunks: tuple[ChunkRef, ...]) -> Entry:
     size = chunks[0].size if len(chunks) == 1 else sum(c.size for c in chunks)
-    return Entry(f.name, Kind.FILE, _mode(f.st), f.st.st_mtime_ns, size=size, chunks=chunks)
+    return Entry(f.name, Kind.FILE, _mode(f), f.st_mtime_ns, size=size, chunks=chunks)
 
 
 def _link_entry(link: LocalLink) -> Entry:
@@ -520,7 +522,7 @@ def _build(
 ) -> Entry:
     """Name the directory's tree bottom-up (stored later); returns the entry that names it.
 
-    ``refs`` holds the chunks of every file by absolute path (as :func:`_ordered` gives it).
+    ``refs`` holds the chunks of every file by its (absolute) path.
     Folders in ``taken`` (by ``id``) keep their recorded tree; ``built`` receives the entry
     of every folder named here.
     """
@@ -530,7 +532,6 @@ def _build(
             return reused_entry(node, row[0])
     entries: list[Entry] = []
     size = count = 0
-    prefix = os.path.join(os.path.abspath(node.path), "")
     # By name, files and folders together, as _ordered gives files to ingest: a builder
     # reading chunk lists as they arrive then names each folder soon after its last file.
     items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
@@ -541,7 +542,7 @@ def _build(
             size += child.size
             count += child.files
         else:
-            entry = _file_entry(item, refs[prefix + item.name])
+            entry = _file_entry(item, refs[item.path])
             entries.append(entry)
             size += entry.size
             count += 1
