@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from datamon.api import scan as scan_module
 from datamon.api.scan import LocalFile, scan
-from datamon.core.filestat import FileStat
 from datamon.errors import SourceUnreadable, UnsafePath
 from datamon.testing.workloads import write_tree
 
@@ -85,8 +85,10 @@ def test_files_keep_a_compact_stat_with_the_fields_uploads_read(tmp_path: Path) 
 
 def test_equal_stat_fields_are_held_once() -> None:
     # Distinct integer objects of equal value, as two stat calls return them.
-    def stat_of(mode: str, mtime: str, ctime: str) -> FileStat:
-        return FileStat(int(mode), 7, int(mtime), int(ctime), 42)
+    def stat_of(mode: str, mtime: str, ctime: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            st_mode=int(mode), st_size=7, st_mtime_ns=int(mtime), st_ctime_ns=int(ctime), st_ino=42
+        )
 
     a = LocalFile.of("/t/a", "a", stat_of("33188", "1764000000123456789", "1764000000123456789"))
     b = LocalFile.of("/t/b", "b", stat_of("33188", "1764000000123456789", "1764000000999999999"))

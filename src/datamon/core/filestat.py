@@ -1,12 +1,13 @@
-"""FileStat: the few stat fields an upload keeps for each file, in a fraction of the memory."""
+"""StatLike: the stat fields an upload reads of a file."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 
 class StatLike(Protocol):
-    """What uploads read of a file's stat: ``os.stat_result`` and :class:`FileStat` both fit."""
+    """What uploads read of a file's stat: ``os.stat_result`` and a scanned file
+    (``api.scan.LocalFile``) both fit."""
 
     @property
     def st_mode(self) -> int: ...
@@ -18,21 +19,3 @@ class StatLike(Protocol):
     def st_ctime_ns(self) -> int: ...
     @property
     def st_ino(self) -> int: ...
-
-
-class FileStat(NamedTuple):
-    """A scanned file's stat, kept until its upload is committed.
-
-    An ``os.stat_result`` costs about 600 bytes with its float and integer fields; a
-    1,000,000-file upload held 0.6 GB of them. This keeps the five fields uploads read.
-    """
-
-    st_mode: int
-    st_size: int
-    st_mtime_ns: int
-    st_ctime_ns: int
-    st_ino: int
-
-    @classmethod
-    def of(cls, st: StatLike) -> FileStat:
-        return cls(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
