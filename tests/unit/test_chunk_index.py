@@ -38,6 +38,8 @@ def test_locations_name_their_pack_and_the_first_recorded_is_kept(tmp_path: Path
         a: Location(first, 0, 10, 20),
     }
     assert index.known_packs() == {first, second, third}
+    index.record_many([])
+    assert index.known_packs() == {first, second, third}
     index.close()
 
 
