@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from datamon import Author, Change, Repository, Store, UploadOptions
+from datamon.api import download as download_module
 from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import index_key, pack_id_of, pack_key
 from datamon.core.codecs import to_json
@@ -1234,3 +1235,14 @@ def test_progress_is_reported(repo: Repository, src: Path, tmp_path: Path, autho
         assert rec.events[-1] == ("finish", None)
         advanced = sum(a for kind, a in rec.events if kind == "advance" and isinstance(a, int))
         assert advanced == result.bundle.size
+
+
+def test_downloads_from_local_disk_use_no_more_threads_than_cores(tmp_path: Path) -> None:
+    cores = max(2, os.cpu_count() or 1)
+    local = Store.open(str(tmp_path / "store"))
+    assert download_module._workers(local, 64) == min(64, cores)
+    assert download_module._workers(local, 1) == 1
+    # From an object store (here in memory), the asked concurrency hides request latency.
+    remote = Store.open("memory://bench")
+    assert download_module._workers(remote, 64) == 64
+    assert download_module._workers(remote, 0) == 1

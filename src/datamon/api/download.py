@@ -87,7 +87,7 @@ def write_entries(
     total = sum(e.size for _p, e in files)
     progress.start("downloading", total)
     try:
-        for _group, size in bounded_map(write, _groups(files), max(1, concurrency)):
+        for _group, size in bounded_map(write, _groups(files), _workers(store, concurrency)):
             progress.advance(size)
     finally:
         progress.finish()
@@ -96,6 +96,20 @@ def write_entries(
         os.chmod(full, entry.mode)
         os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns))
     return DownloadResult(files=len(files), bytes=total)
+
+
+def _workers(store: Store, concurrency: int) -> int:
+    """Groups written at once: ``concurrency``, but no more than the cores from local disk.
+
+    Reading packs from local disk, checking and writing chunks is work for the CPU, and
+    threads beyond the cores only queue for the interpreter lock (W1, 1 GiB in 16 files:
+    2.23-2.43 s with 2 threads, 2.43-2.63 s with 4, here). From an object store, more
+    requests in flight hide the network's latency.
+    """
+    workers = max(1, concurrency)
+    if store.blob.url.startswith("file:"):
+        workers = min(workers, max(2, os.cpu_count() or 1))
+    return workers
 
 
 def _groups(files: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]:
