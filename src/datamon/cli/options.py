@@ -19,7 +19,7 @@ concurrency_option = click.option(
     type=click.IntRange(1, 256),
     default=4,
     show_default=True,
-    help="How many files are read or written at once.",
+    help="How many files are read or written at once (at most one per core on local disk).",
 )
 
 
