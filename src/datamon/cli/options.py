@@ -19,7 +19,10 @@ concurrency_option = click.option(
     type=click.IntRange(1, 256),
     default=4,
     show_default=True,
-    help="How many files are read or written at once (at most one per core on local disk).",
+    help=(
+        "How many files are read or written at once. Uploads read and hash with at most one"
+        " thread per core (at least 2), and so do downloads from local disk."
+    ),
 )
 
 
