@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -92,3 +93,27 @@ def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:
     writer.add(digest(raw), *codec.encode_parts(raw), len(raw))  # sealed: written
     writer.abort()
     assert store.index.known_packs() == set(writer.packs) and len(writer.packs) == 1
+
+
+def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    tracemalloc.start()
+    try:
+        writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
+        assert writer.close() == []
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # One chunk takes a buffer; sealing the last pack takes no new one.
+    writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    raw = text_bytes(1, 1000)
+    assert writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    tracemalloc.start()
+    try:
+        assert len(writer.close()) == 1
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

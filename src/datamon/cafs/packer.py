@@ -39,7 +39,9 @@ class PackWriter:
         self.blob = index.blob
         self.pack_size = pack_size
         self._lock = threading.Lock()
-        self._buffer = self._new_buffer()
+        # Taken when the first chunk comes: an upload that stores nothing new (a re-upload)
+        # allocates no pack buffer, and none is allocated after the last pack is sealed.
+        self._buffer: bytearray | None = None
         self._used = 0
         self._free: list[bytearray] = []
         self._entries: list[PackEntry] = []
@@ -110,6 +112,8 @@ class PackWriter:
 
     def _append(self, codec: int, payload: Payload) -> None:
         buf, at = self._buffer, self._used
+        if buf is None:
+            buf = self._buffer = self._free.pop() if self._free else self._new_buffer()
         end = at + 1 + len(payload)
         if end > len(buf):  # a chunk larger than the slack: grow this buffer
             grown = bytearray(end)
@@ -121,8 +125,10 @@ class PackWriter:
 
     def _take(self) -> tuple[int, bytearray, int, list[PackEntry]]:
         seq, data, used, entries = self._seq, self._buffer, self._used, self._entries
+        if data is None:  # only sealed once something was appended
+            raise AssertionError("sealing a pack without a buffer")
         self._seq += 1
-        self._buffer = self._free.pop() if self._free else self._new_buffer()
+        self._buffer = None
         self._used = 0
         self._entries = []
         return seq, data, used, entries
