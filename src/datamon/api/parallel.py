@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,12 @@ def bounded_map(
         finally:
             for _item, future in pending:
                 future.cancel()
+
+
+def cpu_threads(concurrency: int) -> int:
+    """``concurrency`` threads, but no more than the cores (at least 2): for work that holds
+    the interpreter lock between system calls, more threads only queue for it."""
+    return max(1, min(concurrency, max(2, os.cpu_count() or 1)))
 
 
 def size_groups(

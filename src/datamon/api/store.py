@@ -57,6 +57,12 @@ class Store:
         return cls(meta, blob_backend, cache=cache)
 
     @property
+    def blobs_on_local_disk(self) -> bool:
+        """Whether packs are read and written on this machine's disk (work for the CPU),
+        not through an object store's requests (where more in flight hide latency)."""
+        return self.blob.url.startswith("file:")
+
+    @property
     def url(self) -> str:
         if self.blob is self.meta:
             return self.meta.url
