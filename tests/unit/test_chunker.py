@@ -218,3 +218,26 @@ def test_read_goes_on_after_a_short_read(tmp_path: Path) -> None:
         assert FastCDCChunker.read(str(fifo), 20) == b"a" * 10 + b"b" * 10
     finally:
         thread.join()
+
+
+def test_read_of_the_size_the_stat_gave_takes_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file read whole costs one read call when its size is what the stat said; a
+    second read, to see the end, would hand the interpreter lock over once more a file."""
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    calls: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        calls.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    assert FastCDCChunker.read(str(path), 10) == b"0123456789"
+    assert calls == [11]
+    calls.clear()
+    # Any other size reads on to the end.
+    assert FastCDCChunker.read(str(path), 9) == b"0123456789"
+    assert len(calls) == 2

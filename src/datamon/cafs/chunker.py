@@ -132,12 +132,15 @@ class FastCDCChunker:
         """The whole of a small file whose size was ``size`` when stat'ed.
 
         Unbuffered: a buffered file object would cost a buffer allocation per file, which
-        dominates when the files are a few KiB. Reads to the end even if the file grew.
+        dominates when the files are a few KiB. Reads to the end if the file grew. A first
+        read that returns exactly ``size`` bytes is taken as the whole file, without a second
+        read to see the end: the file as the stat saw it (W2: 50,000 system calls fewer, each
+        a hand-over of the interpreter lock between the ingesting threads).
         """
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, size + 1)
-            if not data:
+            if len(data) == size or not data:
                 return data
             # Network and FUSE file systems may return less than asked before the end:
             # only an empty read is the end.
