@@ -1246,3 +1246,59 @@ def test_downloads_from_local_disk_use_no_more_threads_than_cores(tmp_path: Path
     remote = Store.open("memory://bench")
     assert download_module._workers(remote, 64) == 64
     assert download_module._workers(remote, 0) == 1
+
+
+def _segmented(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Segments of 64 KiB (about one chunk); returns the offsets of the segments written."""
+    monkeypatch.setattr(download_module, "SEGMENT_BYTES", 64 << 10)
+    monkeypatch.setattr(download_module, "GROUP_BYTES", 64 << 10)
+    offsets: list[int] = []
+    real = download_module._Segment.write
+
+    def write(self: download_module._Segment, store: Store) -> int:
+        offsets.append(self.offset)
+        return real(self, store)
+
+    monkeypatch.setattr(download_module._Segment, "write", write)
+    return offsets
+
+
+def test_large_files_are_written_in_segments_at_their_offsets(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = tmp_path / "src"
+    write_tree(src, {"big.bin": random_bytes(7, 3_000_000), "small.txt": b"hello\n"})
+    os.chmod(src / "big.bin", 0o640)
+    os.utime(src / "big.bin", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    bid = repo.upload(str(src), _opts(author)).bundle_id
+    offsets = _segmented(monkeypatch)
+    dest = tmp_path / "dest"
+    repo.download(bid, str(dest), concurrency=4)
+    assert (dest / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert (dest / "small.txt").read_bytes() == b"hello\n"
+    st = (dest / "big.bin").stat()
+    assert st.st_mode & 0o777 == 0o640
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    # Written in many pieces, each where it belongs (not one after the other).
+    assert len(offsets) > 10
+    assert sorted(offsets) == sorted(set(offsets))
+    assert 0 in offsets
+    assert max(offsets) < 3_000_000
+
+
+def test_a_failed_segment_leaves_no_large_file(
+    damaged_setup: tuple[Repository, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, bid, src = damaged_setup
+    chunk = _flip_in_chunk_of(repo.store, repo, bid, "f2.bin")
+    offsets = _segmented(monkeypatch)
+    dest = tmp_path / "dest"
+    with pytest.raises((ChecksumMismatch, CorruptObject)) as info:
+        repo.download(bid, str(dest), concurrency=2)
+    assert chunk in str(info.value)
+    assert offsets  # the files were written in segments
+    assert not (dest / "f2.bin").exists()
+    # Files whose every segment was written are whole; nothing is left open or partial.
+    for written in dest.iterdir():
+        assert written.read_bytes() == (src / written.name).read_bytes()

@@ -7,6 +7,7 @@ import itertools
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -14,11 +15,15 @@ from datamon.api.parallel import bounded_map, cpu_threads, size_groups
 from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
-from datamon.core.model import Bundle, Entry, Kind
+from datamon.core.model import Bundle, ChunkRef, Entry, Kind
 from datamon.errors import DestinationNotEmpty, InvalidArgument
 
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
+# A file over twice this size is written in pieces of about this size by several threads
+# at once, each at its own offset: one 5 GiB file no longer checks and copies on one core
+# (W5 here: 5.5-5.9 s against 7.3-12.4 s). Smaller files gain nothing from being split.
+SEGMENT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -80,15 +85,23 @@ def write_entries(
             os.symlink(entry.target, target)
             os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
-    def write(group: list[tuple[str, Entry]]) -> int:
-        write_group(store, [(os.path.join(destination, p), e) for p, e in group])
-        return sum(e.size for _p, e in group)
+    def write(work: list[tuple[str, Entry]] | _Segment) -> int:
+        if isinstance(work, _Segment):
+            return work.write(store)
+        write_group(store, [(os.path.join(destination, p), e) for p, e in work])
+        return sum(e.size for _p, e in work)
 
     total = sum(e.size for _p, e in files)
+    large: list[_LargeFile] = []
     progress.start("downloading", total)
     try:
-        for _group, size in bounded_map(write, _groups(files), _workers(store, concurrency)):
+        work = _work(files, destination, large)
+        for _work_item, size in bounded_map(write, work, _workers(store, concurrency)):
             progress.advance(size)
+    except BaseException:
+        for one in large:
+            one.abandon()
+        raise
     finally:
         progress.finish()
     for path, entry in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
@@ -113,6 +126,90 @@ def _groups(files: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]
     return size_groups(files, lambda item: item[1].size, GROUP_FILES, GROUP_BYTES)
 
 
+def _work(
+    files: list[tuple[str, Entry]], destination: str, large: list[_LargeFile]
+) -> Iterator[list[tuple[str, Entry]] | _Segment]:
+    """Groups of files, and the segments of each file over twice :data:`SEGMENT_BYTES`.
+
+    A large file is created when its first segment is handed out and is appended to
+    ``large``, so that a failed download can remove it. A file over :data:`GROUP_BYTES`
+    is a group of its own, so every file that large (and larger) is one.
+    """
+    for group in _groups(files):
+        path, entry = group[0]
+        if len(group) > 1 or entry.size <= 2 * SEGMENT_BYTES:
+            yield group
+            continue
+        pieces = _segments(entry.chunks)
+        one = _LargeFile(os.path.join(destination, path), entry, len(pieces))
+        large.append(one)
+        yield from (_Segment(one, offset, refs) for offset, refs in pieces)
+
+
+def _segments(refs: tuple[ChunkRef, ...]) -> list[tuple[int, tuple[ChunkRef, ...]]]:
+    """The chunks cut into runs of about :data:`SEGMENT_BYTES`, each with its offset."""
+    out: list[tuple[int, tuple[ChunkRef, ...]]] = []
+    start = offset = size = 0
+    for i, ref in enumerate(refs):
+        size += ref.size
+        if size >= SEGMENT_BYTES:
+            out.append((offset, refs[start : i + 1]))
+            start, offset, size = i + 1, offset + size, 0
+    if start < len(refs):
+        out.append((offset, refs[start:]))
+    return out
+
+
+class _LargeFile:
+    """A file written by several threads, each at its own offset; the last one to finish
+    sets its mode and time and closes it."""
+
+    def __init__(self, target: str, entry: Entry, segments: int) -> None:
+        self.target = target
+        self.entry = entry
+        self.fd = _create(target)
+        self._left = segments
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left:
+                return
+        _finish(self.fd, self.entry)
+        os.close(self.fd)
+        self.fd = -1
+
+    def abandon(self) -> None:
+        """Close and remove the file unless every segment was written."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.target)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    file: _LargeFile
+    offset: int
+    refs: tuple[ChunkRef, ...]
+
+    def write(self, store: Store) -> int:
+        fd = self.file.fd
+        offset = self.offset
+        for data in store.reader.read(self.refs):
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        self.file.done()
+        return offset - self.offset
+
+
 def write_group(store: Store, files: list[tuple[str, Entry]]) -> None:
     """Write files (parents existing) from one stream of chunks read in coalesced ranges."""
     chunks = store.reader.read([ref for _target, entry in files for ref in entry.chunks])
@@ -122,22 +219,30 @@ def write_group(store: Store, files: list[tuple[str, Entry]]) -> None:
 
 def write_file(entry: Entry, target: str, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to ``target`` (created, never overwritten) with mode and time."""
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise DestinationNotEmpty(target) from None
+    fd = _create(target)
     try:
         for data in chunks:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fchmod(fd, entry.mode)
-        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        _finish(fd, entry)
     except BaseException:
         os.close(fd)
         os.unlink(target)
         raise
     os.close(fd)
+
+
+def _create(target: str) -> int:
+    try:
+        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DestinationNotEmpty(target) from None
+
+
+def _finish(fd: int, entry: Entry) -> None:
+    os.fchmod(fd, entry.mode)
+    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
 def empty_folder(folder: str) -> None:
