@@ -8,7 +8,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -1302,3 +1302,23 @@ def test_a_failed_segment_leaves_no_large_file(
     # Files whose every segment was written are whole; nothing is left open or partial.
     for written in dest.iterdir():
         assert written.read_bytes() == (src / written.name).read_bytes()
+
+
+def test_a_segment_whose_chunk_is_not_the_size_its_tree_says_fails(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = tmp_path / "src"
+    write_tree(src, {"big.bin": random_bytes(3, 1_000_000)})
+    bid = repo.upload(str(src), _opts(author)).bundle_id
+    _segmented(monkeypatch)
+    real_read = repo.store.reader.read
+
+    def short_first(refs: Sequence[ChunkRef]) -> Iterator[bytes]:
+        for i, data in enumerate(real_read(refs)):
+            yield data[:-1] if i == 0 else data
+
+    monkeypatch.setattr(repo.store.reader, "read", short_first)
+    with pytest.raises(CorruptObject, match="bytes, not"):
+        repo.download(bid, str(tmp_path / "dest"), concurrency=2)
+    assert not (tmp_path / "dest" / "big.bin").exists()

@@ -16,7 +16,7 @@ from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
 from datamon.core.model import Bundle, ChunkRef, Entry, Kind
-from datamon.errors import DestinationNotEmpty, InvalidArgument
+from datamon.errors import CorruptObject, DestinationNotEmpty, InvalidArgument
 
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
@@ -200,7 +200,10 @@ class _Segment:
     def write(self, store: Store) -> int:
         fd = self.file.fd
         offset = self.offset
-        for data in store.reader.read(self.refs):
+        for ref, data in zip(self.refs, store.reader.read(self.refs), strict=True):
+            if len(data) != ref.size:
+                # The next segment starts where this one's sizes say it ends.
+                raise CorruptObject(f"chunk {ref.id.hex()}", f"{len(data)} bytes, not {ref.size}")
             view = memoryview(data)
             while view:
                 written = os.pwrite(fd, view, offset)
