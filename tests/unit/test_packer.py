@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tracemalloc
+import mmap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 from datamon import Store
 from datamon.cafs import packer as packer_module
 from datamon.cafs.layout import pack_key
-from datamon.cafs.packer import PackWriter
+from datamon.cafs.packer import SLACK, Buffer, PackWriter
 from datamon.cafs.reader import ChunkReader
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
@@ -95,25 +95,35 @@ def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:
     assert store.index.known_packs() == set(writer.packs) and len(writer.packs) == 1
 
 
-def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(tmp_path: Path) -> None:
+def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = Store.open(str(tmp_path / "store"))
-    tracemalloc.start()
-    try:
-        writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
-        assert writer.close() == []
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    taken: list[int] = []
+    new_buffer = PackWriter._new_buffer
+
+    def counted(self: PackWriter) -> Buffer:
+        buffer = new_buffer(self)
+        taken.append(len(buffer))
+        return buffer
+
+    monkeypatch.setattr(PackWriter, "_new_buffer", counted)
+    writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
+    assert writer.close() == []
+    assert taken == []
     # One chunk takes a buffer; sealing the last pack takes no new one.
     writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
     codec = ChunkCodec()
     raw = text_bytes(1, 1000)
     assert writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
-    tracemalloc.start()
-    try:
-        assert len(writer.close()) == 1
-        _current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    assert len(writer.close()) == 1
+    assert taken == [(64 << 20) + SLACK]
+
+
+def test_pack_buffers_are_page_aligned_mappings(tmp_path: Path) -> None:
+    # The local store writes a pack with O_DIRECT only from an aligned buffer.
+    store = Store.open(str(tmp_path / "store"))
+    writer = PackWriter(store.index, 1 << 20, max_pending=1, uploaders=1)
+    buffer = writer._new_buffer()
+    assert isinstance(buffer, mmap.mmap) and len(buffer) == (1 << 20) + SLACK
+    writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,6 +16,9 @@ from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
 
 log = logging.getLogger(__name__)
 Payload = bytes | memoryview
+# A pack's buffer: an anonymous mapping (page-aligned, so a local store can write it with
+# O_DIRECT), or a bytearray for a pack grown past its slack by an oversized chunk.
+Buffer = mmap.mmap | bytearray
 # Room beyond the pack size in each pack buffer, for the chunk that takes it past the size.
 SLACK = 1 << 20
 # Written packs whose chunks wait to be recorded in the local index together (see _write),
@@ -29,7 +33,9 @@ class PackWriter:
 
     Pack buffers are allocated at their full size once and used again once their pack is
     written: filling a fresh, growing buffer for every pack cost a third of a second of
-    page faults and copies per GiB here, all of it holding the GIL.
+    page faults and copies per GiB here, all of it holding the GIL. They are anonymous
+    mappings, whose start is page-aligned, so that the local store can write them to disk
+    without copying them into the page cache first (``storage/local.py``).
     """
 
     def __init__(
@@ -41,9 +47,9 @@ class PackWriter:
         self._lock = threading.Lock()
         # Taken when the first chunk comes: an upload that stores nothing new (a re-upload)
         # allocates no pack buffer, and none is allocated after the last pack is sealed.
-        self._buffer: bytearray | None = None
+        self._buffer: Buffer | None = None
         self._used = 0
-        self._free: list[bytearray] = []
+        self._free: list[Buffer] = []
         self._entries: list[PackEntry] = []
         # Chunk id -> number of the pack it was put in; pack number -> id once written.
         self._seen: dict[bytes, int] = {}
@@ -90,7 +96,7 @@ class PackWriter:
 
     def add_many(self, chunks: Iterable[tuple[bytes, int, Payload, int]]) -> int:
         """Queue encoded chunks side by side in one pack; returns how many were new."""
-        sealed: list[tuple[int, bytearray, int, list[PackEntry]]] = []
+        sealed: list[tuple[int, Buffer, int, list[PackEntry]]] = []
         added = 0
         with self._lock:
             for cid, codec, payload, size in chunks:
@@ -107,8 +113,8 @@ class PackWriter:
             self._submit(*pack)
         return added
 
-    def _new_buffer(self) -> bytearray:
-        return bytearray(self.pack_size + SLACK)
+    def _new_buffer(self) -> Buffer:
+        return mmap.mmap(-1, self.pack_size + SLACK)
 
     def _append(self, codec: int, payload: Payload) -> None:
         buf, at = self._buffer, self._used
@@ -123,7 +129,7 @@ class PackWriter:
         buf[at + 1 : end] = payload
         self._used = end
 
-    def _take(self) -> tuple[int, bytearray, int, list[PackEntry]]:
+    def _take(self) -> tuple[int, Buffer, int, list[PackEntry]]:
         seq, data, used, entries = self._seq, self._buffer, self._used, self._entries
         if data is None:  # only sealed once something was appended
             raise AssertionError("sealing a pack without a buffer")
@@ -133,7 +139,7 @@ class PackWriter:
         self._entries = []
         return seq, data, used, entries
 
-    def _submit(self, seq: int, data: bytearray, used: int, entries: list[PackEntry]) -> None:
+    def _submit(self, seq: int, data: Buffer, used: int, entries: list[PackEntry]) -> None:
         self._raise_failures()
         self._slots.acquire()
         future = self._pool.submit(self._write, seq, data, used, entries)
@@ -141,7 +147,7 @@ class PackWriter:
         with self._lock:
             self._futures.append(future)
 
-    def _write(self, seq: int, buffer: bytearray, used: int, entries: list[PackEntry]) -> str:
+    def _write(self, seq: int, buffer: Buffer, used: int, entries: list[PackEntry]) -> str:
         # The buffer is written as it is: a copy would double the memory of each pack.
         with memoryview(buffer) as whole, whole[:used] as data:
             pack_id = hexdigest(data)

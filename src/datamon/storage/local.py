@@ -45,6 +45,43 @@ EARLY_SYNC = 1 << 20
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+# Large objects are written with O_DIRECT where the file system and the buffer allow it,
+# in whole blocks of this size (the rest is written through the page cache). Copying them
+# into the page cache instead cost 0.8 s of system time for 288 MiB here: the page cache
+# takes fresh pages, and on this virtual machine a page's first use is that slow.
+DIRECT_BLOCK = 4096
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _write_direct(fd: int, view: memoryview) -> memoryview:
+    """Write the whole blocks at the start of ``view`` bypassing the page cache, if the
+    file system and the buffer's alignment allow it; returns what is left to write.
+
+    Only a page-aligned buffer qualifies (packs are built in ``mmap`` buffers). Where
+    O_DIRECT is refused (EINVAL: a file system without it, such as tmpfs, or a buffer
+    that is not aligned) nothing has been written and the whole view is returned.
+    """
+    head = view.nbytes - view.nbytes % DIRECT_BLOCK
+    if not _O_DIRECT or not head:
+        return view
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError:
+        return view
+    try:
+        done = 0
+        while done < head:
+            written = os.write(fd, view[done:head])
+            done += written
+            if written % DIRECT_BLOCK:
+                break  # the next write would start inside a block
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return view[done:]
 
 
 def _fsync(path: Path) -> None:
@@ -156,8 +193,10 @@ class LocalBackend:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, _CREATE, 0o644)
         try:
-            view = memoryview(data)
+            view = memoryview(data).cast("B")
             size = view.nbytes
+            if size >= EARLY_SYNC:
+                view = _write_direct(fd, view)
             while view:
                 view = view[os.write(fd, view) :]
             if sync or size >= EARLY_SYNC:

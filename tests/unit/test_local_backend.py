@@ -1,0 +1,106 @@
+"""The local store's large writes: O_DIRECT for an aligned buffer, the page cache otherwise."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from datamon.storage import local
+from datamon.storage.local import DIRECT_BLOCK, EARLY_SYNC, LocalBackend
+from datamon.testing.workloads import random_bytes
+
+
+def _direct_supported(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0))
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    os.close(fd)
+    os.unlink(folder / "probe")
+    return hasattr(os, "O_DIRECT")
+
+
+@pytest.fixture
+def left(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes each direct write left to the page cache."""
+    out: list[int] = []
+    real = local._write_direct
+
+    def spy(fd: int, view: memoryview) -> memoryview:
+        rest = real(fd, view)
+        out.append(rest.nbytes)
+        return rest
+
+    monkeypatch.setattr(local, "_write_direct", spy)
+    return out
+
+
+def _aligned(data: bytes) -> mmap.mmap:
+    buffer = mmap.mmap(-1, len(data))
+    buffer[:] = data
+    return buffer
+
+
+def test_an_aligned_large_object_skips_the_page_cache_but_its_tail(
+    tmp_path: Path, left: list[int]
+) -> None:
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    data = random_bytes(7, EARLY_SYNC + 3 * DIRECT_BLOCK + 123)
+    backend = LocalBackend(tmp_path / "store")
+    assert backend.put_if_absent("packs/ab/one", memoryview(_aligned(data)))
+    assert left == [123]
+    assert backend.get("packs/ab/one") == data
+    assert backend.get_range("packs/ab/one", EARLY_SYNC, 300) == data[EARLY_SYNC : EARLY_SYNC + 300]
+
+
+def test_a_whole_number_of_blocks_leaves_nothing(tmp_path: Path, left: list[int]) -> None:
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    data = random_bytes(8, EARLY_SYNC + DIRECT_BLOCK)
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("packs/ab/two", _aligned(data))
+    assert left == [0]
+    assert backend.get("packs/ab/two") == data
+
+
+def test_a_misaligned_buffer_goes_through_the_page_cache(tmp_path: Path, left: list[int]) -> None:
+    data = random_bytes(9, EARLY_SYNC + 2 * DIRECT_BLOCK + 1)
+    backend = LocalBackend(tmp_path / "store")
+    # One byte into a mapping: the kernel refuses it for O_DIRECT, and nothing is lost.
+    view = memoryview(_aligned(b"x" + data))[1:]
+    assert backend.put_if_absent("packs/ab/three", view)
+    assert left == [len(data)]
+    assert backend.get("packs/ab/three") == data
+
+
+def test_a_refused_direct_write_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: list[int]
+) -> None:
+    # A file system without O_DIRECT (tmpfs) refuses the flag with EINVAL.
+    real = local.fcntl.fcntl
+
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == local.fcntl.F_SETFL and arg & local._O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(local.fcntl, "fcntl", refuse)
+    data = random_bytes(10, EARLY_SYNC + 5)
+    backend = LocalBackend(tmp_path / "store")
+    assert backend.put_if_absent("packs/ab/four", _aligned(data))
+    assert left == [len(data)]
+    assert backend.get("packs/ab/four") == data
+
+
+def test_small_objects_are_not_written_directly(tmp_path: Path, left: list[int]) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("trees/ab/small", _aligned(random_bytes(11, 2 * DIRECT_BLOCK)))
+    assert left == []
+    assert backend.get("trees/ab/small") == random_bytes(11, 2 * DIRECT_BLOCK)
