@@ -42,6 +42,15 @@ PEERS_OF = {
     "W5": ("dvc", "restic", "oxen"),
 }
 S3_CONCURRENCY = 4  # Datamon's default --concurrency-factor; the raw PUTs use the same
+# Workloads whose run folders hold few, large files: each is deleted right after its run,
+# as keeping them all would take tens of GiB. The others' folders (tens of thousands of
+# files each) are deleted together once the workload's last run is done, then the harness
+# waits SETTLE_S: an ext4 file system without a journal skips inodes freed in the last 30 s
+# (the kernel's dirty_expire_interval) whenever it creates a file, so a tool that ran right
+# after another tool's folder was deleted paid for that deletion (a W2 upload here: 6.24 s
+# right after a large deletion, 2.41 s without one).
+DELETE_AFTER_EACH_RUN = frozenset({"W1", "W5"})
+SETTLE_S = 31.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,10 +136,12 @@ def versions(tools: list[Tool]) -> dict[str, str]:
 class Runner:
     """Runs one tool through one workload in a fresh folder; keeps records and errors."""
 
-    def __init__(self, data: Workloads, work: Path, runs: int, keep: bool) -> None:
+    def __init__(self, data: Workloads, work: Path, runs: int, keep: bool, settle_s: float) -> None:
         self.data, self.work, self.runs, self.keep = data, work, runs, keep
+        self.settle_s = settle_s
         self.records: list[Record] = []
         self.errors: list[dict[str, str]] = []
+        self._done: list[Path] = []  # run folders to delete when the workload ends
 
     def attempt(self, workload: str, tool: str, run: int, body: Callable[[Context], None]) -> None:
         ctx = Context(self.data, self.work / "runs" / f"{workload}-{tool}-{run}", run)
@@ -149,7 +160,22 @@ class Runner:
             # Steps measured before a failure are kept.
             self.records.extend(ctx.records)
             if not self.keep:
-                shutil.rmtree(ctx.run_dir, ignore_errors=True)
+                if workload in DELETE_AFTER_EACH_RUN:
+                    shutil.rmtree(ctx.run_dir, ignore_errors=True)
+                else:
+                    self._done.append(ctx.run_dir)
+
+    def settle(self) -> None:
+        """Delete the run folders the workload left, then wait out the file system's
+        memory of the freed inodes, so that the next workload's first run does not pay."""
+        if not self._done:
+            return
+        for folder in self._done:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._done = []
+        if self.settle_s:
+            log(f"deleted the run folders; waiting {self.settle_s:.0f} s for the next workload")
+            time.sleep(self.settle_s)
 
     def _error(self, workload: str, tool: str, run: int, text: str) -> None:
         self.errors.append({"workload": workload, "tool": tool, "run": str(run + 1), "error": text})
@@ -162,8 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="datamon-bench-", dir=args.workdir))
     log(f"work folder {work} ({scale.name} scale, {args.runs} run(s))")
     data = Workloads(work / "data", scale)
-    runner = Runner(data, work, args.runs, args.keep)
+    # The quick data's few thousand files leave nothing worth waiting for.
+    runner = Runner(data, work, args.runs, args.keep, 0.0 if args.quick else SETTLE_S)
     notes: list[str] = []
+    if not args.quick and not args.keep:
+        notes.append(
+            "Run folders are deleted right after each run for "
+            + ", ".join(sorted(DELETE_AFTER_EACH_RUN))
+            + f", and for the other workloads after their last run, followed by a {SETTLE_S:.0f} s"
+            " pause: ext4 without a journal skips recently freed inodes when it creates files, "
+            "so no run follows another tool's large deletion."
+        )
     if not GNU_TIME:
         notes.append("/usr/bin/time is missing: peak RSS is wait4's, an upper bound")
     compile_datamon()
@@ -199,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         for workload in args.workloads:
             if workload == "W6":
                 run_w6(data, args.runs, runner.attempt, notes)
-                continue
-            chosen = [p for p in PEERS_OF[workload] if (p, workload) not in args.skip]
-            tools = [datamon, *(peers[p] for p in chosen if p in peers)]
-            for run in range(args.runs):
-                for tool in tools:
-                    runner.attempt(workload, tool.name, run, _body(workload, tool, data))
+            else:
+                chosen = [p for p in PEERS_OF[workload] if (p, workload) not in args.skip]
+                tools = [datamon, *(peers[p] for p in chosen if p in peers)]
+                for run in range(args.runs):
+                    for tool in tools:
+                        runner.attempt(workload, tool.name, run, _body(workload, tool, data))
+            if workload != args.workloads[-1]:
+                runner.settle()
     finally:
         meta["elapsed_s"] = time.perf_counter() - started
         if not args.keep:

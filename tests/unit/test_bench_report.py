@@ -80,3 +80,28 @@ def test_heading_names_the_workloads_of_a_partial_run(
 
     whole = report.markdown(_meta(["W1"]), medians, targets, [], [])
     assert whole.splitlines()[0].startswith("# Datamon benchmark: full-scale run of every workload")
+
+
+def test_many_file_run_folders_wait_for_the_end_of_their_workload(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+    runner = run.Runner(None, tmp_path, 1, keep=False, settle_s=0.0)
+    made: dict[str, Path] = {}
+
+    def body(name: str) -> Any:
+        def make(ctx: Any) -> None:
+            (ctx.run_dir / "f").write_bytes(b"x")
+            made[name] = ctx.run_dir
+
+        return make
+
+    runner.attempt("W1", "datamon", 0, body("W1"))
+    runner.attempt("W2", "datamon", 0, body("W2"))
+    assert not made["W1"].exists()  # few large files: deleted at once
+    assert made["W2"].exists()  # many files: kept until the workload ends
+    runner.settle()
+    assert not made["W2"].exists()
+    assert not runner.errors
