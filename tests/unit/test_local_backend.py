@@ -6,11 +6,12 @@ import errno
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from datamon.storage import local
-from datamon.storage.local import DIRECT_BLOCK, EARLY_SYNC, LocalBackend
+from datamon.storage.local import DIRECT_BLOCK, DIRECT_READ, EARLY_SYNC, LocalBackend
 from datamon.testing.workloads import random_bytes
 
 
@@ -104,3 +105,41 @@ def test_small_objects_are_not_written_directly(tmp_path: Path, left: list[int])
     backend.put("trees/ab/small", _aligned(random_bytes(11, 2 * DIRECT_BLOCK)))
     assert left == []
     assert backend.get("trees/ab/small") == random_bytes(11, 2 * DIRECT_BLOCK)
+
+
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [
+        (0, DIRECT_READ),  # aligned
+        (123, 2 * DIRECT_READ + 5),  # neither end aligned
+        (EARLY_SYNC + 1000, DIRECT_READ),  # past the end: what there is
+        (3 * DIRECT_READ, DIRECT_READ),  # wholly past the end
+    ],
+)
+def test_large_range_reads_match_the_object(tmp_path: Path, start: int, length: int) -> None:
+    data = random_bytes(12, 2 * EARLY_SYNC + 777)
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("packs/ab/five", _aligned(data))
+    assert backend.get_range("packs/ab/five", start, length) == data[start : start + length]
+    assert backend._direct == _direct_supported(tmp_path)  # read directly where it can be
+
+
+def test_range_reads_fall_back_where_o_direct_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random_bytes(13, 2 * DIRECT_READ + 9)
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("packs/ab/six", data)
+    real = os.open
+    refused: list[str] = []
+
+    def tmpfs_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & local._O_DIRECT:
+            refused.append(str(path))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(local.os, "open", tmpfs_open)
+    for _ in range(2):
+        assert backend.get_range("packs/ab/six", 5, DIRECT_READ + 1) == data[5 : DIRECT_READ + 6]
+    assert len(refused) == 1  # the backend stops trying after the first refusal

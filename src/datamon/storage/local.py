@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import mmap
 import os
 import secrets
 import threading
@@ -51,6 +52,12 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 # takes fresh pages, and on this virtual machine a page's first use is that slow.
 DIRECT_BLOCK = 4096
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+# Range reads of this many bytes up to DIRECT_READ_MAX (a reader's merged chunk ranges, of
+# up to 8 MiB) are read with O_DIRECT too: a pack not in the page cache (one written
+# directly) would otherwise take fresh page-cache pages, which cost 0.6-0.8 s of system
+# time per 576 MiB here against 0.1 s read directly.
+DIRECT_READ = 1 << 20
+DIRECT_READ_MAX = 16 << 20
 
 
 def _write_direct(fd: int, view: memoryview) -> memoryview:
@@ -147,6 +154,9 @@ class LocalBackend:
         # The objects written since the last flush; None once there are more than FSYNC_MAX.
         self._written: list[Path] | None = []
         self._lock = threading.Lock()
+        # Whether range reads try O_DIRECT; cleared once the file system refuses it.
+        self._direct = bool(_O_DIRECT)
+        self._local = threading.local()
 
     @property
     def url(self) -> str:
@@ -168,6 +178,10 @@ class LocalBackend:
             raise _translate(exc, key) from None
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        if self._direct and DIRECT_READ <= length <= DIRECT_READ_MAX:
+            data = self._get_range_direct(key, start, length)
+            if data is not None:
+                return data
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except OSError as exc:
@@ -178,6 +192,43 @@ class LocalBackend:
             raise _translate(exc, key) from None
         finally:
             os.close(fd)
+
+    def _get_range_direct(self, key: str, start: int, length: int) -> bytes | None:
+        """The range read with O_DIRECT into this thread's aligned buffer, or None where
+        the file system refuses O_DIRECT (then this backend stops trying)."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | _O_DIRECT)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self._direct = False
+                return None
+            raise _translate(exc, key) from None
+        first = start - start % DIRECT_BLOCK
+        end = -(-(start + length) // DIRECT_BLOCK) * DIRECT_BLOCK
+        try:
+            with memoryview(self._read_buffer(end - first))[: end - first] as view:
+                got = 0
+                while got < end - first:
+                    n = os.preadv(fd, [view[got:]], first + got)
+                    got += n
+                    if not n or n % DIRECT_BLOCK:
+                        break  # the end of the file
+                low = start - first
+                return bytes(view[low : max(low, min(got, low + length))])
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self._direct = False
+                return None
+            raise _translate(exc, key) from None
+        finally:
+            os.close(fd)
+
+    def _read_buffer(self, size: int) -> mmap.mmap:
+        """This thread's page-aligned buffer for direct reads, of at least ``size`` bytes."""
+        buffer: mmap.mmap | None = getattr(self._local, "buffer", None)
+        if buffer is None or len(buffer) < size:
+            buffer = self._local.buffer = mmap.mmap(-1, max(size, DIRECT_READ_MAX + DIRECT_BLOCK))
+        return buffer
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         data = self.get(key)
