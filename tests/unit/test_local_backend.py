@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 
 from datamon.storage import local
-from datamon.storage.local import DIRECT_BLOCK, DIRECT_READ, EARLY_SYNC, LocalBackend
+from datamon.storage.local import (
+    DIRECT_BLOCK,
+    DIRECT_READ,
+    EARLY_SYNC,
+    LocalBackend,
+    direct_buffer,
+)
 from datamon.testing.workloads import random_bytes
 
 
@@ -143,3 +150,24 @@ def test_range_reads_fall_back_where_o_direct_is_refused(
     for _ in range(2):
         assert backend.get_range("packs/ab/six", 5, DIRECT_READ + 1) == data[5 : DIRECT_READ + 6]
     assert len(refused) == 1  # the backend stops trying after the first refusal
+
+
+def test_direct_buffers_are_private_aligned_and_zeroed() -> None:
+    buffer = direct_buffer(3 * (2 << 20) + 5)
+    view = memoryview(buffer)
+    assert view.nbytes == 3 * (2 << 20) + 5 and not any(view[:: 1 << 12])
+    buffer[:4] = b"abcd"  # writable
+    assert bytes(view[:4]) == b"abcd"
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    assert address % DIRECT_BLOCK == 0
+    # Private anonymous memory ("rw-p"), not a shared mapping backed by shmem ("rw-s").
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        for line in maps.read_text().splitlines():
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            if low <= address < high:
+                assert line.split()[1] == "rw-p"
+                break
+        else:
+            raise AssertionError("the buffer is in no mapping")
+    view.release()

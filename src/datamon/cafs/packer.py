@@ -13,6 +13,7 @@ from datamon.cafs.layout import index_key, pack_key
 from datamon.core.codecs import encode_frame, pack_msg
 from datamon.core.ids import hexdigest
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+from datamon.storage.local import direct_buffer
 
 log = logging.getLogger(__name__)
 Payload = bytes | memoryview
@@ -114,7 +115,7 @@ class PackWriter:
         return added
 
     def _new_buffer(self) -> Buffer:
-        return mmap.mmap(-1, self.pack_size + SLACK)
+        return direct_buffer(self.pack_size + SLACK)
 
     def _append(self, codec: int, payload: Payload) -> None:
         buf, at = self._buffer, self._used

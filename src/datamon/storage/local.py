@@ -12,6 +12,7 @@ object, and fsyncs the new ref and its folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -52,12 +53,27 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 # takes fresh pages, and on this virtual machine a page's first use is that slow.
 DIRECT_BLOCK = 4096
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+_HUGE_PAGE = 2 << 20
 # Range reads of this many bytes up to DIRECT_READ_MAX (a reader's merged chunk ranges, of
 # up to 8 MiB) are read with O_DIRECT too: a pack not in the page cache (one written
 # directly) would otherwise take fresh page-cache pages, which cost 0.6-0.8 s of system
 # time per 576 MiB here against 0.1 s read directly.
 DIRECT_READ = 1 << 20
 DIRECT_READ_MAX = 16 << 20
+
+
+def direct_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer of ``size`` bytes whose start is page-aligned, as O_DIRECT needs.
+
+    A private anonymous mapping: the default shared one is backed by shmem, whose page
+    faults cost more. Large ones ask for huge pages (honoured where transparent huge pages
+    are enabled or set to ``madvise``), which cuts their page faults 512-fold.
+    """
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if size >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+    return buffer
 
 
 def _write_direct(fd: int, view: memoryview) -> memoryview:
@@ -227,7 +243,7 @@ class LocalBackend:
         """This thread's page-aligned buffer for direct reads, of at least ``size`` bytes."""
         buffer: mmap.mmap | None = getattr(self._local, "buffer", None)
         if buffer is None or len(buffer) < size:
-            buffer = self._local.buffer = mmap.mmap(-1, max(size, DIRECT_READ_MAX + DIRECT_BLOCK))
+            buffer = self._local.buffer = direct_buffer(max(size, DIRECT_READ_MAX + DIRECT_BLOCK))
         return buffer
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
