@@ -187,4 +187,3 @@ class ChunkCodec:
         if len(raw) != raw_size:
             raise CorruptObject(key, f"chunk has {len(raw)} bytes, index says {raw_size}")
         return raw
-        raise UnsupportedFormat(f"chunk codec in {key}", codec)
