@@ -105,3 +105,16 @@ def test_many_file_run_folders_wait_for_the_end_of_their_workload(tmp_path: Path
     runner.settle()
     assert not made["W2"].exists()
     assert not runner.errors
+
+
+def test_warm_reads_every_file_of_a_tree(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import measure
+    finally:
+        sys.path.remove(str(BENCH))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "g").write_bytes(b"yz")
+    (tmp_path / "empty").write_bytes(b"")
+    assert measure.warm(tmp_path) == 3_000_002
