@@ -15,6 +15,7 @@ from datamon.core.codecs import (
     CODEC_ZSTD,
     FRAME_MAGIC,
     FRAME_VERSION,
+    PROBE_BYTES,
     ChunkCodec,
     decode_frame,
     encode_frame,
@@ -348,3 +349,26 @@ def test_tree_roundtrip_through_frame(tree: Tree) -> None:
     assert unpack_msg("t", decode_frame("t", framed, expected=oid), Tree) == tree
     # Equal trees encode to equal bytes: the id is a function of the content.
     assert encode_frame(pack_msg(unpack_msg("t", pack_msg(tree), Tree)))[0] == oid
+
+
+def test_a_probed_chunk_whose_prefix_does_not_compress_is_stored_raw_uncompressed() -> None:
+    codec = ChunkCodec()
+    # Random first 8 KiB, then text that zstd would shrink well.
+    raw = random_bytes(21, PROBE_BYTES) + text_bytes(21, 56_000)
+    kind, payload = codec.encode_parts(raw, probe=True)
+    assert kind == CODEC_RAW and bytes(payload) == raw
+    # Without the probe the same chunk is compressed: the probe decided, not the data.
+    assert codec.encode_parts(raw)[0] == CODEC_ZSTD
+
+
+def test_a_probed_chunk_whose_prefix_compresses_is_compressed_whole() -> None:
+    codec = ChunkCodec()
+    raw = text_bytes(22, 60_000)
+    assert codec.encode_parts(raw, probe=True) == codec.encode_parts(raw)
+    # Small chunks are never probed: their whole is as cheap as a prefix.
+    small = random_bytes(23, 2 * PROBE_BYTES)
+    assert codec.encode_parts(small, probe=True) == codec.encode_parts(small)
+    assert (
+        codec.decode("k", b"".join([bytes([CODEC_ZSTD]), codec.encode_parts(raw)[1]]), len(raw))
+        == raw
+    )

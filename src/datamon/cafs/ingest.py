@@ -19,7 +19,7 @@ from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.statcache import Folder, Listed, StatCache
-from datamon.core.codecs import ChunkCodec
+from datamon.core.codecs import CODEC_RAW, ChunkCodec
 from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -27,6 +27,7 @@ from datamon.core.model import ChunkRef
 BATCH_BYTES = 4 << 20
 SMALL_FILE = 1 << 20
 WINDOW = 3
+PROBE_AFTER = 2
 _NO_PACKS: frozenset[str] = frozenset()
 
 
@@ -319,6 +320,9 @@ class Ingester:
         out.refs = [ChunkRef(cid, len(raw)) for cid, raw in zip(ids, chunks, strict=True)]
         where = self.index.lookup_many(ids)  # one query for the batch
         codec = self._codec()
+        # Chunks stored raw in a row: after PROBE_AFTER of them, each next chunk of this
+        # batch (one file's) is probed before it is compressed whole (design §4.5).
+        raw_run = 0
         for cid, raw in zip(ids, chunks, strict=True):
             if self.packer.seen(cid):
                 out.queued.append(cid)
@@ -328,7 +332,9 @@ class Ingester:
                 out.packs.add(found.pack)
                 continue
             out.queued.append(cid)
-            if self.packer.add(cid, *codec.encode_parts(raw), len(raw)):
+            kind, payload = codec.encode_parts(raw, probe=raw_run >= PROBE_AFTER)
+            raw_run = raw_run + 1 if kind == CODEC_RAW else 0
+            if self.packer.add(cid, kind, payload, len(raw)):
                 out.new += 1
         return out
 
