@@ -15,6 +15,7 @@ from datamon.storage import local
 from datamon.storage.local import (
     DIRECT_BLOCK,
     DIRECT_READ,
+    DIRECT_READ_MAX,
     EARLY_SYNC,
     LocalBackend,
     direct_buffer,
@@ -171,3 +172,13 @@ def test_direct_buffers_are_private_aligned_and_zeroed() -> None:
         else:
             raise AssertionError("the buffer is in no mapping")
     view.release()
+
+
+def test_the_longest_direct_range_at_an_unaligned_start(tmp_path: Path) -> None:
+    # A partial block at both ends of a DIRECT_READ_MAX range: the per-thread buffer holds it.
+    data = random_bytes(14, DIRECT_READ_MAX + 3 * DIRECT_BLOCK)
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("packs/ab/seven", _aligned(data))
+    start = DIRECT_BLOCK - 1
+    got = backend.get_range("packs/ab/seven", start, DIRECT_READ_MAX)
+    assert got == data[start : start + DIRECT_READ_MAX]

@@ -222,7 +222,7 @@ class LocalBackend:
         first = start - start % DIRECT_BLOCK
         end = -(-(start + length) // DIRECT_BLOCK) * DIRECT_BLOCK
         try:
-            with memoryview(self._read_buffer(end - first))[: end - first] as view:
+            with memoryview(self._read_buffer())[: end - first] as view:
                 got = 0
                 while got < end - first:
                     n = os.preadv(fd, [view[got:]], first + got)
@@ -239,11 +239,12 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def _read_buffer(self, size: int) -> mmap.mmap:
-        """This thread's page-aligned buffer for direct reads, of at least ``size`` bytes."""
+    def _read_buffer(self) -> mmap.mmap:
+        """This thread's page-aligned buffer for direct reads: room for the longest range
+        and a partial block at either end."""
         buffer: mmap.mmap | None = getattr(self._local, "buffer", None)
-        if buffer is None or len(buffer) < size:
-            buffer = self._local.buffer = direct_buffer(max(size, DIRECT_READ_MAX + DIRECT_BLOCK))
+        if buffer is None:
+            buffer = self._local.buffer = direct_buffer(DIRECT_READ_MAX + 2 * DIRECT_BLOCK)
         return buffer
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
