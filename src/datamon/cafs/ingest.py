@@ -19,6 +19,7 @@ from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.statcache import Folder, Listed, StatCache
+from datamon.cafs.workers import SLOT_BYTES, EncoderPool
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
 from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
@@ -75,8 +76,11 @@ class Ingester:
         level: int,
         workers: int | None = None,
         stat_cache: StatCache | None = None,
+        encoders: EncoderPool | None = None,
     ) -> None:
         self.chunker = chunker
+        # Worker processes for groups of small files, if the caller started them.
+        self.encoders = encoders
         self.index = index
         self.packer = packer
         self.level = level
@@ -243,40 +247,70 @@ class Ingester:
             self.stats.bytes_read += size
 
     def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Batch]:
+        encoders = self.encoders
+        if encoders is not None and sum(st.st_size for _path, st in files) <= SLOT_BYTES:
+            with encoders.encode([(path, st.st_size) for path, st in files]) as got:
+                out, batch, store = self._place(files, got.counts, got.ids, got.sizes)
+                # add_many copies each payload out of the worker's slot before it is freed.
+                batch.new = self.packer.add_many(
+                    [(got.ids[k], got.codecs[k], got.payloads[k], got.sizes[k]) for k in store]
+                )
+            self._collect(batch, [])
+            return out
         # Each step for the whole group before the next: reads, then hashes, then one
         # compression call. Interleaved per file, the two ingesting threads handed the
         # interpreter lock to each other at every step (W2: about 8 futex calls a file).
         read = self.chunker.read
-        datas = [read(path, st.st_size) for path, st in files]
-        chunks: dict[str, list[tuple[bytes, bytes]]] = {}
-        for (path, _st), data in zip(files, datas, strict=True):
-            chunks[path] = [(digest(raw), raw) for raw in self.chunker.chunks_of(data)]
-        del datas
-        where = self.index.lookup_many([cid for items in chunks.values() for cid, _raw in items])
-        batch = _Batch()
-        out: dict[str, _Batch] = {}
-        missing: list[tuple[bytes, bytes]] = []
-        for path, items in chunks.items():
-            one = out[path] = _Batch(refs=[ChunkRef(cid, len(raw)) for cid, raw in items])
-            for cid, raw in items:
-                found = where.get(cid)
-                if found is not None:
-                    one.packs.add(found.pack)
-                else:
-                    one.queued.append(cid)
-                    if not self.packer.seen(cid):
-                        missing.append((cid, raw))
-            batch.refs.extend(one.refs)
-            batch.packs |= one.packs
-        encoded = self._codec().encode_many([raw for _cid, raw in missing])
+        chunks_of = self.chunker.chunks_of
+        raws: list[bytes] = []
+        counts: list[int] = []
+        for path, st in files:
+            before = len(raws)
+            raws.extend(chunks_of(read(path, st.st_size)))
+            counts.append(len(raws) - before)
+        ids = [digest(raw) for raw in raws]
+        out, batch, store = self._place(files, counts, ids, [len(raw) for raw in raws])
+        seen = self.packer.seen
+        missing = [k for k in store if not seen(ids[k])]
+        encoded = self._codec().encode_many([raws[k] for k in missing])
         new: list[tuple[bytes, int, Payload, int]] = [
-            (cid, codec, payload, len(raw))
-            for (cid, raw), (codec, payload) in zip(missing, encoded, strict=True)
+            (ids[k], codec, payload, len(raws[k]))
+            for k, (codec, payload) in zip(missing, encoded, strict=True)
         ]
         # One call, so the group's chunks lie side by side in the pack, as they are read.
         batch.new = self.packer.add_many(new)
         self._collect(batch, [])
         return out
+
+    def _place(
+        self,
+        files: Sequence[tuple[str, StatLike]],
+        counts: Sequence[int],
+        ids: Sequence[bytes],
+        sizes: Sequence[int],
+    ) -> tuple[dict[str, _Batch], _Batch, list[int]]:
+        """Each file's chunks (``counts[i]`` of the group's ``ids`` and ``sizes`` for the
+        ``i``-th file), looked up in the index in one query: the files' batches, the
+        group's, and the positions of the chunks the index lacks."""
+        where = self.index.lookup_many(ids)
+        batch = _Batch()
+        out: dict[str, _Batch] = {}
+        store: list[int] = []
+        start = 0
+        for (path, _st), count in zip(files, counts, strict=True):
+            end = start + count
+            one = out[path] = _Batch(refs=[ChunkRef(ids[k], sizes[k]) for k in range(start, end)])
+            for k in range(start, end):
+                found = where.get(ids[k])
+                if found is not None:
+                    one.packs.add(found.pack)
+                else:
+                    one.queued.append(ids[k])
+                    store.append(k)
+            batch.refs.extend(one.refs)
+            batch.packs |= one.packs
+            start = end
+        return out, batch, store
 
     def ingest_bytes(self, data: bytes) -> tuple[ChunkRef, ...]:
         return self.ingest_chunks(self.chunker.chunks_of(data))

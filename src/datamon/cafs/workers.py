@@ -1,0 +1,215 @@
+"""Worker processes that read, cut, hash and compress groups of small files.
+
+Threads of one interpreter take turns at its lock for the Python work around every file's
+system calls; with thousands of small files, that work, not the cores, bounds an upload.
+Worker processes each have their own lock. They send back the chunk ids and sizes through
+a pipe, and the compressed chunks through a shared mapping: one slot of
+:data:`SLOT_BYTES` per group in flight, which the caller copies into its pack and then
+releases. The mapping is a ``memfd`` (Linux): neither ``/dev/shm``, which containers often
+keep small, nor a file on disk.
+
+Workers compress every chunk they cut: the caller looks the chunks up in its index only
+once they come back, so a chunk the store already holds is compressed for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+import os
+import queue
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import forkserver
+
+from datamon.cafs.chunker import FastCDCChunker
+from datamon.core.codecs import ChunkCodec
+from datamon.core.ids import DIGEST_SIZE, digest
+from datamon.core.model import ChunkerParams
+from datamon.errors import DatamonError
+
+log = logging.getLogger(__name__)
+
+# The largest group's raw bytes: the groups of an upload close once they reach 8 MiB, so the
+# last file (at most 1 MiB, the small-file limit) may take one past that; a stored chunk is
+# never larger than its raw bytes.
+SLOT_BYTES = 10 << 20
+# The module the worker processes' server imports once, before it forks each worker.
+_PRELOAD = [__name__]
+
+
+class WorkerFailed(DatamonError):
+    """A worker process stopped before it finished its group (killed, or out of memory)."""
+
+
+def available() -> bool:
+    """Whether worker processes can run here (Linux, with ``memfd_create``)."""
+    return sys.platform == "linux" and hasattr(os, "memfd_create")
+
+
+def prepare() -> None:
+    """Start the worker processes' server now, so that its start overlaps other work (the
+    scan of the folder); it then imports this module while this process goes on."""
+    if not available():
+        return
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        forkserver.ensure_running()
+    except (OSError, ValueError) as exc:
+        log.debug("worker processes unavailable: %s", exc)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A group's chunks as a worker produced them, in file order.
+
+    ``counts[i]`` chunks belong to the ``i``-th file. For each chunk: its id, its raw size,
+    its codec byte and its stored payload (a view into the shared mapping, valid until the
+    caller's ``with`` block over this object ends).
+    """
+
+    counts: list[int]
+    ids: list[bytes]
+    sizes: list[int]
+    codecs: bytes
+    payloads: list[memoryview] | list[bytes]
+    _release: queue.SimpleQueue[int]
+    _slot: int
+
+    def __enter__(self) -> Encoded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for view in self.payloads:
+            if isinstance(view, memoryview):
+                view.release()
+        self._release.put(self._slot)
+
+
+class EncoderPool:
+    """``workers`` processes encoding groups of small files; :meth:`encode` is thread-safe.
+
+    Raises ``OSError`` if the processes or the mapping cannot be made (the caller then
+    reads in threads). Call :meth:`close` when done.
+    """
+
+    def __init__(self, params: ChunkerParams, level: int, workers: int, slots: int) -> None:
+        fd = os.memfd_create("datamon-encode", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, SLOT_BYTES * slots)
+            self._map = mmap.mmap(fd, SLOT_BYTES * slots)
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_PRELOAD)
+            # The workers open the mapping through this process's descriptor.
+            where = f"/proc/{os.getpid()}/fd/{fd}"
+            self._pool = ProcessPoolExecutor(
+                workers, ctx, initializer=_start, initargs=(params, level, where, slots)
+            )
+            # Start the workers (and find a failure) now, not at the first group.
+            for done in [self._pool.submit(_ready) for _ in range(workers)]:
+                done.result()
+        except BrokenProcessPool as exc:
+            os.close(fd)
+            raise OSError(f"worker processes did not start: {exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._view = memoryview(self._map)
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(slots):
+            self._free.put(slot)
+
+    def encode(self, files: Sequence[tuple[str, int]]) -> Encoded:
+        """Read, cut, hash and compress ``(path, size)`` small files (their whole size at
+        most :data:`SLOT_BYTES`); waits for a free slot. An unreadable file raises the
+        worker's ``OSError``."""
+        slot = self._free.get()
+        try:
+            paths = [path for path, _size in files]
+            sizes = [size for _path, size in files]
+            try:
+                counts, ids, raw, codecs, stored = self._pool.submit(
+                    _encode, paths, sizes, slot
+                ).result()
+            except BrokenProcessPool:
+                raise WorkerFailed("a worker process of the upload stopped") from None
+        except BaseException:
+            self._free.put(slot)
+            raise
+        payloads: list[memoryview] | list[bytes]
+        if all(isinstance(n, int) for n in stored):
+            views: list[memoryview] = []
+            at = slot * SLOT_BYTES
+            for n in stored:
+                views.append(self._view[at : at + int(n)])
+                at += int(n)
+            payloads = views
+        else:  # did not fit in the slot: sent inline
+            payloads = [bytes(p) for p in stored]
+        chunk_ids = [ids[i : i + DIGEST_SIZE] for i in range(0, len(ids), DIGEST_SIZE)]
+        return Encoded(counts, chunk_ids, list(raw), codecs, payloads, self._free, slot)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._view.release()
+        self._map.close()
+        os.close(self._fd)
+
+
+# In each worker process: its chunker, codec and the shared mapping.
+_state: dict[str, object] = {}
+
+
+def _start(params: ChunkerParams, level: int, where: str, slots: int) -> None:
+    fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _state["map"] = mmap.mmap(fd, SLOT_BYTES * slots)
+    finally:
+        os.close(fd)
+    _state["chunker"] = FastCDCChunker(params)
+    _state["codec"] = ChunkCodec(level)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _encode(
+    paths: list[str], sizes: list[int], slot: int
+) -> tuple[list[int], bytes, list[int], bytes, list[int] | list[bytes]]:
+    """In a worker: the group's chunk counts per file, chunk ids (joined), raw sizes, codec
+    bytes and stored sizes; the stored payloads are written, in order, to the slot. Files
+    that grew since they were stat'ed may not fit: the payloads are then returned instead
+    of their sizes."""
+    chunker: FastCDCChunker = _state["chunker"]  # type: ignore[assignment]
+    codec: ChunkCodec = _state["codec"]  # type: ignore[assignment]
+    shared: mmap.mmap = _state["map"]  # type: ignore[assignment]
+    read = FastCDCChunker.read
+    counts: list[int] = []
+    ids: list[bytes] = []
+    raws: list[bytes] = []
+    for path, size in zip(paths, sizes, strict=True):
+        before = len(raws)
+        for raw in chunker.chunks_of(read(path, size)):
+            ids.append(digest(raw))
+            raws.append(raw)
+        counts.append(len(raws) - before)
+    encoded = codec.encode_many(raws)
+    codecs = bytes(codec_byte for codec_byte, _payload in encoded)
+    sizes_out = [len(raw) for raw in raws]
+    if sum(len(payload) for _codec, payload in encoded) > SLOT_BYTES:
+        return counts, b"".join(ids), sizes_out, codecs, [bytes(p) for _c, p in encoded]
+    at = slot * SLOT_BYTES
+    stored: list[int] = []
+    for _codec, payload in encoded:
+        n = len(payload)
+        shared[at : at + n] = payload
+        at += n
+        stored.append(n)
+    return counts, b"".join(ids), sizes_out, codecs, stored
