@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import forkserver
+from multiprocessing import forkserver, spawn
 
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.core.codecs import ChunkCodec
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SLOT_BYTES = 10 << 20
 # The module the worker processes' server imports once, before it forks each worker.
 _PRELOAD = [__name__]
+# Main modules known to do nothing when imported under another name (``python -m datamon``).
+_SAFE_MAIN_MODULES = frozenset({"datamon.__main__"})
 
 
 class WorkerFailed(DatamonError):
@@ -47,8 +49,28 @@ class WorkerFailed(DatamonError):
 
 
 def available() -> bool:
-    """Whether worker processes can run here (Linux, with ``memfd_create``)."""
-    return sys.platform == "linux" and hasattr(os, "memfd_create")
+    """Whether worker processes can run here: Linux (``memfd_create``), in a program whose
+    main module they may import (see :func:`main_is_safe`)."""
+    return sys.platform == "linux" and hasattr(os, "memfd_create") and main_is_safe()
+
+
+def main_is_safe() -> bool:
+    """Whether worker processes may import this program's main module.
+
+    Every process ``multiprocessing`` starts imports the main module of the program that
+    started it, to find what was defined there: harmless only for a main module that
+    guards its work with ``if __name__ == "__main__"``. That is known of Datamon's own
+    command line, and there is nothing to import for ``python -c`` and interactive
+    sessions. Other programs (a script of one's own may not guard) read files in threads.
+    """
+    data = spawn.get_preparation_data("datamon-encode")
+    name = data.get("init_main_from_name")
+    path = data.get("init_main_from_path")
+    if name is None and path is None:
+        return True
+    if name is not None:
+        return name in _SAFE_MAIN_MODULES
+    return os.path.basename(str(path)) == "datamon"  # the console script
 
 
 def prepare() -> None:

@@ -1,0 +1,231 @@
+"""Worker processes that read, cut, hash and compress small files, and uploads that use them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from datamon import Store
+from datamon.api import upload as upload_module
+from datamon.api.repository import Repository
+from datamon.api.upload import UploadOptions
+from datamon.cafs import statcache, workers
+from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.workers import SLOT_BYTES, EncoderPool, WorkerFailed
+from datamon.core.codecs import CODEC_RAW, CODEC_ZSTD, ChunkCodec
+from datamon.core.ids import digest
+from datamon.core.model import Author, ChunkerParams
+from datamon.errors import SourceUnreadable
+from datamon.testing.workloads import random_bytes, text_bytes
+
+
+@pytest.fixture(autouse=True)
+def main_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest's main module guards its work: worker processes may import it."""
+    monkeypatch.setattr(workers, "main_is_safe", lambda: True)
+    if not workers.available():
+        pytest.skip("worker processes need Linux")
+
+
+@pytest.fixture
+def pool() -> Iterator[EncoderPool]:
+    started = EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def _files(root: Path, contents: dict[str, bytes]) -> list[tuple[str, int]]:
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, data in contents.items():
+        (root / name).write_bytes(data)
+        out.append((str(root / name), len(data)))
+    return out
+
+
+def test_a_group_is_encoded_as_the_threads_would(pool: EncoderPool, tmp_path: Path) -> None:
+    contents = {
+        "empty": b"",
+        "text": text_bytes(1, 9000),
+        "random": random_bytes(2, 5000),
+        "big": text_bytes(3, 300_000) + random_bytes(4, 300_000),  # cut in several chunks
+    }
+    files = _files(tmp_path, contents)
+    chunker = FastCDCChunker(ChunkerParams())
+    codec = ChunkCodec(1)
+    with pool.encode(files) as got:
+        start = 0
+        for (name, data), count in zip(contents.items(), got.counts, strict=True):
+            expected = list(chunker.chunks_of(data))
+            assert count == len(expected), name
+            for k, raw in enumerate(expected, start):
+                assert got.ids[k] == digest(raw)
+                assert got.sizes[k] == len(raw)
+                blob = bytes([got.codecs[k]]) + bytes(got.payloads[k])
+                assert codec.decode(name, blob, len(raw)) == raw
+            start += count
+        assert start == len(got.ids)
+        assert {got.codecs[k] for k in range(start)} == {CODEC_RAW, CODEC_ZSTD}
+        assert got.counts[0] == 0
+
+
+def test_slots_are_reused_by_many_groups(pool: EncoderPool, tmp_path: Path) -> None:
+    for round_ in range(6):  # three times as many groups as slots, one after another
+        data = text_bytes(round_, 4000)
+        files = _files(tmp_path / str(round_), {"a": data})
+        with pool.encode(files) as got:
+            assert got.ids == [digest(data)]
+            raw = ChunkCodec(1).decode("a", bytes([got.codecs[0]]) + bytes(got.payloads[0]), 4000)
+            assert raw == data
+
+
+def test_a_missing_file_raises_its_error_and_frees_the_slot(
+    pool: EncoderPool, tmp_path: Path
+) -> None:
+    files = _files(tmp_path, {"here": b"x" * 100})
+    for _ in range(3):  # more failures than slots: each frees its slot
+        with pytest.raises(FileNotFoundError) as info:
+            pool.encode([*files, (str(tmp_path / "gone"), 10)])
+        assert info.value.filename == str(tmp_path / "gone")
+    with pool.encode(files) as got:
+        assert got.ids == [digest(b"x" * 100)]
+
+
+def test_a_group_too_large_for_its_slot_comes_back_inline(
+    pool: EncoderPool, tmp_path: Path
+) -> None:
+    # Files that grew since they were stat'ed: more than a slot holds, incompressible.
+    data = random_bytes(5, 1 << 20)
+    contents = {f"f{i}": data[i:] + data[:i] for i in range(11)}
+    files = _files(tmp_path, contents)
+    assert sum(size for _path, size in files) > SLOT_BYTES
+    codec = ChunkCodec(1)
+    with pool.encode(files) as got:
+        assert all(isinstance(p, bytes) for p in got.payloads)
+        start = 0
+        for (name, content), count in zip(contents.items(), got.counts, strict=True):
+            parts = [
+                codec.decode(name, bytes([got.codecs[k]]) + got.payloads[k], got.sizes[k])
+                for k in range(start, start + count)
+            ]
+            assert b"".join(parts) == content
+            start += count
+
+
+def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:
+    files = _files(tmp_path, {"a": b"abc"})
+    for pid in list(pool._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerFailed):
+        pool.encode(files)
+
+
+def _tree(root: Path, files: int) -> None:
+    for i in range(files):
+        folder = root / f"d{i % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        data = text_bytes(i, 500 + i % 3000) if i % 2 else random_bytes(i, 300 + i % 2000)
+        (folder / f"f{i:04d}").write_bytes(data)
+
+
+@pytest.fixture
+def few_files_suffice(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Uploads use worker processes from 20 small files; returns each group's file count."""
+    monkeypatch.setattr(upload_module, "PROCESS_FILES", 20)
+    groups: list[int] = []
+    real = EncoderPool.encode
+
+    def counted(self: EncoderPool, files: list[tuple[str, int]]) -> workers.Encoded:
+        groups.append(len(files))
+        return real(self, files)
+
+    monkeypatch.setattr(EncoderPool, "encode", counted)
+    return groups
+
+
+def _upload(tmp_path: Path, src: Path) -> tuple[Store, Repository, str]:
+    store = Store.open(str(tmp_path / "store"))
+    author = Author("Ada Lovelace", "ada@example.com")
+    repo = Repository.create(store, "r", "d", author)
+    result = repo.upload(str(src), UploadOptions("m", author))
+    return store, repo, result.bundle_id
+
+
+def test_an_upload_of_many_small_files_reads_them_in_workers(
+    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files written just now are never trusted by the stat cache: pretend they are old.
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
+    src = tmp_path / "src"
+    _tree(src, 300)
+    (src / "large.bin").write_bytes(random_bytes(9, 3 << 20))  # read in a thread
+    _store, repo, bid = _upload(tmp_path, src)
+    assert sum(few_files_suffice) == 300
+    repo.download(bid, str(tmp_path / "dest"))
+    for path in src.rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "dest" / path.relative_to(src)).read_bytes() == path.read_bytes()
+    assert repo.verify(bid).ok
+    # Unchanged since: the next upload reads nothing, in workers or threads.
+    few_files_suffice.clear()
+    again = repo.upload(str(src), UploadOptions("again", Author("A", "a@example.com")))
+    assert few_files_suffice == []
+    assert again.bundle.tree == repo.bundle(bid).tree
+
+
+def test_an_upload_reads_in_threads_when_workers_cannot_start(
+    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(EncoderPool, "__init__", refuse)
+    src = tmp_path / "src"
+    _tree(src, 100)
+    _store, repo, bid = _upload(tmp_path, src)
+    assert few_files_suffice == []
+    repo.download(bid, str(tmp_path / "dest"))
+    assert (tmp_path / "dest" / "d3" / "f0003").read_bytes() == (src / "d3" / "f0003").read_bytes()
+
+
+def test_only_main_modules_known_to_guard_their_work_are_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.undo()  # the real check
+    cases = {
+        (("init_main_from_name", "datamon.__main__"),): True,
+        (("init_main_from_path", "/usr/local/bin/datamon"),): True,
+        (): True,  # python -c, an interactive session
+        (("init_main_from_name", "my_pipeline"),): False,
+        (("init_main_from_path", "/home/me/script.py"),): False,
+    }
+    for items, safe in cases.items():
+        data = {"sys_path": [], **dict(items)}
+        monkeypatch.setattr(workers.spawn, "get_preparation_data", lambda _name, d=data: d)
+        assert workers.main_is_safe() is safe, items
+
+
+def test_a_file_gone_before_a_worker_reads_it_names_the_file(
+    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _tree(src, 100)
+    real_scan = upload_module.scan
+
+    def scan_then_delete(path: str) -> upload_module.LocalDir:
+        found = real_scan(path)
+        (src / "d5" / "f0040").unlink()
+        return found
+
+    monkeypatch.setattr(upload_module, "scan", scan_then_delete)
+    with pytest.raises(SourceUnreadable) as info:
+        _upload(tmp_path, src)
+    assert info.value.path.endswith("f0040")
+    assert few_files_suffice
