@@ -229,3 +229,24 @@ def test_a_file_gone_before_a_worker_reads_it_names_the_file(
         _upload(tmp_path, src)
     assert info.value.path.endswith("f0040")
     assert few_files_suffice
+
+
+def test_a_pool_that_cannot_start_frees_what_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real_memfd = os.memfd_create
+
+    def memfd(name: str, flags: int = 0) -> int:
+        fd = real_memfd(name, flags)
+        made.append(fd)
+        return fd
+
+    def no_semaphores(*_args: object, **_kw: object) -> None:
+        raise OSError(38, "Function not implemented")  # as without /dev/shm
+
+    monkeypatch.setattr(workers.os, "memfd_create", memfd)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", no_semaphores)
+    with pytest.raises(OSError):
+        EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
+    assert len(made) == 1
+    with pytest.raises(OSError):
+        os.fstat(made[0])  # closed

@@ -121,14 +121,16 @@ class EncoderPool:
     """
 
     def __init__(self, params: ChunkerParams, level: int, workers: int, slots: int) -> None:
-        fd = os.memfd_create("datamon-encode", os.MFD_CLOEXEC)
+        self._fd = os.memfd_create("datamon-encode", os.MFD_CLOEXEC)
+        self._map: mmap.mmap | None = None
+        self._pool: ProcessPoolExecutor | None = None
         try:
-            os.ftruncate(fd, SLOT_BYTES * slots)
-            self._map = mmap.mmap(fd, SLOT_BYTES * slots)
+            os.ftruncate(self._fd, SLOT_BYTES * slots)
+            self._map = mmap.mmap(self._fd, SLOT_BYTES * slots)
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(_PRELOAD)
             # The workers open the mapping through this process's descriptor.
-            where = f"/proc/{os.getpid()}/fd/{fd}"
+            where = f"/proc/{os.getpid()}/fd/{self._fd}"
             self._pool = ProcessPoolExecutor(
                 workers, ctx, initializer=_start, initargs=(params, level, where, slots)
             )
@@ -136,12 +138,11 @@ class EncoderPool:
             for done in [self._pool.submit(_ready) for _ in range(workers)]:
                 done.result()
         except BrokenProcessPool as exc:
-            os.close(fd)
+            self.close()
             raise OSError(f"worker processes did not start: {exc}") from None
         except BaseException:
-            os.close(fd)
+            self.close()
             raise
-        self._fd = fd
         self._view = memoryview(self._map)
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(slots):
@@ -155,6 +156,8 @@ class EncoderPool:
         try:
             paths = [path for path, _size in files]
             sizes = [size for _path, size in files]
+            if self._pool is None:
+                raise ValueError("encoding with a closed EncoderPool")
             try:
                 counts, ids, raw, codecs, stored = self._pool.submit(
                     _encode, paths, sizes, slot
@@ -178,10 +181,22 @@ class EncoderPool:
         return Encoded(counts, chunk_ids, list(raw), codecs, payloads, self._free, slot)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._view.release()
-        self._map.close()
-        os.close(self._fd)
+        """Stop the workers (after the groups they are encoding) and free the mapping."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._map is not None:
+            view = getattr(self, "_view", None)
+            if view is not None:
+                view.release()
+            try:
+                self._map.close()
+            except BufferError:  # a caller still holds a view: the mapping goes with it
+                log.debug("encoder mapping still in use at close")
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 # In each worker process: its chunker, codec and the shared mapping.
