@@ -3,6 +3,8 @@
 Chunking runs in the caller's thread; hashing, the dedup lookup and compression run
 in batches on a shared pool, so one large file still keeps every core busy. At most
 ``window`` batches per file are in flight, which bounds memory whatever the file size.
+Small files are taken a group at a time: read, cut, hashed and compressed in the caller's
+thread, or in a worker process when the caller started an :class:`EncoderPool`.
 """
 
 from __future__ import annotations
