@@ -106,3 +106,12 @@ def test_paths_are_absolute_whatever_root_is_given(
         top = scan(given)
         assert top.path == str(tmp_path / "t")
         assert [f.path for f in top.dirs[0].files] == [str(tmp_path / "t" / "d" / "x")]
+
+
+def test_a_scan_calls_back_once_when_it_has_found_many_files(tmp_path: Path) -> None:
+    write_tree(tmp_path / "t", {f"d{i % 4}/f{i}": b"x" for i in range(40)})
+    calls: list[int] = []
+    scan(str(tmp_path / "t"), many=(10, lambda: calls.append(1)))
+    assert calls == [1]
+    scan(str(tmp_path / "t"), many=(41, lambda: calls.append(2)))
+    assert calls == [1]  # 40 files: never enough

@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,6 +213,21 @@ def test_only_main_modules_known_to_guard_their_work_are_safe(
         assert workers.main_is_safe() is safe, items
 
 
+def test_small_uploads_start_no_worker_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    monkeypatch.setattr(workers, "prepare", lambda: started.append(1))
+    monkeypatch.setattr(upload_module, "PROCESS_FILES", 50)
+    src = tmp_path / "src"
+    _tree(src, 49)
+    _upload(tmp_path, src)
+    assert started == []
+    _tree(src, 50)
+    _upload(tmp_path / "again", src)
+    assert started == [1]
+
+
 def test_a_file_gone_before_a_worker_reads_it_names_the_file(
     tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,8 +235,8 @@ def test_a_file_gone_before_a_worker_reads_it_names_the_file(
     _tree(src, 100)
     real_scan = upload_module.scan
 
-    def scan_then_delete(path: str) -> upload_module.LocalDir:
-        found = real_scan(path)
+    def scan_then_delete(path: str, **kw: Any) -> upload_module.LocalDir:
+        found = real_scan(path, **kw)
         (src / "d5" / "f0040").unlink()
         return found
 

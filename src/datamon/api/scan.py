@@ -81,13 +81,19 @@ class LocalDir:
         return found
 
 
-def scan(root: str, guard_links: bool = True) -> LocalDir:
+def scan(
+    root: str,
+    guard_links: bool = True,
+    many: tuple[int, Callable[[], None]] | None = None,
+) -> LocalDir:
     """Stat everything below ``root``; unreadable entries are an error, sockets skipped.
 
     Names that are not UTF-8 and symlinks leading out of ``root`` are refused here,
     so that no bundle is made that could not be downloaded. With ``guard_links`` false
     the caller checks symlinks itself (``root`` is then a folder inside the tree). Every
     path found is absolute (``abspath`` of ``root``, then names), as uploads key files.
+    ``many``, ``(count, call)``, calls ``call`` once the scan has found ``count`` files,
+    while it goes on.
     """
     root = os.path.abspath(root)
     try:
@@ -100,6 +106,7 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
     readable = _permission_check()
     guard = TreeGuard()
     stack = [top]
+    found = 0
     while stack:
         node = stack.pop()
         try:
@@ -110,6 +117,11 @@ def scan(root: str, guard_links: bool = True) -> LocalDir:
             _scan_dir(node, fd, stack, readable, guard if guard_links else None)
         finally:
             os.close(fd)
+        if many is not None:
+            found += len(node.files)
+            if found >= many[0]:
+                many[1]()
+                many = None
     guard.check()
     return top
 

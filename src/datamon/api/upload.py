@@ -70,10 +70,9 @@ def upload(
 ) -> UploadResult:
     """Upload the folder ``path`` as the next bundle of the branch."""
     _check(store, repo, options)
-    # Worker processes, if the upload turns out to need them, start from a server that
-    # starts now, beside the scan.
-    workers.prepare()
-    root = scan(path)
+    # Worker processes start from a server that starts, beside the rest of the scan, once
+    # the scan has found enough files for the upload to use them.
+    root = scan(path, many=(PROCESS_FILES, workers.prepare))
     keys = FolderKeys(root, time.time_ns())
     taken: dict[int, tuple[Folder, tuple[str, ...]]] = {}
 
