@@ -213,6 +213,19 @@ def test_only_main_modules_known_to_guard_their_work_are_safe(
         assert workers.main_is_safe() is safe, items
 
 
+def test_a_concurrency_of_one_reads_in_one_thread(
+    tmp_path: Path, few_files_suffice: list[int]
+) -> None:
+    src = tmp_path / "src"
+    _tree(src, 100)
+    store = Store.open(str(tmp_path / "store"))
+    author = Author("Ada Lovelace", "ada@example.com")
+    repo = Repository.create(store, "r", "d", author)
+    result = repo.upload(str(src), UploadOptions("m", author, concurrency=1))
+    assert few_files_suffice == []
+    assert result.bundle.files == 100
+
+
 def test_small_uploads_start_no_worker_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
