@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 # last file (at most 1 MiB, the small-file limit) may take one past that; a stored chunk is
 # never larger than its raw bytes.
 SLOT_BYTES = 10 << 20
-# The module the worker processes' server imports once, before it forks each worker.
-_PRELOAD = [__name__]
+# What the worker processes' server imports once, before it forks each worker: this module,
+# and the program's main module (a console script), which a worker would otherwise run
+# again itself as ``__mp_main__`` (``datamon`` imports the whole command line). Workers
+# run only where that import is safe (main_is_safe).
+_PRELOAD = ["__main__", __name__]
 # Main modules known to do nothing when imported under another name (``python -m datamon``).
 _SAFE_MAIN_MODULES = frozenset({"datamon.__main__"})
 
