@@ -78,11 +78,11 @@ class Ingester:
         level: int,
         workers: int | None = None,
         stat_cache: StatCache | None = None,
-        encoders: EncoderPool | None = None,
     ) -> None:
         self.chunker = chunker
-        # Worker processes for groups of small files, if the caller started them.
-        self.encoders = encoders
+        # Worker processes for groups of small files, if the caller starts them (and closes
+        # them once it has ingested what it meant to).
+        self.encoders: EncoderPool | None = None
         self.index = index
         self.packer = packer
         self.level = level

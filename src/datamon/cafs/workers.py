@@ -82,11 +82,17 @@ def prepare() -> None:
     if not available():
         return
     try:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        _context()
         forkserver.ensure_running()
     except (OSError, ValueError) as exc:
         log.debug("worker processes unavailable: %s", exc)
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    """The forkserver context, with what its server must import first."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,7 @@ class EncoderPool:
         try:
             os.ftruncate(self._fd, SLOT_BYTES * slots)
             self._map = mmap.mmap(self._fd, SLOT_BYTES * slots)
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(_PRELOAD)
+            ctx = _context()
             # The workers open the mapping through this process's descriptor.
             where = f"/proc/{os.getpid()}/fd/{self._fd}"
             self._pool = ProcessPoolExecutor(
