@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,18 @@ def test_a_group_too_large_for_its_slot_comes_back_inline(
             start += count
 
 
+def test_a_group_asked_not_to_compress_comes_back_raw(pool: EncoderPool, tmp_path: Path) -> None:
+    contents = {"text": text_bytes(1, 9000), "big": text_bytes(3, 600_000), "empty": b""}
+    files = _files(tmp_path, contents)
+    chunker = FastCDCChunker(ChunkerParams())
+    with pool.encode(files, compress=False) as got:
+        assert got.codecs is None
+        expected = [raw for data in contents.values() for raw in chunker.chunks_of(data)]
+        assert [bytes(p) for p in got.payloads] == expected
+        assert got.ids == [digest(raw) for raw in expected]
+        assert got.counts[2] == 0
+
+
 def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:
     files = _files(tmp_path, {"a": b"abc"})
     for pid in list(pool._pool._processes):
@@ -136,15 +149,18 @@ def _tree(root: Path, files: int) -> None:
 
 
 @pytest.fixture
-def few_files_suffice(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Uploads use worker processes from 20 small files; returns each group's file count."""
+def few_files_suffice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Uploads use worker processes from 20 small files; returns each group's file count,
+    and whether the workers were asked to compress it."""
     monkeypatch.setattr(upload_module, "PROCESS_FILES", 20)
-    groups: list[int] = []
+    groups: list[tuple[int, bool]] = []
     real = EncoderPool.encode
 
-    def counted(self: EncoderPool, files: list[tuple[str, int]]) -> workers.Encoded:
-        groups.append(len(files))
-        return real(self, files)
+    def counted(
+        self: EncoderPool, files: list[tuple[str, int]], compress: bool = True
+    ) -> workers.Encoded:
+        groups.append((len(files), compress))
+        return real(self, files, compress)
 
     monkeypatch.setattr(EncoderPool, "encode", counted)
     return groups
@@ -159,7 +175,7 @@ def _upload(tmp_path: Path, src: Path) -> tuple[Store, Repository, str]:
 
 
 def test_an_upload_of_many_small_files_reads_them_in_workers(
-    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Files written just now are never trusted by the stat cache: pretend they are old.
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
@@ -168,7 +184,7 @@ def test_an_upload_of_many_small_files_reads_them_in_workers(
     _tree(src, 300)
     (src / "large.bin").write_bytes(random_bytes(9, 3 << 20))  # read in a thread
     _store, repo, bid = _upload(tmp_path, src)
-    assert sum(few_files_suffice) == 300
+    assert sum(n for n, _compress in few_files_suffice) == 300
     repo.download(bid, str(tmp_path / "dest"))
     for path in src.rglob("*"):
         if path.is_file():
@@ -181,8 +197,50 @@ def test_an_upload_of_many_small_files_reads_them_in_workers(
     assert again.bundle.tree == repo.bundle(bid).tree
 
 
+def test_stored_chunks_are_not_compressed_again_by_the_workers(
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten groups of 20 files, one after another (the workers are still two).
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 20)
+    monkeypatch.setattr(upload_module, "cpu_threads", lambda _concurrency: 2)
+
+    def one_at_a_time(fn: Any, items: Any, _threads: int) -> Iterator[tuple[Any, Any]]:
+        for item in items:
+            yield item, fn(item)
+
+    monkeypatch.setattr(upload_module, "bounded_map", one_at_a_time)
+    src = tmp_path / "src"
+    _tree(src, 200)
+    _store, repo, first = _upload(tmp_path, src)
+    assert {compress for _n, compress in few_files_suffice} == {True}  # nothing stored yet
+    # The same files in another folder (so the stat cache knows none of them), some changed.
+    few_files_suffice.clear()
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    changed = sorted(copy.rglob("f*"))[-60:]  # the last three groups hold new data
+    for i, path in enumerate(changed):
+        path.write_bytes(text_bytes(1000 + i, 3000))
+    result = repo.upload(str(copy), UploadOptions("copy", Author("A", "a@example.com")))
+    flags = [compress for _n, compress in few_files_suffice]
+    # The first group: nothing known yet. Then each group as the last one went: stored
+    # until the seventh, new from the eighth.
+    assert flags == [True] + [False] * 7 + [True, True]
+    assert result.bundle_id != first
+    repo.download(result.bundle_id, str(tmp_path / "dest"))
+    for path in copy.rglob("f*"):
+        assert (tmp_path / "dest" / path.relative_to(copy)).read_bytes() == path.read_bytes()
+    assert repo.verify(result.bundle_id).ok
+    # Only the changed files' chunks are new; the first changed group, asked for raw, was
+    # compressed by this process before it was stored.
+    chunker = FastCDCChunker(ChunkerParams())
+    new = {digest(raw) for path in changed for raw in chunker.chunks_of(path.read_bytes())}
+    assert result.new_chunks == len(new)
+    # (Stored raw, they alone would take 180,000 bytes; bytes_stored counts trees too.)
+    assert result.bytes_stored < sum(path.stat().st_size for path in changed) * 3 // 4
+
+
 def test_an_upload_reads_in_threads_when_workers_cannot_start(
-    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*_args: object, **_kw: object) -> None:
         raise OSError(38, "Function not implemented")
@@ -214,7 +272,7 @@ def test_only_main_modules_known_to_guard_their_work_are_safe(
 
 
 def test_a_concurrency_of_one_reads_in_one_thread(
-    tmp_path: Path, few_files_suffice: list[int]
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]]
 ) -> None:
     src = tmp_path / "src"
     _tree(src, 100)
@@ -242,7 +300,7 @@ def test_small_uploads_start_no_worker_server(
 
 
 def test_a_file_gone_before_a_worker_reads_it_names_the_file(
-    tmp_path: Path, few_files_suffice: list[int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "src"
     _tree(src, 100)

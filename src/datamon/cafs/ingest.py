@@ -31,6 +31,9 @@ BATCH_BYTES = 4 << 20
 SMALL_FILE = 1 << 20
 WINDOW = 3
 PROBE_AFTER = 2
+# Worker processes return a group's chunks raw, for this process to compress the new ones,
+# once at least this share of the last group's chunks were stored already.
+STORED_SHARE = 0.5
 _NO_PACKS: frozenset[str] = frozenset()
 
 
@@ -97,6 +100,9 @@ class Ingester:
         # Packs of the files taken from the stat cache, by path.
         self._reused: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        # Of the chunks of the last group the workers returned, the share that were stored
+        # already (by earlier uploads, or earlier in this one).
+        self._stored_share = 0.0
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(
             workers or os.cpu_count() or 2, thread_name_prefix="datamon-chunk"
@@ -251,14 +257,7 @@ class Ingester:
     def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Batch]:
         encoders = self.encoders
         if encoders is not None and sum(st.st_size for _path, st in files) <= SLOT_BYTES:
-            with encoders.encode([(path, st.st_size) for path, st in files]) as got:
-                out, batch, store = self._place(files, got.counts, got.ids, got.sizes)
-                # add_many copies each payload out of the worker's slot before it is freed.
-                batch.new = self.packer.add_many(
-                    [(got.ids[k], got.codecs[k], got.payloads[k], got.sizes[k]) for k in store]
-                )
-            self._collect(batch, [])
-            return out
+            return self._ingest_encoded(encoders, files)
         # Each step for the whole group before the next: reads, then hashes, then one
         # compression call. Interleaved per file, the two ingesting threads handed the
         # interpreter lock to each other at every step (W2: about 8 futex calls a file).
@@ -271,18 +270,52 @@ class Ingester:
             raws.extend(chunks_of(read(path, st.st_size)))
             counts.append(len(raws) - before)
         ids = [digest(raw) for raw in raws]
-        out, batch, store = self._place(files, counts, ids, [len(raw) for raw in raws])
+        sizes = [len(raw) for raw in raws]
+        out, batch, store = self._place(files, counts, ids, sizes)
+        # One call, so the group's chunks lie side by side in the pack, as they are read.
+        batch.new = self.packer.add_many(self._encode_new(store, ids, raws, sizes))
+        self._collect(batch, [])
+        return out
+
+    def _ingest_encoded(
+        self, encoders: EncoderPool, files: Sequence[tuple[str, StatLike]]
+    ) -> dict[str, _Batch]:
+        """:meth:`_ingest_small` through the worker processes. They compress the group
+        unless most chunks of the last group were stored already: a re-upload of stored
+        data (from another folder, or with the stat cache gone) then compresses nothing."""
+        compress = self._stored_share < STORED_SHARE
+        with encoders.encode([(path, st.st_size) for path, st in files], compress) as got:
+            out, batch, store = self._place(files, got.counts, got.ids, got.sizes)
+            # add_many copies each payload out of the worker's slot before it is freed.
+            if got.codecs is not None:
+                codecs = got.codecs
+                new: list[tuple[bytes, int, Payload, int]] = [
+                    (got.ids[k], codecs[k], got.payloads[k], got.sizes[k]) for k in store
+                ]
+            else:
+                new = self._encode_new(store, got.ids, got.payloads, got.sizes)
+            batch.new = self.packer.add_many(new)
+        if got.ids:
+            self._stored_share = 1 - batch.new / len(got.ids)
+        self._collect(batch, [])
+        return out
+
+    def _encode_new(
+        self,
+        store: Sequence[int],
+        ids: Sequence[bytes],
+        raws: Sequence[Chunk],
+        sizes: Sequence[int],
+    ) -> list[tuple[bytes, int, Payload, int]]:
+        """The chunks at positions ``store`` that the pack writer lacks too, compressed in
+        one call, for :meth:`PackWriter.add_many`."""
         seen = self.packer.seen
         missing = [k for k in store if not seen(ids[k])]
         encoded = self._codec().encode_many([raws[k] for k in missing])
-        new: list[tuple[bytes, int, Payload, int]] = [
-            (ids[k], codec, payload, len(raws[k]))
+        return [
+            (ids[k], codec, payload, sizes[k])
             for k, (codec, payload) in zip(missing, encoded, strict=True)
         ]
-        # One call, so the group's chunks lie side by side in the pack, as they are read.
-        batch.new = self.packer.add_many(new)
-        self._collect(batch, [])
-        return out
 
     def _place(
         self,

@@ -8,8 +8,10 @@ a pipe, and the compressed chunks through a shared mapping: one slot of
 releases. The mapping is a ``memfd`` (Linux): neither ``/dev/shm``, which containers often
 keep small, nor a file on disk.
 
-Workers compress every chunk they cut: the caller looks the chunks up in its index only
-once they come back, so a chunk the store already holds is compressed for nothing.
+The caller looks the chunks up in its index only once they come back, so a worker cannot
+know which chunks the store holds already. It compresses them when asked to, and otherwise
+returns them raw for the caller to compress the new ones (see ``Ingester``, which asks for
+raw chunks when most chunks of its last group were stored already).
 """
 
 from __future__ import annotations
@@ -101,13 +103,14 @@ class Encoded:
 
     ``counts[i]`` chunks belong to the ``i``-th file. For each chunk: its id, its raw size,
     its codec byte and its stored payload (a view into the shared mapping, valid until the
-    caller's ``with`` block over this object ends).
+    caller's ``with`` block over this object ends). ``codecs`` is None for a group encoded
+    without compression: the payloads are then the raw chunks.
     """
 
     counts: list[int]
     ids: list[bytes]
     sizes: list[int]
-    codecs: bytes
+    codecs: bytes | None
     payloads: list[memoryview] | list[bytes]
     _release: queue.SimpleQueue[int]
     _slot: int
@@ -156,10 +159,10 @@ class EncoderPool:
         for slot in range(slots):
             self._free.put(slot)
 
-    def encode(self, files: Sequence[tuple[str, int]]) -> Encoded:
-        """Read, cut, hash and compress ``(path, size)`` small files (their whole size at
-        most :data:`SLOT_BYTES`); waits for a free slot. An unreadable file raises the
-        worker's ``OSError``."""
+    def encode(self, files: Sequence[tuple[str, int]], compress: bool = True) -> Encoded:
+        """Read, cut, hash and (with ``compress``) compress ``(path, size)`` small files
+        (their whole size at most :data:`SLOT_BYTES`); waits for a free slot. An unreadable
+        file raises the worker's ``OSError``."""
         slot = self._free.get()
         try:
             paths = [path for path, _size in files]
@@ -168,7 +171,7 @@ class EncoderPool:
                 raise ValueError("encoding with a closed EncoderPool")
             try:
                 counts, ids, raw, codecs, stored = self._pool.submit(
-                    _encode, paths, sizes, slot
+                    _encode, paths, sizes, slot, compress
                 ).result()
             except BrokenProcessPool:
                 raise WorkerFailed("a worker process of the upload stopped") from None
@@ -226,12 +229,12 @@ def _ready() -> bool:
 
 
 def _encode(
-    paths: list[str], sizes: list[int], slot: int
-) -> tuple[list[int], bytes, list[int], bytes, list[int] | list[bytes]]:
+    paths: list[str], sizes: list[int], slot: int, compress: bool
+) -> tuple[list[int], bytes, list[int], bytes | None, list[int] | list[bytes]]:
     """In a worker: the group's chunk counts per file, chunk ids (joined), raw sizes, codec
-    bytes and stored sizes; the stored payloads are written, in order, to the slot. Files
-    that grew since they were stat'ed may not fit: the payloads are then returned instead
-    of their sizes."""
+    bytes (None without ``compress``) and payload sizes; the payloads (the raw chunks
+    without ``compress``) are written, in order, to the slot. Files that grew since they
+    were stat'ed may not fit: the payloads are then returned instead of their sizes."""
     chunker: FastCDCChunker = _state["chunker"]  # type: ignore[assignment]
     codec: ChunkCodec = _state["codec"]  # type: ignore[assignment]
     shared: mmap.mmap = _state["map"]  # type: ignore[assignment]
@@ -245,14 +248,18 @@ def _encode(
             ids.append(digest(raw))
             raws.append(raw)
         counts.append(len(raws) - before)
-    encoded = codec.encode_many(raws)
-    codecs = bytes(codec_byte for codec_byte, _payload in encoded)
     sizes_out = [len(raw) for raw in raws]
-    if sum(len(payload) for _codec, payload in encoded) > SLOT_BYTES:
-        return counts, b"".join(ids), sizes_out, codecs, [bytes(p) for _c, p in encoded]
+    codecs: bytes | None = None
+    payloads: Sequence[bytes | memoryview] = raws
+    if compress:
+        encoded = codec.encode_many(raws)
+        codecs = bytes(codec_byte for codec_byte, _payload in encoded)
+        payloads = [payload for _codec, payload in encoded]
+    if sum(len(payload) for payload in payloads) > SLOT_BYTES:
+        return counts, b"".join(ids), sizes_out, codecs, [bytes(p) for p in payloads]
     at = slot * SLOT_BYTES
     stored: list[int] = []
-    for _codec, payload in encoded:
+    for payload in payloads:
         n = len(payload)
         shared[at : at + n] = payload
         at += n
