@@ -5,20 +5,38 @@ Versioned, deduplicated datasets ("bundles") in a local folder or your own bucke
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from datamon.api.diff import Change
-from datamon.api.repository import FileInfo
-from datamon.api.store import Store
-from datamon.api.upload import UploadOptions, UploadResult
-from datamon.api.verify import VerifyReport
-from datamon.core.model import Author, Bundle, Ref
-from datamon.errors import DatamonError
-
 if TYPE_CHECKING:
+    from datamon.api.diff import Change
+    from datamon.api.repository import FileInfo
+    from datamon.api.store import Store
+    from datamon.api.upload import UploadOptions, UploadResult
+    from datamon.api.verify import VerifyReport
+    from datamon.core.model import Author, Bundle, Ref
+    from datamon.errors import DatamonError
     from datamon.fs.sdk import NotebookRepository
     from datamon.fs.sdk import NotebookRepository as Repository
+
+# Each name of the package's interface, by the module defining it. They load on first use:
+# ``import datamon`` alone, which every ``datamon.*`` import runs first, stays cheap (the
+# upload's worker processes import only what encoding needs). ``datamon.Repository`` is
+# the repository with reads by path (``open``, ``ls``), which need fsspec.
+_EXPORTS = {
+    "Author": ("datamon.core.model", "Author"),
+    "Bundle": ("datamon.core.model", "Bundle"),
+    "Change": ("datamon.api.diff", "Change"),
+    "DatamonError": ("datamon.errors", "DatamonError"),
+    "FileInfo": ("datamon.api.repository", "FileInfo"),
+    "Ref": ("datamon.core.model", "Ref"),
+    "Repository": ("datamon.fs.sdk", "NotebookRepository"),
+    "Store": ("datamon.api.store", "Store"),
+    "UploadOptions": ("datamon.api.upload", "UploadOptions"),
+    "UploadResult": ("datamon.api.upload", "UploadResult"),
+    "VerifyReport": ("datamon.api.verify", "VerifyReport"),
+}
 
 __all__ = [
     "Author",
@@ -40,13 +58,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # ``datamon.Repository`` is the repository with reads by path (``open``, ``ls``), which
-    # need fsspec; fsspec takes a fifth of a second to import, so it loads on first use only.
-    if name == "Repository":
-        from datamon.fs.sdk import NotebookRepository
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'datamon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where[0]), where[1])
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return NotebookRepository
-    raise AttributeError(f"module 'datamon' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 
 # fsspec takes a fifth of a second to import: the filesystem loads on first use only.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,7 @@ from datamon.testing.workloads import random_bytes, text_bytes
 
 
 @pytest.fixture(autouse=True)
-def main_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest's main module guards its work: worker processes may import it."""
-    monkeypatch.setattr(workers, "main_is_safe", lambda: True)
+def workers_run_here() -> None:
     if not workers.available():
         pytest.skip("worker processes need Linux")
 
@@ -134,8 +134,8 @@ def test_a_group_asked_not_to_compress_comes_back_raw(pool: EncoderPool, tmp_pat
 
 def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:
     files = _files(tmp_path, {"a": b"abc"})
-    for pid in list(pool._pool._processes):
-        os.kill(pid, signal.SIGKILL)
+    for worker in pool._workers:
+        os.kill(worker.process.pid, signal.SIGKILL)
     with pytest.raises(WorkerFailed):
         pool.encode(files)
 
@@ -254,21 +254,55 @@ def test_an_upload_reads_in_threads_when_workers_cannot_start(
     assert (tmp_path / "dest" / "d3" / "f0003").read_bytes() == (src / "d3" / "f0003").read_bytes()
 
 
-def test_only_main_modules_known_to_guard_their_work_are_safe(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.undo()  # the real check
-    cases = {
-        (("init_main_from_name", "datamon.__main__"),): True,
-        (("init_main_from_path", "/usr/local/bin/datamon"),): True,
-        (): True,  # python -c, an interactive session
-        (("init_main_from_name", "my_pipeline"),): False,
-        (("init_main_from_path", "/home/me/script.py"),): False,
-    }
-    for items, safe in cases.items():
-        data = {"sys_path": [], **dict(items)}
-        monkeypatch.setattr(workers.spawn, "get_preparation_data", lambda _name, d=data: d)
-        assert workers.main_is_safe() is safe, items
+_SCRIPT = """
+from pathlib import Path
+import sys
+from datamon import Author, Store, UploadOptions
+from datamon.api import upload
+from datamon.api.repository import Repository
+from datamon.cafs.workers import EncoderPool
+
+# No `if __name__ == "__main__"`: run again by a worker, this would upload again.
+with open(sys.argv[3], "a") as runs:
+    runs.write("run\\n")
+upload.PROCESS_FILES = 20
+groups = []
+real = EncoderPool.encode
+
+
+def counted(self, files, compress=True):
+    groups.append(1)
+    return real(self, files, compress)
+
+
+EncoderPool.encode = counted
+store = Store.open(sys.argv[1])
+author = Author("Ada Lovelace", "ada@example.com")
+repo = Repository.create(store, "r", "d", author)
+result = repo.upload(sys.argv[2], UploadOptions("m", author))
+print(len(groups), result.bundle.files)
+"""
+
+
+def test_a_script_without_a_main_guard_uploads_through_workers(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src, 100)
+    script = tmp_path / "pipeline.py"
+    script.write_text(_SCRIPT)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(workers.__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store"), str(src), str(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    groups, files = map(int, done.stdout.split())
+    assert groups >= 1  # read in workers
+    assert files == 100
+    assert runs.read_text() == "run\n"  # and the script ran once
 
 
 def test_a_concurrency_of_one_reads_in_one_thread(
@@ -284,11 +318,17 @@ def test_a_concurrency_of_one_reads_in_one_thread(
     assert result.bundle.files == 100
 
 
-def test_small_uploads_start_no_worker_server(
+def test_small_uploads_start_no_worker_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[int] = []
-    monkeypatch.setattr(workers, "prepare", lambda: started.append(1))
+    real = EncoderPool.__init__
+
+    def counted(self: EncoderPool, *args: Any) -> None:
+        started.append(1)
+        real(self, *args)
+
+    monkeypatch.setattr(EncoderPool, "__init__", counted)
     monkeypatch.setattr(upload_module, "PROCESS_FILES", 50)
     src = tmp_path / "src"
     _tree(src, 49)
@@ -297,6 +337,32 @@ def test_small_uploads_start_no_worker_server(
     _tree(src, 50)
     _upload(tmp_path / "again", src)
     assert started == [1]
+
+
+def test_processes_started_by_the_scan_stop_when_the_upload_needs_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools: list[EncoderPool] = []
+    real = EncoderPool.__init__
+
+    def kept(self: EncoderPool, *args: Any) -> None:
+        real(self, *args)
+        pools.append(self)
+
+    monkeypatch.setattr(EncoderPool, "__init__", kept)
+    monkeypatch.setattr(upload_module, "PROCESS_FILES", 50)
+    src = tmp_path / "src"
+    _tree(src, 60)
+    _store, repo, _bid = _upload(tmp_path, src)
+    # Unchanged: the scan finds enough files to start workers, which have nothing to read.
+    repo.upload(str(src), UploadOptions("again", Author("A", "a@example.com")))
+    assert len(pools) == 2
+    for pool in pools:
+        assert pool._workers == []  # closed
+    processes = subprocess.run(
+        ["ps", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    )
+    assert "datamon.cafs.workers" not in processes.stdout
 
 
 def test_a_file_gone_before_a_worker_reads_it_names_the_file(
@@ -327,13 +393,22 @@ def test_a_pool_that_cannot_start_frees_what_it_made(monkeypatch: pytest.MonkeyP
         made.append(fd)
         return fd
 
-    def no_semaphores(*_args: object, **_kw: object) -> None:
-        raise OSError(38, "Function not implemented")  # as without /dev/shm
-
     monkeypatch.setattr(workers.os, "memfd_create", memfd)
-    monkeypatch.setattr(workers, "ProcessPoolExecutor", no_semaphores)
+    monkeypatch.setattr(workers.sys, "executable", "/nonexistent/python")
     with pytest.raises(OSError):
         EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
     assert len(made) == 1
     with pytest.raises(OSError):
         os.fstat(made[0])  # closed
+
+
+def test_a_worker_that_exits_at_start_is_found_before_any_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers, "_BOOT", "import sys; sys.exit(3)")
+    pool = EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
+    try:
+        with pytest.raises(OSError, match="did not start"):
+            pool.wait_ready()
+    finally:
+        pool.close()

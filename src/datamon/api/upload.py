@@ -70,9 +70,24 @@ def upload(
 ) -> UploadResult:
     """Upload the folder ``path`` as the next bundle of the branch."""
     _check(store, repo, options)
-    # Worker processes start from a server that starts, beside the rest of the scan, once
-    # the scan has found enough files for the upload to use them.
-    root = scan(path, many=(PROCESS_FILES, workers.prepare))
+    # Worker processes start beside the rest of the scan, once it has found enough files
+    # for the upload to use them.
+    procs = _Workers(store, options.concurrency)
+    try:
+        return _upload_scanned(store, repo, path, options, progress, procs)
+    finally:
+        procs.close()
+
+
+def _upload_scanned(
+    store: Store,
+    repo: str,
+    path: str,
+    options: UploadOptions,
+    progress: Progress | None,
+    procs: _Workers,
+) -> UploadResult:
+    root = scan(path, many=(PROCESS_FILES, procs.start))
     keys = FolderKeys(root, time.time_ns())
     taken: dict[int, tuple[Folder, tuple[str, ...]]] = {}
 
@@ -98,7 +113,7 @@ def upload(
 
     trees_before = store.trees.written
     try:
-        batch = _ingest(store, path, select, options, progress, arrivals)
+        batch = _ingest(store, path, select, options, progress, procs, arrivals)
         top = named[0].result()
 
         def record(packs: dict[str, frozenset[str]]) -> None:
@@ -143,6 +158,7 @@ def _ingest(
     select: Callable[[Ingester], list[LocalFile]],
     options: UploadOptions,
     progress: Progress | None,
+    procs: _Workers,
     arrivals: Arrivals | None = None,
 ) -> _Batch:
     """Chunk and store the files ``select`` gives (once the chunk index is synced); packs
@@ -186,7 +202,7 @@ def _ingest(
         # With worker processes doing that, the threads only wait for them and store what
         # they send: enough threads to keep every worker busy.
         threads = cpu_threads(options.concurrency)
-        ingester.encoders = _encoders(store, files, threads)
+        ingester.encoders = procs.take(files)
         if ingester.encoders is not None:
             threads *= THREADS_PER_WORKER
         try:
@@ -194,8 +210,7 @@ def _ingest(
                 arrivals.add({f.path: chunks for f, chunks in zip(group, results, strict=True)})
                 progress.advance(sum(f.st_size for f in group))
         finally:
-            if ingester.encoders is not None:
-                ingester.encoders.close()
+            procs.close()
         written = packer.close()
     except BaseException:
         packer.abort()
@@ -212,25 +227,56 @@ def _ingest(
     return _Batch(refs, packs, ingester, packer, len(written), durable)
 
 
-def _encoders(store: Store, files: list[LocalFile], workers_wanted: int) -> EncoderPool | None:
-    """Worker processes for the small files, when there are enough of them to repay starting
-    the processes (and this system has them); None to read in threads."""
-    if workers_wanted < 2 or not workers.available():
-        return None
-    small = 0
-    for f in files:
-        if f.st_size <= SMALL_FILE:
-            small += 1
-            if small >= PROCESS_FILES:
-                break
-    else:
-        return None
-    params, level = store.chunker.params, store.config.compression_level
-    try:
-        return EncoderPool(params, level, workers_wanted, workers_wanted * THREADS_PER_WORKER)
-    except OSError as exc:
-        log.info("reading files in threads: no worker processes (%s)", exc)
-        return None
+class _Workers:
+    """An upload's worker processes (cafs/workers.py), used if it must read at least
+    :data:`PROCESS_FILES` small files: one per ingesting thread it would have had, started
+    as soon as that many files are found (:meth:`start`), while the scan goes on."""
+
+    def __init__(self, store: Store, concurrency: int) -> None:
+        self._params = store.chunker.params
+        self._level = store.config.compression_level
+        self._count = cpu_threads(concurrency)
+        self._pool: EncoderPool | None = None
+        self._started = False
+
+    def start(self) -> None:
+        if self._started or self._count < 2 or not workers.available():
+            return
+        self._started = True
+        count = self._count
+        try:
+            self._pool = EncoderPool(self._params, self._level, count, count * THREADS_PER_WORKER)
+        except OSError as exc:
+            log.info("reading files in threads: no worker processes (%s)", exc)
+
+    def take(self, files: list[LocalFile]) -> EncoderPool | None:
+        """The started processes if ``files`` hold enough small files to repay them (and
+        they started); None to read in threads."""
+        small = 0
+        for f in files:
+            if f.st_size <= SMALL_FILE:
+                small += 1
+                if small >= PROCESS_FILES:
+                    break
+        else:
+            self.close()
+            return None
+        self.start()
+        pool = self._pool
+        if pool is None:
+            return None
+        try:
+            pool.wait_ready()
+        except OSError as exc:
+            log.info("reading files in threads: %s", exc)
+            self.close()
+            return None
+        return pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 def _finish(
@@ -307,7 +353,11 @@ def upload_paths(
             files.extend(_ordered(item))
         elif isinstance(item, LocalFile):
             files.append(item)
-    batch = _ingest(store, path, lambda _ingester: files, options, progress)
+    procs = _Workers(store, options.concurrency)
+    try:
+        batch = _ingest(store, path, lambda _ingester: files, options, progress, procs)
+    finally:
+        procs.close()
     trees_before = store.trees.written
     pending = PendingTrees(store.trees)
     stored = {

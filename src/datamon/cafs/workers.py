@@ -2,11 +2,17 @@
 
 Threads of one interpreter take turns at its lock for the Python work around every file's
 system calls; with thousands of small files, that work, not the cores, bounds an upload.
-Worker processes each have their own lock. They send back the chunk ids and sizes through
-a pipe, and the compressed chunks through a shared mapping: one slot of
+Worker processes each have their own lock. Each is a fresh interpreter running this module's
+loop (:func:`serve`): unlike ``multiprocessing``, it never imports the main module of the
+program that started it, so it works the same in any program, and it imports only what
+encoding needs.
+
+A worker serves one request at a time over its standard input and output: frames of a
+4-byte little-endian length and a MessagePack body. It sends back the chunk ids and sizes in
+its reply, and the chunks themselves through a shared mapping: one slot of
 :data:`SLOT_BYTES` per group in flight, which the caller copies into its pack and then
-releases. The mapping is a ``memfd`` (Linux): neither ``/dev/shm``, which containers often
-keep small, nor a file on disk.
+releases. The mapping is a ``memfd`` (Linux) the worker inherits: neither ``/dev/shm``,
+which containers often keep small, nor a file on disk.
 
 The caller looks the chunks up in its index only once they come back, so a worker cannot
 know which chunks the store holds already. It compresses them when asked to, and otherwise
@@ -16,17 +22,20 @@ raw chunks when most chunks of its last group were stored already).
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import mmap
-import multiprocessing
 import os
 import queue
+import signal
+import struct
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import forkserver, spawn
+from typing import IO, Any
+
+import msgspec
 
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.core.codecs import ChunkCodec
@@ -34,19 +43,15 @@ from datamon.core.ids import DIGEST_SIZE, digest
 from datamon.core.model import ChunkerParams
 from datamon.errors import DatamonError
 
-log = logging.getLogger(__name__)
-
 # The largest group's raw bytes: the groups of an upload close once they reach 8 MiB, so the
 # last file (at most 1 MiB, the small-file limit) may take one past that; a stored chunk is
 # never larger than its raw bytes.
 SLOT_BYTES = 10 << 20
-# What the worker processes' server imports once, before it forks each worker: this module,
-# and the program's main module (a console script), which a worker would otherwise run
-# again itself as ``__mp_main__`` (``datamon`` imports the whole command line). Workers
-# run only where that import is safe (main_is_safe).
-_PRELOAD = ["__main__", __name__]
-# Main modules known to do nothing when imported under another name (``python -m datamon``).
-_SAFE_MAIN_MODULES = frozenset({"datamon.__main__"})
+_LENGTH = struct.Struct("<I")
+# Replies: a group's results, or the OSError reading one of its files raised.
+_OK = "ok"
+_OS_ERROR = "oserror"
+_READY = "ready"
 
 
 class WorkerFailed(DatamonError):
@@ -54,47 +59,9 @@ class WorkerFailed(DatamonError):
 
 
 def available() -> bool:
-    """Whether worker processes can run here: Linux (``memfd_create``), in a program whose
-    main module they may import (see :func:`main_is_safe`)."""
-    return sys.platform == "linux" and hasattr(os, "memfd_create") and main_is_safe()
-
-
-def main_is_safe() -> bool:
-    """Whether worker processes may import this program's main module.
-
-    Every process ``multiprocessing`` starts imports the main module of the program that
-    started it, to find what was defined there: harmless only for a main module that
-    guards its work with ``if __name__ == "__main__"``. That is known of Datamon's own
-    command line, and there is nothing to import for ``python -c`` and interactive
-    sessions. Other programs (a script of one's own may not guard) read files in threads.
-    """
-    data = spawn.get_preparation_data("datamon-encode")
-    name = data.get("init_main_from_name")
-    path = data.get("init_main_from_path")
-    if name is None and path is None:
-        return True
-    if name is not None:
-        return name in _SAFE_MAIN_MODULES
-    return os.path.basename(str(path)) == "datamon"  # the console script
-
-
-def prepare() -> None:
-    """Start the worker processes' server now, so that its start overlaps other work (the
-    scan of the folder); it then imports this module while this process goes on."""
-    if not available():
-        return
-    try:
-        _context()
-        forkserver.ensure_running()
-    except (OSError, ValueError) as exc:
-        log.debug("worker processes unavailable: %s", exc)
-
-
-def _context() -> multiprocessing.context.ForkServerContext:
-    """The forkserver context, with what its server must import first."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
-    return ctx
+    """Whether worker processes can run here: Linux (``memfd_create``), with an interpreter
+    to start them with."""
+    return sys.platform == "linux" and hasattr(os, "memfd_create") and bool(sys.executable)
 
 
 @dataclass(frozen=True)
@@ -125,9 +92,39 @@ class Encoded:
         self._release.put(self._slot)
 
 
+class _Worker:
+    """One worker process and the pipes to it; used by one thread at a time."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.ready = False
+
+    def send(self, message: object) -> None:
+        body = msgspec.msgpack.encode(message)
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(_LENGTH.pack(len(body)) + body)
+        stdin.flush()
+
+    def receive(self) -> Any:
+        stdout = self.process.stdout
+        assert stdout is not None
+        frame = _read_frame(stdout)
+        if frame is None:
+            raise EOFError("the worker process closed its output")
+        return msgspec.msgpack.decode(frame)
+
+    def wait_ready(self) -> None:
+        if not self.ready:
+            if self.receive() != _READY:
+                raise EOFError("the worker process did not start")
+            self.ready = True
+
+
 class EncoderPool:
     """``workers`` processes encoding groups of small files; :meth:`encode` is thread-safe.
 
+    The processes start at once, in the background; :meth:`wait_ready` waits for them.
     Raises ``OSError`` if the processes or the mapping cannot be made (the caller then
     reads in threads). Call :meth:`close` when done.
     """
@@ -135,22 +132,16 @@ class EncoderPool:
     def __init__(self, params: ChunkerParams, level: int, workers: int, slots: int) -> None:
         self._fd = os.memfd_create("datamon-encode", os.MFD_CLOEXEC)
         self._map: mmap.mmap | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: list[_Worker] = []
+        self._closing = threading.Lock()
         try:
             os.ftruncate(self._fd, SLOT_BYTES * slots)
             self._map = mmap.mmap(self._fd, SLOT_BYTES * slots)
-            ctx = _context()
-            # The workers open the mapping through this process's descriptor.
-            where = f"/proc/{os.getpid()}/fd/{self._fd}"
-            self._pool = ProcessPoolExecutor(
-                workers, ctx, initializer=_start, initargs=(params, level, where, slots)
-            )
-            # Start the workers (and find a failure) now, not at the first group.
-            for done in [self._pool.submit(_ready) for _ in range(workers)]:
-                done.result()
-        except BrokenProcessPool as exc:
-            self.close()
-            raise OSError(f"worker processes did not start: {exc}") from None
+            setup = [msgspec.to_builtins(params), level, self._fd, slots]
+            for _ in range(workers):
+                worker = _Worker(_spawn(self._fd))
+                self._workers.append(worker)
+                worker.send(setup)
         except BaseException:
             self.close()
             raise
@@ -158,86 +149,136 @@ class EncoderPool:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(slots):
             self._free.put(slot)
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in self._workers:
+            self._idle.put(worker)
+
+    def wait_ready(self) -> None:
+        """Wait until every worker has started; ``OSError`` if one could not."""
+        try:
+            for worker in self._workers:
+                worker.wait_ready()
+        except (OSError, EOFError, ValueError) as exc:
+            raise OSError(f"worker processes did not start: {exc}") from None
 
     def encode(self, files: Sequence[tuple[str, int]], compress: bool = True) -> Encoded:
         """Read, cut, hash and (with ``compress``) compress ``(path, size)`` small files
-        (their whole size at most :data:`SLOT_BYTES`); waits for a free slot. An unreadable
-        file raises the worker's ``OSError``."""
+        (their whole size at most :data:`SLOT_BYTES`); waits for a free slot and worker. An
+        unreadable file raises the ``OSError`` the worker met."""
         slot = self._free.get()
         try:
-            paths = [path for path, _size in files]
-            sizes = [size for _path, size in files]
-            if self._pool is None:
-                raise ValueError("encoding with a closed EncoderPool")
-            try:
-                counts, ids, raw, codecs, stored = self._pool.submit(
-                    _encode, paths, sizes, slot, compress
-                ).result()
-            except BrokenProcessPool:
-                raise WorkerFailed("a worker process of the upload stopped") from None
+            reply = self._call([[p for p, _s in files], [s for _p, s in files], slot, compress])
         except BaseException:
             self._free.put(slot)
             raise
+        counts, ids, raw, codecs, stored = reply
         payloads: list[memoryview] | list[bytes]
         if all(isinstance(n, int) for n in stored):
             views: list[memoryview] = []
             at = slot * SLOT_BYTES
             for n in stored:
-                views.append(self._view[at : at + int(n)])
-                at += int(n)
+                views.append(self._view[at : at + n])
+                at += n
             payloads = views
         else:  # did not fit in the slot: sent inline
             payloads = [bytes(p) for p in stored]
         chunk_ids = [ids[i : i + DIGEST_SIZE] for i in range(0, len(ids), DIGEST_SIZE)]
-        return Encoded(counts, chunk_ids, list(raw), codecs, payloads, self._free, slot)
+        return Encoded(counts, chunk_ids, raw, codecs, payloads, self._free, slot)
+
+    def _call(self, request: list[object]) -> list[Any]:
+        if self._map is None:
+            raise ValueError("encoding with a closed EncoderPool")
+        worker = self._idle.get()
+        try:
+            worker.wait_ready()
+            worker.send(request)
+            reply = worker.receive()
+        except (OSError, EOFError, ValueError, msgspec.DecodeError):
+            # (A broken pipe, or a reply cut short.) The worker goes back to the idle queue:
+            # a thread that takes it next fails here too, instead of waiting for it forever.
+            raise WorkerFailed("a worker process of the upload stopped") from None
+        finally:
+            self._idle.put(worker)
+        if reply[0] == _OS_ERROR:
+            _kind, errno, strerror, filename = reply
+            raise OSError(errno, strerror, filename)
+        return list(reply[1:])
 
     def close(self) -> None:
         """Stop the workers (after the groups they are encoding) and free the mapping."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        if self._map is not None:
-            view = getattr(self, "_view", None)
-            if view is not None:
-                view.release()
-            try:
-                self._map.close()
-            except BufferError:  # a caller still holds a view: the mapping goes with it
-                log.debug("encoder mapping still in use at close")
-            self._map = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._closing:
+            for worker in self._workers:
+                if worker.process.stdin is not None:
+                    with contextlib.suppress(OSError):  # (one that stopped: a broken pipe)
+                        worker.process.stdin.close()  # the end of its input: it exits
+            for worker in self._workers:
+                try:
+                    worker.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    worker.process.wait()
+                if worker.process.stdout is not None:
+                    worker.process.stdout.close()
+            self._workers = []
+            if self._map is not None:
+                view = getattr(self, "_view", None)
+                if view is not None:
+                    view.release()
+                # A caller still holding a view: the mapping goes with the view.
+                with contextlib.suppress(BufferError):
+                    self._map.close()
+                self._map = None
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
-# In each worker process: its chunker, codec and the shared mapping.
-_state: dict[str, object] = {}
+# A worker's start: the import path of this process (wherever it found datamon and its
+# libraries, an installed package or a path a script added), then this module's loop.
+_BOOT = "import sys; sys.path[:] = sys.argv[1:]; from datamon.cafs.workers import main; main()"
 
 
-def _start(params: ChunkerParams, level: int, where: str, slots: int) -> None:
-    fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        _state["map"] = mmap.mmap(fd, SLOT_BYTES * slots)
-    finally:
-        os.close(fd)
-    _state["chunker"] = FastCDCChunker(params)
-    _state["codec"] = ChunkCodec(level)
+def _spawn(fd: int) -> subprocess.Popen[bytes]:
+    """A worker process, inheriting the mapping's descriptor ``fd``.
+
+    Isolated (``-I``): neither the environment's ``PYTHON*`` settings nor the current folder
+    change what it imports; it gets this process's import path instead.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", _BOOT, *sys.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        pass_fds=(fd,),
+    )
 
 
-def _ready() -> bool:
-    return True
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    """The next frame's body; None at the end of the stream (EOFError if cut short)."""
+    head = stream.read(_LENGTH.size)
+    if not head:
+        return None
+    if len(head) < _LENGTH.size:
+        raise EOFError("a frame cut short")
+    (size,) = _LENGTH.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("a frame cut short")
+    return body
 
 
 def _encode(
-    paths: list[str], sizes: list[int], slot: int, compress: bool
+    chunker: FastCDCChunker,
+    codec: ChunkCodec,
+    shared: mmap.mmap,
+    paths: list[str],
+    sizes: list[int],
+    slot: int,
+    compress: bool,
 ) -> tuple[list[int], bytes, list[int], bytes | None, list[int] | list[bytes]]:
     """In a worker: the group's chunk counts per file, chunk ids (joined), raw sizes, codec
     bytes (None without ``compress``) and payload sizes; the payloads (the raw chunks
     without ``compress``) are written, in order, to the slot. Files that grew since they
     were stat'ed may not fit: the payloads are then returned instead of their sizes."""
-    chunker: FastCDCChunker = _state["chunker"]  # type: ignore[assignment]
-    codec: ChunkCodec = _state["codec"]  # type: ignore[assignment]
-    shared: mmap.mmap = _state["map"]  # type: ignore[assignment]
     read = FastCDCChunker.read
     counts: list[int] = []
     ids: list[bytes] = []
@@ -265,3 +306,41 @@ def _encode(
         at += n
         stored.append(n)
     return counts, b"".join(ids), sizes_out, codecs, stored
+
+
+def serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """A worker's loop: a set-up frame, then one reply per request, until ``source`` ends."""
+    frame = _read_frame(source)
+    if frame is None:
+        return
+    params, level, fd, slots = msgspec.msgpack.decode(frame)
+    shared = mmap.mmap(fd, SLOT_BYTES * slots)
+    os.close(fd)
+    chunker = FastCDCChunker(msgspec.convert(params, ChunkerParams))
+    codec = ChunkCodec(level)
+
+    def reply(message: object) -> None:
+        body = msgspec.msgpack.encode(message)
+        sink.write(_LENGTH.pack(len(body)) + body)
+        sink.flush()
+
+    reply(_READY)
+    while (frame := _read_frame(source)) is not None:
+        paths, sizes, slot, compress = msgspec.msgpack.decode(frame)
+        try:
+            result = _encode(chunker, codec, shared, paths, sizes, slot, compress)
+        except OSError as exc:
+            reply([_OS_ERROR, exc.errno, exc.strerror, exc.filename])
+            continue
+        reply([_OK, *result])
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the uploading process handles it, and closes
+    # this worker's input, which ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
