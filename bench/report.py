@@ -335,8 +335,7 @@ def markdown(
         "- peak RSS: the kernel's `ru_maxrss` of the command, as `/usr/bin/time -f %M` "
         "reports it (GNU time forks the command from its own small process). It is one "
         "process's: the worker processes of Datamon's uploads of 2,000 small files or more "
-        "(W2, W3, W4, W6; about 35 MiB each here, and 29 MiB for the server they fork "
-        "from) are not in it.",
+        "(W2, W3, W4, W6; about 33 MiB each here) are not added to it.",
         "- stored: apparent bytes (`du -sb`) of the repository or remote after the step: "
         "Datamon's store, DVC's remote (not its local cache), restic's repository, Oxen's "
         "`.oxen` folder, the bucket's object sizes for W6.",
