@@ -7,7 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,41 @@ def test_a_group_asked_not_to_compress_comes_back_raw(pool: EncoderPool, tmp_pat
         assert [bytes(p) for p in got.payloads] == expected
         assert got.ids == [digest(raw) for raw in expected]
         assert got.counts[2] == 0
+
+
+def test_groups_sent_together_each_get_their_own_reply(tmp_path: Path) -> None:
+    pool = EncoderPool(ChunkerParams(), 1, workers=2, slots=8)
+    try:
+
+        def run(thread: int) -> None:
+            for group in range(10):
+                data = text_bytes(thread * 100 + group, 2000 + group)
+                files = _files(tmp_path / f"{thread}-{group}", {"a": data, "b": data[::-1]})
+                with pool.encode(files, compress=group % 2 == 0) as got:
+                    assert got.ids == [digest(data), digest(data[::-1])]
+
+        with ThreadPoolExecutor(8) as threads:
+            for done in [threads.submit(run, t) for t in range(8)]:
+                done.result()
+    finally:
+        pool.close()
+
+
+def test_a_killed_worker_fails_every_group_waiting_for_it(tmp_path: Path) -> None:
+    pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=6)
+    try:
+        pool.wait_ready()
+        files = _files(tmp_path, {f"f{i}": text_bytes(i, 200_000) for i in range(40)})
+        os.kill(pool._workers[0].process.pid, signal.SIGSTOP)  # requests pile up
+        with ThreadPoolExecutor(6) as threads:
+            waiting = [threads.submit(pool.encode, files) for _ in range(6)]
+            time.sleep(0.3)
+            os.kill(pool._workers[0].process.pid, signal.SIGKILL)
+            for done in waiting:
+                with pytest.raises(WorkerFailed):
+                    done.result(timeout=30)
+    finally:
+        pool.close()
 
 
 def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:

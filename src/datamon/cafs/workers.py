@@ -93,20 +93,62 @@ class Encoded:
 
 
 class _Worker:
-    """One worker process and the pipes to it; used by one thread at a time."""
+    """One worker process and the pipes to it.
+
+    Several threads may send it requests before its replies come: the worker then always
+    has its next group waiting, instead of idling until a thread is scheduled to send one.
+    It answers in order, so each caller reads the reply to its own request when the replies
+    before it have been read (a ticket, taken when sending).
+    """
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
-        self.ready = False
+        self.waiting = 0  # requests sent and not yet answered (the pool's lock guards it)
+        self._ready = False
+        self._sending = threading.Lock()
+        self._turns = threading.Condition()
+        self._sent = 0  # tickets handed out
+        self._read = 0  # replies read
+        self._broken = False
 
-    def send(self, message: object) -> None:
+    def call(self, message: object) -> Any:
+        """The reply to ``message``; EOFError or OSError if the worker stopped."""
         body = msgspec.msgpack.encode(message)
         stdin = self.process.stdin
         assert stdin is not None
-        stdin.write(_LENGTH.pack(len(body)) + body)
-        stdin.flush()
+        with self._sending:
+            ticket = self._sent
+            self._sent += 1
+            try:
+                stdin.write(_LENGTH.pack(len(body)) + body)
+                stdin.flush()
+            except BaseException:
+                self._break()
+                raise
+        with self._turns:
+            while self._read != ticket and not self._broken:
+                self._turns.wait()
+        try:
+            self.wait_ready()
+            reply = self._receive()
+        except BaseException:
+            self._break()
+            raise
+        with self._turns:
+            self._read += 1
+            self._turns.notify_all()
+        return reply
 
-    def receive(self) -> Any:
+    def wait_ready(self) -> None:
+        """Read the frame a worker sends once it has started (by the first reader)."""
+        if self._broken:
+            raise EOFError("the worker process stopped")
+        if not self._ready:
+            if self._receive() != _READY:
+                raise EOFError("the worker process did not start")
+            self._ready = True
+
+    def _receive(self) -> Any:
         stdout = self.process.stdout
         assert stdout is not None
         frame = _read_frame(stdout)
@@ -114,11 +156,11 @@ class _Worker:
             raise EOFError("the worker process closed its output")
         return msgspec.msgpack.decode(frame)
 
-    def wait_ready(self) -> None:
-        if not self.ready:
-            if self.receive() != _READY:
-                raise EOFError("the worker process did not start")
-            self.ready = True
+    def _break(self) -> None:
+        # Replies can no longer be matched to requests: every caller waiting fails.
+        with self._turns:
+            self._broken = True
+            self._turns.notify_all()
 
 
 class EncoderPool:
@@ -137,11 +179,14 @@ class EncoderPool:
         try:
             os.ftruncate(self._fd, SLOT_BYTES * slots)
             self._map = mmap.mmap(self._fd, SLOT_BYTES * slots)
-            setup = [msgspec.to_builtins(params), level, self._fd, slots]
+            setup = msgspec.msgpack.encode([msgspec.to_builtins(params), level, self._fd, slots])
             for _ in range(workers):
                 worker = _Worker(_spawn(self._fd))
                 self._workers.append(worker)
-                worker.send(setup)
+                stdin = worker.process.stdin
+                assert stdin is not None
+                stdin.write(_LENGTH.pack(len(setup)) + setup)
+                stdin.flush()
         except BaseException:
             self.close()
             raise
@@ -149,9 +194,7 @@ class EncoderPool:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(slots):
             self._free.put(slot)
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
+        self._choosing = threading.Lock()
 
     def wait_ready(self) -> None:
         """Wait until every worker has started; ``OSError`` if one could not."""
@@ -188,17 +231,17 @@ class EncoderPool:
     def _call(self, request: list[object]) -> list[Any]:
         if self._map is None:
             raise ValueError("encoding with a closed EncoderPool")
-        worker = self._idle.get()
+        with self._choosing:  # the worker with the fewest requests waiting
+            worker = min(self._workers, key=lambda w: w.waiting)
+            worker.waiting += 1
         try:
-            worker.wait_ready()
-            worker.send(request)
-            reply = worker.receive()
+            reply = worker.call(request)
         except (OSError, EOFError, ValueError, msgspec.DecodeError):
-            # (A broken pipe, or a reply cut short.) The worker goes back to the idle queue:
-            # a thread that takes it next fails here too, instead of waiting for it forever.
+            # (A broken pipe, or a reply cut short.)
             raise WorkerFailed("a worker process of the upload stopped") from None
         finally:
-            self._idle.put(worker)
+            with self._choosing:
+                worker.waiting -= 1
         if reply[0] == _OS_ERROR:
             _kind, errno, strerror, filename = reply
             raise OSError(errno, strerror, filename)
