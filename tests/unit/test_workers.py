@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -136,14 +138,24 @@ def test_a_group_asked_not_to_compress_comes_back_raw(pool: EncoderPool, tmp_pat
 
 def test_groups_sent_together_each_get_their_own_reply(tmp_path: Path) -> None:
     pool = EncoderPool(ChunkerParams(), 1, workers=2, slots=8)
+    codec = ChunkCodec(1)
     try:
 
         def run(thread: int) -> None:
             for group in range(10):
                 data = text_bytes(thread * 100 + group, 2000 + group)
                 files = _files(tmp_path / f"{thread}-{group}", {"a": data, "b": data[::-1]})
-                with pool.encode(files, compress=group % 2 == 0) as got:
+                compress = group % 2 == 0
+                with pool.encode(files, compress) as got:
                     assert got.ids == [digest(data), digest(data[::-1])]
+                    if compress:
+                        assert got.codecs is not None
+                        pairs = zip(got.codecs, got.payloads, strict=True)
+                        raws = [codec.decode("a", bytes([c]) + p, len(data)) for c, p in pairs]
+                    else:
+                        assert got.codecs is None
+                        raws = [bytes(p) for p in got.payloads]
+                    assert raws == [data, data[::-1]]  # from this group's own slot
 
         with ThreadPoolExecutor(8) as threads:
             for done in [threads.submit(run, t) for t in range(8)]:
@@ -154,19 +166,76 @@ def test_groups_sent_together_each_get_their_own_reply(tmp_path: Path) -> None:
 
 def test_a_killed_worker_fails_every_group_waiting_for_it(tmp_path: Path) -> None:
     pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=6)
+    threads = ThreadPoolExecutor(6)
     try:
         pool.wait_ready()
         files = _files(tmp_path, {f"f{i}": text_bytes(i, 200_000) for i in range(40)})
         os.kill(pool._workers[0].process.pid, signal.SIGSTOP)  # requests pile up
-        with ThreadPoolExecutor(6) as threads:
-            waiting = [threads.submit(pool.encode, files) for _ in range(6)]
-            time.sleep(0.3)
-            os.kill(pool._workers[0].process.pid, signal.SIGKILL)
-            for done in waiting:
-                with pytest.raises(WorkerFailed):
-                    done.result(timeout=30)
+        waiting = [threads.submit(pool.encode, files) for _ in range(6)]
+        time.sleep(0.3)
+        os.kill(pool._workers[0].process.pid, signal.SIGKILL)
+        for done in waiting:
+            with pytest.raises(WorkerFailed):
+                done.result(timeout=30)
+    finally:
+        pool.close()  # (wakes any caller still waiting, should one be)
+        threads.shutdown()
+
+
+def test_a_worker_that_garbles_a_reply_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker that starts, answers with bytes that are not MessagePack, and stays alive: it
+    # must not live on to write into slots its callers have freed.
+    monkeypatch.setattr(
+        workers,
+        "_BOOT",
+        "import os, struct, sys, time; fd = int(sys.argv[2]); "
+        "os.write(fd, struct.pack('<I', 6) + b'\\xa5ready'); "
+        "os.write(fd, struct.pack('<I', 2) + b'\\xc1\\xc1'); "
+        "time.sleep(60)",
+    )
+    pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
+    try:
+        with pytest.raises(WorkerFailed):
+            pool.encode(_files(tmp_path, {"a": b"abc"}))
+        assert pool._workers[0].process.poll() is not None  # killed
     finally:
         pool.close()
+
+
+def test_what_a_worker_prints_does_not_mix_with_its_replies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a sitecustomize module or a library printing at import would.
+    monkeypatch.setattr(workers, "_BOOT", "print('hello'); " + workers._BOOT)
+    pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
+    try:
+        pool.wait_ready()
+        with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
+            assert got.ids == [digest(b"abc")]
+    finally:
+        pool.close()
+
+
+def test_workers_start_in_a_process_holding_many_descriptors(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("this system allows fewer than 1,200 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the pipes get fds > 1024
+    try:
+        pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
+        try:
+            pool.wait_ready()
+            with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
+                assert got.ids == [digest(b"abc")]
+        finally:
+            pool.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:
@@ -432,11 +501,14 @@ def test_a_pool_that_cannot_start_frees_what_it_made(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(workers.os, "memfd_create", memfd)
     monkeypatch.setattr(workers.sys, "executable", "/nonexistent/python")
+    gc.collect()  # (so that no earlier test's garbage closes descriptors meanwhile)
+    before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(OSError):
         EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
     assert len(made) == 1
     with pytest.raises(OSError):
         os.fstat(made[0])  # closed
+    assert set(os.listdir("/proc/self/fd")) <= before  # and the pipes too
 
 
 def test_a_worker_that_exits_at_start_is_found_before_any_group(

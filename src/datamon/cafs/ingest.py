@@ -4,7 +4,8 @@ Chunking runs in the caller's thread; hashing, the dedup lookup and compression 
 in batches on a shared pool, so one large file still keeps every core busy. At most
 ``window`` batches per file are in flight, which bounds memory whatever the file size.
 Small files are taken a group at a time: read, cut, hashed and compressed in the caller's
-thread, or in a worker process when the caller started an :class:`EncoderPool`.
+thread, or read, cut and hashed in a worker process when the caller started an
+:class:`EncoderPool`, which compresses them too unless most of the last group was stored.
 """
 
 from __future__ import annotations
@@ -281,8 +282,9 @@ class Ingester:
         self, encoders: EncoderPool, files: Sequence[tuple[str, StatLike]]
     ) -> dict[str, _Batch]:
         """:meth:`_ingest_small` through the worker processes. They compress the group
-        unless most chunks of the last group were stored already: a re-upload of stored
-        data (from another folder, or with the stat cache gone) then compresses nothing."""
+        unless at least half the chunks of the last group were stored already: a re-upload
+        of stored data (from another folder, or with the stat cache gone) then compresses
+        only its first groups (those sent before any came back)."""
         compress = self._stored_share < STORED_SHARE
         with encoders.encode([(path, st.st_size) for path, st in files], compress) as got:
             out, batch, store = self._place(files, got.counts, got.ids, got.sizes)

@@ -7,8 +7,11 @@ loop (:func:`serve`): unlike ``multiprocessing``, it never imports the main modu
 program that started it, so it works the same in any program, and it imports only what
 encoding needs.
 
-A worker serves one request at a time over its standard input and output: frames of a
-4-byte little-endian length and a MessagePack body. It sends back the chunk ids and sizes in
+A worker reads requests from a pipe and answers each, in order, on another: frames of a
+4-byte little-endian length and a MessagePack body (pipes of their own, not its standard
+input and output, which anything the interpreter loads might print to). Several requests
+may wait in a worker's pipe, so that it always has its next group. It sends back the chunk
+ids and sizes in
 its reply, and the chunks themselves through a shared mapping: one slot of
 :data:`SLOT_BYTES` per group in flight, which the caller copies into its pack and then
 releases. The mapping is a ``memfd`` (Linux) the worker inherits: neither ``/dev/shm``,
@@ -17,16 +20,17 @@ which containers often keep small, nor a file on disk.
 The caller looks the chunks up in its index only once they come back, so a worker cannot
 know which chunks the store holds already. It compresses them when asked to, and otherwise
 returns them raw for the caller to compress the new ones (see ``Ingester``, which asks for
-raw chunks when most chunks of its last group were stored already).
+raw chunks once at least half the chunks of its last group were stored already).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import queue
-import signal
+import select
 import struct
 import subprocess
 import sys
@@ -59,9 +63,14 @@ class WorkerFailed(DatamonError):
 
 
 def available() -> bool:
-    """Whether worker processes can run here: Linux (``memfd_create``), with an interpreter
-    to start them with."""
-    return sys.platform == "linux" and hasattr(os, "memfd_create") and bool(sys.executable)
+    """Whether worker processes can run here: Linux (``memfd_create``), with a Python
+    interpreter to start them with (a frozen application's executable is the application)."""
+    return (
+        sys.platform == "linux"
+        and hasattr(os, "memfd_create")
+        and bool(sys.executable)
+        and not getattr(sys, "frozen", False)
+    )
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,12 @@ class _Worker:
     has its next group waiting, instead of idling until a thread is scheduled to send one.
     It answers in order, so each caller reads the reply to its own request when the replies
     before it have been read (a ticket, taken when sending).
+
+    The requests and replies go through pipes of their own, not the worker's standard
+    input and output, which anything the interpreter loads might print to.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
+    def __init__(self, memfd: int, setup: bytes) -> None:
         self.waiting = 0  # requests sent and not yet answered (the pool's lock guards it)
         self._ready = False
         self._sending = threading.Lock()
@@ -110,25 +121,44 @@ class _Worker:
         self._sent = 0  # tickets handed out
         self._read = 0  # replies read
         self._broken = False
+        requests_in, requests_out = _pipe()
+        try:
+            replies_in, replies_out = _pipe()
+        except BaseException:
+            os.close(requests_in)
+            os.close(requests_out)
+            raise
+        try:
+            self.process = _spawn(requests_in, replies_out, memfd)
+        except BaseException:
+            for fd in (requests_out, replies_in):
+                os.close(fd)
+            raise
+        finally:  # the worker's ends
+            os.close(requests_in)
+            os.close(replies_out)
+        self._requests = open(requests_out, "wb")  # noqa: SIM115 (closed by close())
+        self._replies = open(replies_in, "rb")  # noqa: SIM115
+        try:
+            self._write(setup)
+        except OSError:  # it stopped at once: wait_ready says so
+            self._broken = True
 
     def call(self, message: object) -> Any:
         """The reply to ``message``; EOFError or OSError if the worker stopped."""
         body = msgspec.msgpack.encode(message)
-        stdin = self.process.stdin
-        assert stdin is not None
         with self._sending:
             ticket = self._sent
             self._sent += 1
             try:
-                stdin.write(_LENGTH.pack(len(body)) + body)
-                stdin.flush()
+                self._write(body)
             except BaseException:
                 self._break()
                 raise
-        with self._turns:
-            while self._read != ticket and not self._broken:
-                self._turns.wait()
         try:
+            with self._turns:
+                while self._read != ticket and not self._broken:
+                    self._turns.wait()
             self.wait_ready()
             reply = self._receive()
         except BaseException:
@@ -144,20 +174,43 @@ class _Worker:
         if self._broken:
             raise EOFError("the worker process stopped")
         if not self._ready:
+            # poll, not select: a program may hold more than 1,024 descriptors.
+            poller = select.poll()
+            poller.register(self._replies, select.POLLIN)
+            if not poller.poll(START_SECONDS * 1000):
+                self._break()
+                raise EOFError(f"the worker process did not start in {START_SECONDS} s")
             if self._receive() != _READY:
                 raise EOFError("the worker process did not start")
             self._ready = True
 
+    def close(self) -> None:
+        """Let the worker finish what it was sent, then stop it; callers still waiting for
+        a reply fail."""
+        with contextlib.suppress(OSError):  # (one that stopped: a broken pipe)
+            self._requests.close()  # the end of its input: it exits
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then it is killed
+            self.process.wait(timeout=10)
+        self._break()
+        self._replies.close()
+
+    def _write(self, body: bytes) -> None:
+        self._requests.write(_LENGTH.pack(len(body)) + body)
+        self._requests.flush()
+
     def _receive(self) -> Any:
-        stdout = self.process.stdout
-        assert stdout is not None
-        frame = _read_frame(stdout)
+        frame = _read_frame(self._replies)
         if frame is None:
             raise EOFError("the worker process closed its output")
         return msgspec.msgpack.decode(frame)
 
     def _break(self) -> None:
-        # Replies can no longer be matched to requests: every caller waiting fails.
+        """Stop the worker for good: its replies can no longer be matched to requests, and a
+        worker left running could still write to the slots of the requests it was sent, which
+        their callers free. Every caller waiting fails."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
         with self._turns:
             self._broken = True
             self._turns.notify_all()
@@ -172,21 +225,16 @@ class EncoderPool:
     """
 
     def __init__(self, params: ChunkerParams, level: int, workers: int, slots: int) -> None:
-        self._fd = os.memfd_create("datamon-encode", os.MFD_CLOEXEC)
+        self._fd = _above_stdio(os.memfd_create("datamon-encode", os.MFD_CLOEXEC))
         self._map: mmap.mmap | None = None
         self._workers: list[_Worker] = []
         self._closing = threading.Lock()
         try:
             os.ftruncate(self._fd, SLOT_BYTES * slots)
             self._map = mmap.mmap(self._fd, SLOT_BYTES * slots)
-            setup = msgspec.msgpack.encode([msgspec.to_builtins(params), level, self._fd, slots])
+            setup = msgspec.msgpack.encode([msgspec.to_builtins(params), level, slots])
             for _ in range(workers):
-                worker = _Worker(_spawn(self._fd))
-                self._workers.append(worker)
-                stdin = worker.process.stdin
-                assert stdin is not None
-                stdin.write(_LENGTH.pack(len(setup)) + setup)
-                stdin.flush()
+                self._workers.append(_Worker(self._fd, setup))
         except BaseException:
             self.close()
             raise
@@ -251,17 +299,7 @@ class EncoderPool:
         """Stop the workers (after the groups they are encoding) and free the mapping."""
         with self._closing:
             for worker in self._workers:
-                if worker.process.stdin is not None:
-                    with contextlib.suppress(OSError):  # (one that stopped: a broken pipe)
-                        worker.process.stdin.close()  # the end of its input: it exits
-            for worker in self._workers:
-                try:
-                    worker.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    worker.process.kill()
-                    worker.process.wait()
-                if worker.process.stdout is not None:
-                    worker.process.stdout.close()
+                worker.close()
             self._workers = []
             if self._map is not None:
                 view = getattr(self, "_view", None)
@@ -276,23 +314,47 @@ class EncoderPool:
                 self._fd = -1
 
 
-# A worker's start: the import path of this process (wherever it found datamon and its
-# libraries, an installed package or a path a script added), then this module's loop.
-_BOOT = "import sys; sys.path[:] = sys.argv[1:]; from datamon.cafs.workers import main; main()"
+# A worker's start: Ctrl-C reaches the whole process group, and the uploading process handles
+# it (it closes the worker's requests, which ends the worker), so the worker ignores it from
+# its first statement; then this process's import path (wherever it found datamon and its
+# libraries: an installed package, or a path a script added), then the worker's loop.
+_BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
+    "sys.path[:] = sys.argv[4:]; from datamon.cafs.workers import main; "
+    "main(*map(int, sys.argv[1:4]))"
+)
+# How long a worker may take to start (an interpreter and a few imports: 0.1 s here).
+START_SECONDS = 60
 
 
-def _spawn(fd: int) -> subprocess.Popen[bytes]:
-    """A worker process, inheriting the mapping's descriptor ``fd``.
+def _spawn(requests: int, replies: int, memfd: int) -> subprocess.Popen[bytes]:
+    """A worker process, inheriting the descriptors of its pipes' ends and the mapping.
 
     Isolated (``-I``): neither the environment's ``PYTHON*`` settings nor the current folder
     change what it imports; it gets this process's import path instead.
     """
     return subprocess.Popen(
-        [sys.executable, "-I", "-c", _BOOT, *sys.path],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        pass_fds=(fd,),
+        [sys.executable, "-I", "-c", _BOOT, str(requests), str(replies), str(memfd), *sys.path],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(requests, replies, memfd),
     )
+
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe()
+    return _above_stdio(read), _above_stdio(write)
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, or a copy of it numbered 3 or more: a worker's standard input, output and
+    error (0, 1, 2) are its own, so a descriptor it inherits must not take their numbers
+    (as it would in a program started with one of them closed)."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:
@@ -351,14 +413,14 @@ def _encode(
     return counts, b"".join(ids), sizes_out, codecs, stored
 
 
-def serve(source: IO[bytes], sink: IO[bytes]) -> None:
+def serve(source: IO[bytes], sink: IO[bytes], memfd: int) -> None:
     """A worker's loop: a set-up frame, then one reply per request, until ``source`` ends."""
     frame = _read_frame(source)
     if frame is None:
         return
-    params, level, fd, slots = msgspec.msgpack.decode(frame)
-    shared = mmap.mmap(fd, SLOT_BYTES * slots)
-    os.close(fd)
+    params, level, slots = msgspec.msgpack.decode(frame)
+    shared = mmap.mmap(memfd, SLOT_BYTES * slots)
+    os.close(memfd)
     chunker = FastCDCChunker(msgspec.convert(params, ChunkerParams))
     codec = ChunkCodec(level)
 
@@ -378,12 +440,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         reply([_OK, *result])
 
 
-def main() -> None:
-    # Ctrl-C reaches the whole process group: the uploading process handles it, and closes
-    # this worker's input, which ends it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
-
-
-if __name__ == "__main__":
-    main()
+def main(requests: int, replies: int, memfd: int) -> None:
+    """A worker process's entry (see ``_BOOT``): requests and replies on those pipes."""
+    with open(requests, "rb") as source, open(replies, "wb") as sink:
+        serve(source, sink, memfd)
