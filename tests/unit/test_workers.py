@@ -204,6 +204,17 @@ def test_a_worker_that_garbles_a_reply_is_stopped(
         pool.close()
 
 
+def test_workers_never_sent_a_group_stop_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers still starting (here: never done) when the upload finds nothing to read.
+    monkeypatch.setattr(workers, "_BOOT", "import time; time.sleep(60)")
+    pool = EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
+    processes = [worker.process for worker in pool._workers]
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 5  # not the 10 s a busy worker gets to finish
+    assert all(process.poll() is not None for process in processes)
+
+
 def test_what_a_worker_prints_does_not_mix_with_its_replies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

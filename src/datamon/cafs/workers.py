@@ -186,11 +186,13 @@ class _Worker:
 
     def close(self) -> None:
         """Let the worker finish what it was sent, then stop it; callers still waiting for
-        a reply fail."""
+        a reply fail. A worker never sent a group is stopped at once, without waiting for
+        its start to end (an upload that found nothing to read)."""
         with contextlib.suppress(OSError):  # (one that stopped: a broken pipe)
             self._requests.close()  # the end of its input: it exits
-        with contextlib.suppress(subprocess.TimeoutExpired):  # then it is killed
-            self.process.wait(timeout=10)
+        if self._sent:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then it is killed
+                self.process.wait(timeout=10)
         self._break()
         self._replies.close()
 
