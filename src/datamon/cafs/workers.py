@@ -2,17 +2,16 @@
 
 Threads of one interpreter take turns at its lock for the Python work around every file's
 system calls; with thousands of small files, that work, not the cores, bounds an upload.
-Worker processes each have their own lock. Each is a fresh interpreter running this module's
-loop (:func:`serve`): unlike ``multiprocessing``, it never imports the main module of the
-program that started it, so it works the same in any program, and it imports only what
-encoding needs.
+Worker processes each have their own lock. Each is a fresh interpreter running the loop of
+:mod:`datamon.cafs.worker_loop`: unlike ``multiprocessing``, it never imports the main
+module of the program that started it, so it works the same in any program, and it imports
+only what encoding needs.
 
 A worker reads requests from a pipe and answers each, in order, on another: frames of a
 4-byte little-endian length and a MessagePack body (pipes of their own, not its standard
 input and output, which anything the interpreter loads might print to). Several requests
 may wait in a worker's pipe, so that it always has its next group. It sends back the chunk
-ids and sizes in
-its reply, and the chunks themselves through a shared mapping: one slot of
+ids and sizes in its reply, and the chunks themselves through a shared mapping: one slot of
 :data:`SLOT_BYTES` per group in flight, which the caller copies into its pack and then
 releases. The mapping is a ``memfd`` (Linux) the worker inherits: neither ``/dev/shm``,
 which containers often keep small, nor a file on disk.
@@ -31,31 +30,21 @@ import mmap
 import os
 import queue
 import select
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 
-from datamon.cafs.chunker import FastCDCChunker
-from datamon.core.codecs import ChunkCodec
-from datamon.core.ids import DIGEST_SIZE, digest
+from datamon.cafs.worker_loop import OS_ERROR, READY, SLOT_BYTES, frame, read_frame
+from datamon.core.ids import DIGEST_SIZE
 from datamon.core.model import ChunkerParams
 from datamon.errors import DatamonError
 
-# The largest group's raw bytes: the groups of an upload close once they reach 8 MiB, so the
-# last file (at most 1 MiB, the small-file limit) may take one past that; a stored chunk is
-# never larger than its raw bytes.
-SLOT_BYTES = 10 << 20
-_LENGTH = struct.Struct("<I")
-# Replies: a group's results, or the OSError reading one of its files raised.
-_OK = "ok"
-_OS_ERROR = "oserror"
-_READY = "ready"
+__all__ = ["SLOT_BYTES", "Encoded", "EncoderPool", "WorkerFailed", "available"]
 
 
 class WorkerFailed(DatamonError):
@@ -180,7 +169,7 @@ class _Worker:
             if not poller.poll(START_SECONDS * 1000):
                 self._break()
                 raise EOFError(f"the worker process did not start in {START_SECONDS} s")
-            if self._receive() != _READY:
+            if self._receive() != READY:
                 raise EOFError("the worker process did not start")
             self._ready = True
 
@@ -197,11 +186,11 @@ class _Worker:
         self._replies.close()
 
     def _write(self, body: bytes) -> None:
-        self._requests.write(_LENGTH.pack(len(body)) + body)
+        self._requests.write(frame(body))
         self._requests.flush()
 
     def _receive(self) -> Any:
-        frame = _read_frame(self._replies)
+        frame = read_frame(self._replies)
         if frame is None:
             raise EOFError("the worker process closed its output")
         return msgspec.msgpack.decode(frame)
@@ -292,7 +281,7 @@ class EncoderPool:
         finally:
             with self._choosing:
                 worker.waiting -= 1
-        if reply[0] == _OS_ERROR:
+        if reply[0] == OS_ERROR:
             _kind, errno, strerror, filename = reply
             raise OSError(errno, strerror, filename)
         return list(reply[1:])
@@ -322,7 +311,7 @@ class EncoderPool:
 # libraries: an installed package, or a path a script added), then the worker's loop.
 _BOOT = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; "
-    "sys.path[:] = sys.argv[4:]; from datamon.cafs.workers import main; "
+    "sys.path[:] = sys.argv[4:]; from datamon.cafs.worker_loop import main; "
     "main(*map(int, sys.argv[1:4]))"
 )
 # How long a worker may take to start (an interpreter and a few imports: 0.1 s here).
@@ -357,92 +346,3 @@ def _above_stdio(fd: int) -> int:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     finally:
         os.close(fd)
-
-
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    """The next frame's body; None at the end of the stream (EOFError if cut short)."""
-    head = stream.read(_LENGTH.size)
-    if not head:
-        return None
-    if len(head) < _LENGTH.size:
-        raise EOFError("a frame cut short")
-    (size,) = _LENGTH.unpack(head)
-    body = stream.read(size)
-    if len(body) < size:
-        raise EOFError("a frame cut short")
-    return body
-
-
-def _encode(
-    chunker: FastCDCChunker,
-    codec: ChunkCodec,
-    shared: mmap.mmap,
-    paths: list[str],
-    sizes: list[int],
-    slot: int,
-    compress: bool,
-) -> tuple[list[int], bytes, list[int], bytes | None, list[int] | list[bytes]]:
-    """In a worker: the group's chunk counts per file, chunk ids (joined), raw sizes, codec
-    bytes (None without ``compress``) and payload sizes; the payloads (the raw chunks
-    without ``compress``) are written, in order, to the slot. Files that grew since they
-    were stat'ed may not fit: the payloads are then returned instead of their sizes."""
-    read = FastCDCChunker.read
-    counts: list[int] = []
-    ids: list[bytes] = []
-    raws: list[bytes] = []
-    for path, size in zip(paths, sizes, strict=True):
-        before = len(raws)
-        for raw in chunker.chunks_of(read(path, size)):
-            ids.append(digest(raw))
-            raws.append(raw)
-        counts.append(len(raws) - before)
-    sizes_out = [len(raw) for raw in raws]
-    codecs: bytes | None = None
-    payloads: Sequence[bytes | memoryview] = raws
-    if compress:
-        encoded = codec.encode_many(raws)
-        codecs = bytes(codec_byte for codec_byte, _payload in encoded)
-        payloads = [payload for _codec, payload in encoded]
-    if sum(len(payload) for payload in payloads) > SLOT_BYTES:
-        return counts, b"".join(ids), sizes_out, codecs, [bytes(p) for p in payloads]
-    at = slot * SLOT_BYTES
-    stored: list[int] = []
-    for payload in payloads:
-        n = len(payload)
-        shared[at : at + n] = payload
-        at += n
-        stored.append(n)
-    return counts, b"".join(ids), sizes_out, codecs, stored
-
-
-def serve(source: IO[bytes], sink: IO[bytes], memfd: int) -> None:
-    """A worker's loop: a set-up frame, then one reply per request, until ``source`` ends."""
-    frame = _read_frame(source)
-    if frame is None:
-        return
-    params, level, slots = msgspec.msgpack.decode(frame)
-    shared = mmap.mmap(memfd, SLOT_BYTES * slots)
-    os.close(memfd)
-    chunker = FastCDCChunker(msgspec.convert(params, ChunkerParams))
-    codec = ChunkCodec(level)
-
-    def reply(message: object) -> None:
-        body = msgspec.msgpack.encode(message)
-        sink.write(_LENGTH.pack(len(body)) + body)
-        sink.flush()
-
-    reply(_READY)
-    while (frame := _read_frame(source)) is not None:
-        paths, sizes, slot, compress = msgspec.msgpack.decode(frame)
-        try:
-            result = _encode(chunker, codec, shared, paths, sizes, slot, compress)
-        except OSError as exc:
-            reply([_OS_ERROR, exc.errno, exc.strerror, exc.filename])
-            continue
-        reply([_OK, *result])
-
-
-def main(requests: int, replies: int, memfd: int) -> None:
-    """A worker process's entry (see ``_BOOT``): requests and replies on those pipes."""
-    with open(requests, "rb") as source, open(replies, "wb") as sink:
-        serve(source, sink, memfd)
