@@ -215,11 +215,7 @@ def test_workers_never_sent_a_group_stop_without_waiting(monkeypatch: pytest.Mon
     assert all(process.poll() is not None for process in processes)
 
 
-def test_what_a_worker_prints_does_not_mix_with_its_replies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As a sitecustomize module or a library printing at import would.
-    monkeypatch.setattr(workers, "_BOOT", "print('hello'); " + workers._BOOT)
+def _start_one_worker_and_encode_a_file(tmp_path: Path) -> None:
     pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
     try:
         pool.wait_ready()
@@ -229,6 +225,14 @@ def test_what_a_worker_prints_does_not_mix_with_its_replies(
         pool.close()
 
 
+def test_what_a_worker_prints_does_not_mix_with_its_replies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a sitecustomize module or a library printing at import would.
+    monkeypatch.setattr(workers, "_BOOT", "print('hello'); " + workers._BOOT)
+    _start_one_worker_and_encode_a_file(tmp_path)
+
+
 def test_workers_start_in_a_process_holding_many_descriptors(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1200:
@@ -236,13 +240,7 @@ def test_workers_start_in_a_process_holding_many_descriptors(tmp_path: Path) -> 
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
     held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the pipes get fds > 1024
     try:
-        pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
-        try:
-            pool.wait_ready()
-            with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
-                assert got.ids == [digest(b"abc")]
-        finally:
-            pool.close()
+        _start_one_worker_and_encode_a_file(tmp_path)
     finally:
         for fd in held:
             os.close(fd)
