@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+# Seconds a connection waits for another one's lock, in the busy handler and in _use_wal.
+TIMEOUT = 60.0
 
 
 @contextmanager
@@ -40,9 +44,9 @@ class LocalDB:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
+                self.path, timeout=TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             self._local.db = db
             with self._lock:
@@ -91,3 +95,24 @@ class LocalDB:
 def _user_version(db: sqlite3.Connection) -> int:
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     return version
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch ``db`` to WAL, retrying while another connection holds the file.
+
+    SQLite answers this pragma with SQLITE_BUSY at once, without its busy handler, while
+    another connection is opening the same new file: two processes (or threads) starting on
+    one cache folder failed at random with "database is locked" before this retry.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
