@@ -256,9 +256,9 @@ def test_stat_cache_does_not_trust_chunks_the_store_lost(
 
 def test_small_change_stores_few_chunks(repo: Repository, tmp_path: Path, author: Author) -> None:
     src = tmp_path / "src"
-    write_tree(src, {"big.bin": random_bytes(1, 3_000_000), "other/x.txt": b"x"})
+    write_tree(src, {"big.bin": random_bytes(1, 10_000_000), "other/x.txt": b"x"})
     first = repo.upload(str(src), _opts(author))
-    insert_bytes(src / "big.bin", 1_500_000, b"inserted in the middle")
+    insert_bytes(src / "big.bin", 5_000_000, b"inserted in the middle")
     second = repo.upload(str(src), _opts(author))
     assert first.chunks > 30
     assert 1 <= second.new_chunks <= 3

@@ -38,7 +38,7 @@ from datamon.fs.view import BundleView, TreeCache
 from datamon.storage.memory import MemoryBackend
 from datamon.testing.workloads import BASE_MTIME_NS, random_bytes, write_file
 
-BIG = random_bytes(7, 1_500_000)
+BIG = random_bytes(7, 4_000_000)
 
 
 @pytest.fixture(autouse=True)

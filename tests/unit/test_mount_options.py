@@ -13,11 +13,12 @@ MiB = 1 << 20
 @pytest.mark.parametrize(
     ("cache_size", "stream", "memory", "prefetch"),
     [
-        (64 * MiB, False, 16 * MiB, 128),
-        (256 * MiB, False, 64 * MiB, 256),
+        # Prefetch: at most half the memory bound in the store's typical chunks (192 KiB).
+        (64 * MiB, False, 16 * MiB, 42),
+        (256 * MiB, False, 64 * MiB, 170),
         (1024 * MiB, False, 128 * MiB, 256),
         (16 * 1024 * MiB, False, 128 * MiB, 256),
-        (0, True, 16 * MiB, 128),
+        (0, True, 16 * MiB, 42),
     ],
 )
 def test_memory_bound_and_prefetch_follow_the_cache_size(

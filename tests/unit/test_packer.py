@@ -12,7 +12,7 @@ from datamon import Store
 from datamon.cafs import packer as packer_module
 from datamon.cafs.layout import pack_key
 from datamon.cafs.packer import SLACK, Buffer, PackWriter
-from datamon.cafs.reader import ChunkReader
+from datamon.cafs.reader import ChunkReader, windows
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef, PackIndex
@@ -127,3 +127,12 @@ def test_pack_buffers_are_page_aligned_mappings(tmp_path: Path) -> None:
     buffer = writer._new_buffer()
     assert isinstance(buffer, mmap.mmap) and len(buffer) == (1 << 20) + SLACK
     writer.close()
+
+
+def test_read_windows_are_bounded_by_chunks_and_by_bytes() -> None:
+    refs = [ChunkRef(bytes([i]) * 32, size) for i, size in enumerate([3, 3, 3, 1, 1, 1, 1, 9])]
+    runs = [[r.size for r in run] for run in windows(refs, max_chunks=3, max_bytes=6)]
+    # A run ends at the chunk that brings it to 6 bytes, or at its third chunk.
+    assert runs == [[3, 3], [3, 1, 1], [1, 1, 9]]
+    assert [len(run) for run in windows(refs, max_chunks=100, max_bytes=1 << 20)] == [8]
+    assert list(windows([], max_chunks=3, max_bytes=6)) == []

@@ -3,7 +3,7 @@
 Chunks are appended to segment files (``<folder>/segments/<n>``) and found through an SQLite
 index (``<folder>/index.sqlite``) of chunk id -> segment, offset and length. Each segment is
 appended to by one process only. Writing a batch of chunks costs one ``writev`` and one
-transaction; a file created and renamed per chunk (about 64 KiB) cost more, here, than reading
+transaction; a file created and renamed per chunk (64 KiB then) cost more, here, than reading
 the chunk from a local store.
 
 Every read is hashed against the id: a chunk damaged by a crash or by hand loses its index row
@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from datamon.cafs.reader import ChunkReader
+from datamon.cafs.reader import ChunkReader, windows
 from datamon.cafs.sqlitedb import transaction
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -49,7 +49,8 @@ SEGMENT_MAX = 64 << 20
 LOW_WATER = 0.8
 REFRESH_SECONDS = 10.0
 _ORPHAN_SECONDS = 3600
-_WINDOW = 64
+_WINDOW_CHUNKS = 64
+_WINDOW_BYTES = 8 << 20
 _IOV_MAX = 512
 _LEGACY = re.compile(r"[0-9a-f]{2}|tmp")
 # Errors that will not go away by themselves; others (the folder removed meanwhile, a full
@@ -407,8 +408,7 @@ class CachedChunkReader:
             yield from self.reader.read(refs)
             return
         cache = self.cache
-        for start in range(0, len(refs), _WINDOW):
-            window = refs[start : start + _WINDOW]
+        for window in windows(refs, _WINDOW_CHUNKS, _WINDOW_BYTES):
             found = cache.get_many([ref.id for ref in window])
             missing = [ref for ref, data in zip(window, found, strict=True) if data is None]
             # Missing neighbours are fetched together, so the reader coalesces their ranges.

@@ -12,9 +12,27 @@ from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 from datamon.errors import ChecksumMismatch, CorruptObject
 
-_WINDOW = 128
+# A window of chunks looked up and fetched together: at most this many chunks, and no more
+# raw bytes than WINDOW_BYTES (beyond one chunk), whatever the store's chunk size.
+WINDOW_CHUNKS = 128
+WINDOW_BYTES = 8 << 20
 MAX_READ = 8 << 20
 MAX_GAP = 64 << 10
+
+
+def windows(
+    refs: Sequence[ChunkRef], max_chunks: int, max_bytes: int
+) -> Iterator[Sequence[ChunkRef]]:
+    """``refs`` in consecutive runs of at most ``max_chunks`` chunks, each ending with the
+    chunk that brings its raw size to ``max_bytes`` or more."""
+    start = size = 0
+    for i, ref in enumerate(refs):
+        size += ref.size
+        if size >= max_bytes or i + 1 - start >= max_chunks:
+            yield refs[start : i + 1]
+            start, size = i + 1, 0
+    if start < len(refs):
+        yield refs[start:]
 
 
 class ChunkReader:
@@ -37,8 +55,7 @@ class ChunkReader:
         Each window of chunks is read in pack order, in ranges that cover neighbours
         and small gaps, so chunks scattered over a pack cost few reads.
         """
-        for start in range(0, len(refs), _WINDOW):
-            window = refs[start : start + _WINDOW]
+        for window in windows(refs, WINDOW_CHUNKS, WINDOW_BYTES):
             where = self.index.lookup_many([r.id for r in window])
             missing = next((r for r in window if r.id not in where), None)
             if missing is not None:

@@ -17,12 +17,23 @@ class Kind(enum.IntEnum):
 
 
 class ChunkerParams(msgspec.Struct, frozen=True):
+    """FastCDC's parameters, written into a store's config when it is created.
+
+    The defaults give chunks of about 192 KiB (pyfastcdc's average is ``avg_size + min_size``).
+    Stores created before these defaults keep the 16/48/256 KiB they were created with.
+    """
+
     algorithm: str = "fastcdc2020"
-    min_size: int = 16 * 1024
-    avg_size: int = 48 * 1024
-    max_size: int = 256 * 1024
+    min_size: int = 64 * 1024
+    avg_size: int = 128 * 1024
+    max_size: int = 1024 * 1024
     normalization: int = 1
     seed: int = 0
+
+    @property
+    def typical_size(self) -> int:
+        """The average chunk these parameters give, as pyfastcdc documents it."""
+        return self.avg_size + self.min_size
 
 
 class StoreConfig(msgspec.Struct, frozen=True):

@@ -83,7 +83,13 @@ class Reading:
         self.repo = repo
         self.trees = TreeCache(store.trees)
         reader = CachedChunkReader(store.reader, cache)
-        self.readahead = ReadAhead(reader, options.prefetch, options.memory_bound, options.timeout)
+        self.readahead = ReadAhead(
+            reader,
+            options.prefetch,
+            options.memory_bound,
+            options.timeout,
+            chunk_size=store.config.chunker.typical_size,
+        )
 
     def view(self, bid: str | None) -> BundleView:
         return BundleView(self.store, self.repo, bid, self.trees, self.readahead.reader)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from datamon.cafs.chunkcache import CachedChunkReader
-from datamon.core.model import ChunkRef
+from datamon.core.model import ChunkerParams, ChunkRef
 from datamon.fs.view import FileChunks
 
 DEMAND_WORKERS = 4
@@ -43,11 +43,12 @@ class ReadAhead:
         prefetch: int,
         max_bytes: int = DEFAULT_MEMORY,
         timeout: float = DEFAULT_TIMEOUT,
+        chunk_size: int = ChunkerParams().typical_size,
     ) -> None:
         self.reader = reader
-        # Prefetched chunks fill at most half the memory bound (at a nominal 64 KiB a chunk),
-        # so that they are not evicted before they are read.
-        self.prefetch = min(prefetch, max(8, (max_bytes // 2) >> 16))
+        # Prefetched chunks fill at most half the memory bound (at the store's typical chunk
+        # size), so that they are not evicted before they are read.
+        self.prefetch = min(prefetch, max(8, (max_bytes // 2) // chunk_size))
         self.max_bytes = max_bytes
         self.timeout = timeout
         self._chunks: OrderedDict[bytes, tuple[int, Future[bytes]]] = OrderedDict()

@@ -118,8 +118,8 @@ def mixed_tree(root: Path, seed: int) -> TreeStats:
         "empty.txt": (b"", 0o644),
         "bin/run.sh": (b"#!/bin/sh\necho hi\n", 0o755),
         "data/read-only.csv": (text_bytes(rng.getrandbits(64), 5_000), 0o444),
-        "data/zeros.bin": (bytes(700_000), 0o644),
-        "data/nested/deeper/big.bin": (random_bytes(rng.getrandbits(64), 600_000), 0o640),
+        "data/zeros.bin": (bytes(3_000_000), 0o644),
+        "data/nested/deeper/big.bin": (random_bytes(rng.getrandbits(64), 1_200_000), 0o640),
         "data/nested/deeper/text.csv": (text_bytes(rng.getrandbits(64), 300_000), 0o600),
         "ünïcødé/名前.txt": (b"names are bytes too\n", 0o644),
     }
