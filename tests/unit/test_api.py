@@ -18,6 +18,7 @@ import pytest
 
 from datamon import Author, Change, Repository, Store, UploadOptions
 from datamon.api import download as download_module
+from datamon.cafs.chunker import FastCDCChunker
 from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import index_key, pack_id_of, pack_key
 from datamon.core.codecs import to_json
@@ -1151,6 +1152,30 @@ def test_many_small_chunks(tmp_path: Path, author: Author) -> None:
     repo.download(result.bundle_id, str(tmp_path / "dest"))
     assert describe_tree(tmp_path / "dest") == describe_tree(tmp_path / "src")
     assert repo.verify(result.bundle_id).ok
+
+
+def test_a_store_created_with_the_earlier_chunk_sizes_is_cut_with_them(
+    tmp_path: Path, author: Author
+) -> None:
+    earlier = ChunkerParams(min_size=16 * 1024, avg_size=48 * 1024, max_size=256 * 1024)
+    store = _store_with(MemoryBackend("earlier"), chunker=earlier)
+    data = random_bytes(4, 3_000_000)
+    write_tree(tmp_path / "src", {"a.bin": data})
+    result = Repository.create(store, "r", "", author).upload(str(tmp_path / "src"), _opts(author))
+    sizes = [len(c) for c in FastCDCChunker(earlier).chunks_of(data)]
+    assert result.chunks == len(sizes)
+    assert sizes != [len(c) for c in FastCDCChunker(ChunkerParams()).chunks_of(data)]
+    # A store created now records chunks of about 192 KiB in its config.json.
+    meta = MemoryBackend("now")
+    Store(meta)
+    assert msgspec.json.decode(meta.get(CONFIG))["chunker"] == {
+        "algorithm": "fastcdc2020",
+        "min_size": 65536,
+        "avg_size": 131072,
+        "max_size": 1048576,
+        "normalization": 1,
+        "seed": 0,
+    }
 
 
 def test_split_directories_end_to_end(
