@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 from datetime import UTC, datetime
 
 from datamon.core.codecs import load_versioned, to_json
@@ -21,7 +21,7 @@ def load_or_create(meta: Backend, *, create: bool = True) -> StoreConfig:
             raise
         probe_conditional_writes(meta)
         config = StoreConfig(
-            format=FORMAT_VERSION, id=secrets.token_hex(16), created=datetime.now(UTC)
+            format=FORMAT_VERSION, id=os.urandom(16).hex(), created=datetime.now(UTC)
         )
         meta.put_if_absent(CONFIG, to_json(config))
         data = meta.get(CONFIG)
@@ -30,7 +30,7 @@ def load_or_create(meta: Backend, *, create: bool = True) -> StoreConfig:
 
 def probe_conditional_writes(meta: Backend) -> None:
     """Refuse a backend whose conditional writes are not honoured: refs would lose moves."""
-    key = f"{PROBE}-{secrets.token_hex(8)}"
+    key = f"{PROBE}-{os.urandom(8).hex()}"
     try:
         version = meta.compare_and_swap(key, b"1", None)
         try:

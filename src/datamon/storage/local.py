@@ -18,7 +18,6 @@ import fcntl
 import functools
 import mmap
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,7 +251,7 @@ class LocalBackend:
         return data, _version(data)
 
     def _write_temp(self, path: Path, data: Payload, sync: bool = False) -> Path:
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
         try:
             fd = os.open(tmp, _CREATE, 0o644)
         except FileNotFoundError:
