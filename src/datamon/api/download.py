@@ -15,6 +15,7 @@ from datamon.api.parallel import bounded_map, cpu_threads, size_groups
 from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
+from datamon.cafs.reader import windows
 from datamon.core.model import Bundle, ChunkRef, Entry, Kind
 from datamon.errors import CorruptObject, DestinationNotEmpty, InvalidArgument
 
@@ -150,14 +151,10 @@ def _work(
 def _segments(refs: tuple[ChunkRef, ...]) -> list[tuple[int, tuple[ChunkRef, ...]]]:
     """The chunks cut into runs of about :data:`SEGMENT_BYTES`, each with its offset."""
     out: list[tuple[int, tuple[ChunkRef, ...]]] = []
-    start = offset = size = 0
-    for i, ref in enumerate(refs):
-        size += ref.size
-        if size >= SEGMENT_BYTES:
-            out.append((offset, refs[start : i + 1]))
-            start, offset, size = i + 1, offset + size, 0
-    if start < len(refs):
-        out.append((offset, refs[start:]))
+    offset = 0
+    for run in windows(refs, len(refs), SEGMENT_BYTES):
+        out.append((offset, tuple(run)))
+        offset += sum(ref.size for ref in run)
     return out
 
 
