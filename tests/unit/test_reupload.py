@@ -7,6 +7,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
@@ -319,3 +320,39 @@ def test_trees_are_stored_on_a_retry_onto_another_head(mem_store: Store) -> None
     assert build(None) == (top, ("p",))
     assert mem_store.trees.written == 2
     assert [e.name for e in mem_store.trees.entries(top.tree)] == ["d"]
+
+
+def test_a_full_upload_prunes_the_rows_of_deleted_folders(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    (src / "d1" / "deep").mkdir()
+    (src / "d1" / "deep" / "x.bin").write_bytes(b"x" * 100)
+    repo.upload(str(src), _opts(author))
+
+    def folders(table: str, column: str) -> set[str]:
+        db = sqlite3.connect(local_store.stat_cache.db_path)
+        rows = db.execute(f"SELECT {column} FROM {table}").fetchall()
+        db.close()
+        return {row[0][len(str(src)) :] for row in rows}
+
+    assert {"/d1/", "/d1/deep/"} <= folders("files", "folder")
+    assert {"/d1/", "/d1/deep/"} <= folders("folders", "path")
+    for f in (src / "d1" / "deep").iterdir():
+        f.unlink()
+    (src / "d1" / "deep").rmdir()
+    (src / "d1" / "f1.bin").unlink()
+    repo.upload(str(src), _opts(author))
+    assert folders("files", "folder") == {"/", "/d0/", "/d1/", "/d2/"}
+    assert folders("folders", "path") == {"/", "/d0/", "/d1/", "/d2/"}
+    # The other files of d1 were unchanged (taken from the cache, not read): its row still
+    # drops the deleted one.
+    db = sqlite3.connect(local_store.stat_cache.db_path)
+    (entries,) = db.execute(
+        "SELECT entries FROM files WHERE folder = ?", (f"{src}/d1/",)
+    ).fetchone()
+    db.close()
+    names = sorted(f[0] for f in msgspec.msgpack.decode(entries))
+    assert names == sorted(p.name for p in (src / "d1").iterdir() if p.is_file())
+    assert "f1.bin" not in names

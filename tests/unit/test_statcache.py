@@ -184,3 +184,43 @@ def test_files_no_longer_listed_in_their_folder_are_dropped(tmp_path: Path) -> N
     db.close()
     assert sorted(f[0] for f in msgspec.msgpack.decode(entries)) == ["a", "c", "x"]
     cache.close()
+
+
+def _folders(cache: StatCache) -> dict[str, list[str]]:
+    db = sqlite3.connect(cache.db_path)
+    rows = db.execute("SELECT folder, entries FROM files").fetchall()
+    db.close()
+    return {folder: sorted(f[0] for f in msgspec.msgpack.decode(e)) for folder, e in rows}
+
+
+def test_forgotten_paths_leave_their_folders_row_and_take_the_rows_below(
+    tmp_path: Path,
+) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    names = ["/r/a", "/r/b", "/r/d/x", "/r/d/e/y", "/r/d0/z", "/r/dd/w", "/s/a"]
+    cache.put_many([(name, OLD, ONE, ["p"]) for name in names], READ_AT)
+    folder = statcache.Folder(b"t" * 32, 1, 1, 1)
+    cache.put_folders((path, b"k", folder, ["p"]) for path in ("/r/d/", "/r/d/e/", "/r/dd/"))
+    # A file, a folder with a subfolder, and a path the cache never saw.
+    assert cache.forget(["/r/a", "/r/d", "/r/nothing"]) == 1 + 2 + 2
+    assert _folders(cache) == {"/r/": ["b"], "/r/d0/": ["z"], "/r/dd/": ["w"], "/s/": ["a"]}
+    assert cache.get_folders([("/r/dd/", b"k"), ("/r/d/", b"k")]) == {"/r/dd/": (folder, ("p",))}
+    # The last file of a folder takes its row with it.
+    assert cache.forget(["/s/a"]) == 1
+    assert "/s/" not in _folders(cache)
+    cache.close()
+
+
+def test_rows_of_folders_gone_from_below_a_root_are_pruned(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    names = ["/r/a", "/r/d/x", "/r/d/e/y", "/r/k/z", "/r0/a", "/q/a"]
+    cache.put_many([(name, OLD, ONE, ["p"]) for name in names], READ_AT)
+    folder = statcache.Folder(b"t" * 32, 1, 1, 1)
+    paths = ("/r/", "/r/d/", "/r/d/e/", "/r/k/", "/r0/")
+    cache.put_folders((path, b"k", folder, ["p"]) for path in paths)
+    # /r/d/ and /r/d/e/ are gone; /r0/ and /q/ are not below /r/.
+    assert cache.prune("/r/", {"/r/", "/r/k/"}) == 2 + 2
+    assert _folders(cache) == {"/r/": ["a"], "/r/k/": ["z"], "/r0/": ["a"], "/q/": ["a"]}
+    kept = cache.get_folders([(path, b"k") for path in paths])
+    assert sorted(kept) == ["/r/", "/r/k/", "/r0/"]
+    cache.close()

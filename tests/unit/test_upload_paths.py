@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
+from datamon.cafs import statcache
 from datamon.errors import InvalidArgument, UnsafePath
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
@@ -208,3 +211,35 @@ def test_bad_paths_are_refused_before_anything_is_committed(
     with pytest.raises(error):
         repo.upload_paths(str(src), [bad], _opts(author))
     assert [bid for bid, _b in repo.bundles()] == [first.bundle_id]
+
+
+def _cached_files(store: Store, root: Path) -> set[str]:
+    """The paths, relative to ``root``, of the files the stat cache holds a row entry for."""
+    db = sqlite3.connect(store.stat_cache.db_path)
+    rows = db.execute("SELECT folder, entries FROM files").fetchall()
+    db.close()
+    prefix = len(str(root)) + 1
+    return {folder[prefix:] + f[0] for folder, blob in rows for f in msgspec.msgpack.decode(blob)}
+
+
+def test_the_stat_cache_forgets_what_a_partial_upload_removed(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files just written are not recorded until their times settle: take them as settled.
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    repo.upload(str(src), _opts(author))
+    gone = {"d0/sub/f0.bin", "d1/sub/f1.bin"} | {
+        f"d3/sub/{f.name}" for f in (src / "d3" / "sub").iterdir()
+    }
+    assert gone <= _cached_files(local_store, src)
+    (src / "d0" / "sub" / "f0.bin").unlink()  # in a folder listed whole
+    (src / "d1" / "sub" / "f1.bin").unlink()  # listed itself
+    for f in (src / "d3" / "sub").iterdir():  # in a folder listed, and gone
+        f.unlink()
+    (src / "d3" / "sub").rmdir()
+    repo.upload_paths(str(src), ["d0", "d1/sub/f1.bin", "d3/sub"], _opts(author))
+    on_disk = {rel for rel, what in describe_tree(src).items() if what[0] == "file"}
+    assert _cached_files(local_store, src) == on_disk

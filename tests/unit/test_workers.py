@@ -480,6 +480,46 @@ def test_processes_started_by_the_scan_stop_when_the_upload_needs_none(
     assert "datamon.cafs.workers" not in processes.stdout
 
 
+def test_a_folder_uploaded_before_starts_its_workers_only_when_it_needs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
+    # For each start of the workers: whether the scan was still going (it starts them as it
+    # finds files) or the upload had chosen the files to read.
+    started: list[bool] = []
+    scanning = [False]
+    real_scan, real_start = upload_module.scan, upload_module._Workers.start
+
+    def scan(path: str, **kw: Any) -> upload_module.LocalDir:
+        scanning[0] = True
+        try:
+            return real_scan(path, **kw)
+        finally:
+            scanning[0] = False
+
+    def start(self: upload_module._Workers) -> None:
+        started.append(scanning[0])
+        real_start(self)
+
+    monkeypatch.setattr(upload_module, "scan", scan)
+    monkeypatch.setattr(upload_module._Workers, "start", start)
+    monkeypatch.setattr(upload_module, "PROCESS_FILES", 50)
+    src = tmp_path / "src"
+    _tree(src, 60)
+    _store, repo, _bid = _upload(tmp_path, src)
+    assert started[:1] == [True]  # a folder never uploaded: from the scan
+    started.clear()
+    author = Author("A", "a@example.com")
+    repo.upload(str(src), UploadOptions("unchanged", author))
+    assert started == []
+    for i in range(60):  # every file changed: the upload needs them
+        (src / f"d{i % 7}" / f"f{i:04d}").write_bytes(b"changed %d" % i)
+    result = repo.upload(str(src), UploadOptions("changed", author))
+    assert started == [False]
+    assert repo.verify(result.bundle_id).ok
+
+
 def test_a_file_gone_before_a_worker_reads_it_names_the_file(
     tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,7 @@ trusted (``statcache.Settled``) has no key, and neither has any folder above it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 
 import msgspec
 
@@ -65,6 +65,10 @@ class FolderKeys:
         holds them), or None for a folder not scanned: ``StatCache.put_many``'s ``listed``."""
         node = self._nodes.get(folder)
         return None if node is None else {f.name for f in node.files}
+
+    def scanned(self) -> Container[str]:
+        """The path of every folder the scan found, as the stat cache keys folders."""
+        return self._nodes.keys()
 
     def wanted(self) -> list[tuple[str, bytes]]:
         """``(path, key)`` of every folder that has a key, for a stat cache lookup."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datamon.api.arrivals import Arrivals
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
 from datamon.api.edit import TreeEdit
-from datamon.api.folders import FolderKeys, reused_entry
+from datamon.api.folders import FolderKeys, folder_path, reused_entry
 from datamon.api.parallel import bounded_map, cpu_threads, size_groups
 from datamon.api.paths import TreeGuard, check_link
 from datamon.api.paths import check_name as check_local_name
@@ -87,7 +87,11 @@ def _upload_scanned(
     progress: Progress | None,
     procs: _Workers,
 ) -> UploadResult:
-    root = scan(path, many=(PROCESS_FILES, procs.start))
+    # A folder uploaded before (its row is recorded) is mostly unchanged, usually: its
+    # workers start only if the upload turns out to need them, not as the scan finds files
+    # (an unchanged W2 re-upload: 0.29-0.30 s against 0.32-0.35 s, two interpreters less).
+    known = store.stat_cache.has_folder(os.path.join(os.path.abspath(path), ""))
+    root = scan(path, many=None if known else (PROCESS_FILES, procs.start))
     keys = FolderKeys(root, time.time_ns())
     taken: dict[int, tuple[Folder, tuple[str, ...]]] = {}
 
@@ -119,6 +123,8 @@ def _upload_scanned(
         def record(packs: dict[str, frozenset[str]]) -> None:
             # The trees are durable now: the bundle naming them is committed.
             store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
+            # Rows of folders deleted since they were recorded would only take room.
+            store.stat_cache.prune(folder_path(root), keys.scanned())
 
         build = _unless_head(pending, top, batch.packs)
         return _finish(store, repo, options, batch, trees_before, build, record, keys.listed)
@@ -401,7 +407,28 @@ def upload_paths(
         packs = set(batch.packs) | set(base.packs if base else ())
         return top, tuple(sorted(packs))
 
-    return _finish(store, repo, options, batch, trees_before, build)
+    # The stat cache forgets the paths now gone, and the rows of the folders uploaded whole
+    # drop the files deleted from them.
+    gone = [os.path.join(os.path.abspath(path), rel) for rel, item in changes if item is None]
+
+    def forget(_packs: dict[str, frozenset[str]]) -> None:
+        if gone:
+            store.stat_cache.forget(gone)
+
+    scanned = _listing(item for _rel, item in changes if isinstance(item, LocalDir))
+    return _finish(store, repo, options, batch, trees_before, build, forget, scanned)
+
+
+def _listing(folders: Iterable[LocalDir]) -> Listed:
+    """The names of the files in each folder at or below ``folders``, by the path the stat
+    cache keys it with (None for any other folder): ``StatCache.put_many``'s ``listed``."""
+    names: dict[str, set[str]] = {}
+    stack = list(folders)
+    while stack:
+        node = stack.pop()
+        names[folder_path(node)] = {f.name for f in node.files}
+        stack.extend(node.dirs)
+    return names.get
 
 
 def _stored(

@@ -100,6 +100,8 @@ class Ingester:
         self._fresh: list[_Fresh] = []
         # Packs of the files taken from the stat cache, by path.
         self._reused: dict[str, tuple[str, ...]] = {}
+        # Folders whose stat-cache row holds files this ingester was not asked about.
+        self._others: set[str] = set()
         self._lock = threading.Lock()
         # Of the chunks of the last group the workers returned, the share that were stored
         # already (by earlier uploads, or earlier in this one).
@@ -194,15 +196,17 @@ class Ingester:
         upload reuses it without looking the chunks up. ``packs`` is :meth:`file_packs`,
         if the caller has it already. With ``durable``, the rows are prepared at once and
         written once it is done (the flush that makes the packs durable). ``listed`` tells
-        the files each folder holds now, if known (``StatCache.put_many``).
+        the files each folder holds now, if known (``StatCache.put_many``); the rows that
+        :meth:`reuse` found holding other files than it was asked about are checked
+        against it too, so that a file deleted from a folder leaves its row.
         """
-        if self.stat_cache is None or not self._fresh:
+        if self.stat_cache is None or not (self._fresh or (self._others and listed)):
             return 0
         packs = self.file_packs() if packs is None else packs
         with self._lock:
             fresh, self._fresh = self._fresh, []
         rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh if f.path in packs)
-        return self.stat_cache.put_many(rows, self._started, durable, listed)
+        return self.stat_cache.put_many(rows, self._started, durable, listed, self._others)
 
     def _trusted(self) -> Callable[[tuple[str, ...]], bool]:
         """Whether a row's packs are all in the store (as known at the start); the packs
@@ -225,7 +229,7 @@ class Ingester:
         """
         if self.stat_cache is None:
             return {}
-        kept = self.stat_cache.get_many(files, self._trusted(), self._reused)
+        kept = self.stat_cache.get_many(files, self._trusted(), self._reused, self._others)
         chunks = sum(map(len, kept.values()))
         size = sum([r.size for refs in kept.values() for r in refs])
         with self._lock:

@@ -124,11 +124,13 @@ class StatCache:
         files: Sequence[tuple[str, StatLike]],
         trusted: Callable[[tuple[str, ...]], bool] = _any_packs,
         packs: dict[str, tuple[str, ...]] | None = None,
+        others: set[str] | None = None,
     ) -> dict[str, tuple[ChunkRef, ...]]:
         """The recorded chunks of those ``(path, stat)`` that are unchanged, when the packs
         their row names are ``trusted``: asked once per distinct set of packs (the files of
         a tree share a few), with the pack ids sorted. ``packs``, if given, receives the
-        packs of each file found.
+        packs of each file found; ``others``, the folders whose row holds a file not asked
+        for (perhaps deleted: see ``recheck`` in :meth:`put_many`).
 
         A row holds the files of one folder; the rows of the folders of ``files`` are read
         as one range scan, or by name when the range holds many others.
@@ -150,7 +152,11 @@ class StatCache:
             for f in recorded:
                 path = folder + f.name
                 st = wanted.get(path)
-                if st is None or _key(st) != (f.size, f.mtime_ns, f.ctime_ns, f.ino):
+                if st is None:
+                    if others is not None:
+                        others.add(folder)
+                    continue
+                if _key(st) != (f.size, f.mtime_ns, f.ctime_ns, f.ino):
                     continue
                 if not 0 <= f.packs < len(names):
                     continue
@@ -196,6 +202,11 @@ class StatCache:
                 continue
         return found
 
+    def has_folder(self, path: str) -> bool:
+        """Whether a folder row is recorded for ``path`` (with its trailing "/")."""
+        found = self._db.get().execute("SELECT 1 FROM folders WHERE path = ?", (path,))
+        return found.fetchone() is not None
+
     def put_folders(self, folders: Iterable[tuple[str, bytes, Folder, Collection[str]]]) -> int:
         """Record ``(path, key, folder, packs)``; returns how many.
 
@@ -218,6 +229,7 @@ class StatCache:
         read_at: int | None = None,
         durable: Future[None] | None = None,
         listed: Listed | None = None,
+        recheck: Iterable[str] = (),
     ) -> int:
         """Record ``(path, stat, chunks, packs)`` in one transaction; returns how many.
 
@@ -231,7 +243,9 @@ class StatCache:
         time, and a folder's row is written once a slice has none of its files, so a tree
         of a million files never holds all its rows at once. ``listed``, if given, tells the
         names of the files a folder holds now (None when not known): a file of its row
-        that is not among them is dropped, so a row does not keep deleted files.
+        that is not among them is dropped, so a row does not keep deleted files. The rows of
+        the folders in ``recheck`` are checked so too, though no file of theirs is recorded
+        (a folder whose only change is a deleted file).
         """
         ok = Settled(time.time_ns() if read_at is None else read_at)
         sets: dict[frozenset[str], tuple[str, ...]] = {}
@@ -239,6 +253,7 @@ class StatCache:
         items = iter(files)
         # Each folder's new files by name, as its row holds them, and its sets of packs.
         pending: dict[str, _Pending] = {}
+        written: set[str] = set()
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _ROWS)):
                 touched: set[str] = set()
@@ -264,11 +279,71 @@ class StatCache:
                 # is written now, the others once no more of their files come (so a folder
                 # of a million files is written once, not once a slice).
                 done = {f: pending.pop(f) for f in list(pending) if f not in touched}
+                written.update(done)
                 count += _write(db, done, listed)
+            written.update(pending)
             count += _write(db, pending, listed)
+            if listed is not None:
+                _drop_unlisted(db, [f for f in recheck if f not in written], listed)
             if durable is not None:
                 durable.result()
         return count
+
+    def forget(self, paths: Iterable[str]) -> int:
+        """Drop what the cache holds of ``paths`` (absolute, without a trailing slash),
+        which are gone from disk: the file of that name in its folder's row, and the rows of
+        every folder at or below it. Returns how many rows changed or went.
+
+        Only a cost saving is lost if this is not called: a file's entry is used only for a
+        file found at its path with the same stat.
+        """
+        changed = 0
+        with transaction(self._db.get()) as db:
+            for path in paths:
+                cut = path.rfind("/") + 1
+                folder, name = path[:cut], path[cut:]
+                found = db.execute(
+                    "SELECT entries FROM files WHERE folder = ?", (folder,)
+                ).fetchone()
+                if found is not None:
+                    try:
+                        files = _files_decoder.decode(found[0])
+                    except (msgspec.DecodeError, TypeError):
+                        files = ()
+                    kept = [f for f in files if f.name != name]
+                    if len(kept) < len(files) or not files:
+                        changed += 1
+                        _set_entries(db, folder, kept)
+                # The folder's own rows and those below: keys from "path/" up to, not
+                # including, "path0" ("0" follows "/").
+                below = (path + "/", path + "0")
+                for table, column in (("files", "folder"), ("folders", "path")):
+                    changed += db.execute(
+                        f"DELETE FROM {table} WHERE {column} >= ? AND {column} < ?", below
+                    ).rowcount
+        return changed
+
+    def prune(self, root: str, present: Container[str]) -> int:
+        """Delete the ``files`` and ``folders`` rows of the folders below ``root`` (a folder
+        path with its trailing "/"), at any depth, that are not ``present``: folders gone from
+        disk since they were recorded. Returns how many rows went."""
+        below = (root, root[:-1] + "0")  # keys after "root/", before "root0"
+        db = self._db.get()
+        stale = {
+            (table, column): [
+                row
+                for row in db.execute(
+                    f"SELECT {column} FROM {table} WHERE {column} > ? AND {column} < ?", below
+                )
+                if row[0] not in present
+            ]
+            for table, column in (("files", "folder"), ("folders", "path"))
+        }
+        if any(stale.values()):  # the write lock only if there is something to delete
+            with transaction(db):
+                for (table, column), rows in stale.items():
+                    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", rows)
+        return sum(map(len, stale.values()))
 
     def release(self) -> None:
         """Close the calling thread's connection (see ``LocalDB.release``)."""
@@ -330,6 +405,32 @@ def _write(db: sqlite3.Connection, folders: dict[str, _Pending], listed: Listed 
     ]
     db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
     return sum(len(new) for new, _index in folders.values())
+
+
+def _set_entries(db: sqlite3.Connection, folder: str, files: Sequence[_File]) -> None:
+    """Replace the files of ``folder``'s row (its sets of packs stay); none deletes it."""
+    if files:
+        db.execute(
+            "UPDATE files SET entries = ? WHERE folder = ?", (_encoder.encode(files), folder)
+        )
+    else:
+        db.execute("DELETE FROM files WHERE folder = ?", (folder,))
+
+
+def _drop_unlisted(db: sqlite3.Connection, folders: Sequence[str], listed: Listed) -> None:
+    """Rewrite the rows of ``folders`` without their files that are not ``listed`` now (a
+    row left with none is deleted); rows of folders not listed, or not holding such a file,
+    are left as they are."""
+    known = {folder: listed(folder) for folder in folders}
+    for folder, entries, _sets in _read(db, [f for f, names in known.items() if names is not None]):
+        present = known[folder]
+        try:
+            files = _files_decoder.decode(entries)
+        except (msgspec.DecodeError, TypeError):
+            continue
+        kept = [f for f in files if present is not None and f.name in present]
+        if len(kept) < len(files):
+            _set_entries(db, folder, kept)
 
 
 def _merge(
