@@ -123,8 +123,10 @@ def _upload_scanned(
         def record(packs: dict[str, frozenset[str]]) -> None:
             # The trees are durable now: the bundle naming them is committed.
             store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
-            # Rows of folders deleted since they were recorded would only take room.
-            store.stat_cache.prune(folder_path(root), keys.scanned())
+            # Rows of folders deleted since they were recorded would only take room. A tree
+            # taken whole is unchanged, so no folder of it was deleted.
+            if id(root) not in taken:
+                store.stat_cache.prune(folder_path(root), keys.scanned())
 
         build = _unless_head(pending, top, batch.packs)
         return _finish(store, repo, options, batch, trees_before, build, record, keys.listed)
