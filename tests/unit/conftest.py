@@ -10,6 +10,7 @@ import pytest
 
 from datamon import Author, Store
 from datamon.cafs import chunker as chunker_module
+from datamon.cafs import statcache
 from datamon.config import CACHE_ENV
 from datamon.storage.memory import MemoryBackend
 
@@ -20,6 +21,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     path = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv(CACHE_ENV, str(path))
     return path
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written just now count as settled: the stat cache records them (it never
+    records a file changed too shortly before it was read)."""
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
+    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
 
 
 @pytest.fixture

@@ -207,14 +207,9 @@ def test_unchanged_files_are_not_read_again(
     repo: Repository,
     src: Path,
     author: Author,
-    monkeypatch: pytest.MonkeyPatch,
+    settled: None,
     opened: list[str],
 ) -> None:
-    from datamon.cafs import statcache
-
-    # Files written just now are "racy" and never cached; pretend they are old enough.
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     first = repo.upload(str(src), _opts(author))
     opened.clear()
     second = repo.upload(str(src), _opts(author))
@@ -237,12 +232,8 @@ def test_unchanged_files_are_not_read_again(
 
 
 def test_stat_cache_does_not_trust_chunks_the_store_lost(
-    store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Path, author: Author, settled: None
 ) -> None:
-    from datamon.cafs import statcache
-
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     repo = Repository.create(store, "r", "", author)
     write_tree(tmp_path / "src", {"a.bin": random_bytes(5, 300_000)})
     first = repo.upload(str(tmp_path / "src"), _opts(author))

@@ -13,7 +13,6 @@ import pytest
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
 from datamon.api.scan import scan
-from datamon.cafs import statcache
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.layout import index_key, pack_key
 from datamon.cafs.packer import PackWriter
@@ -22,12 +21,8 @@ from datamon.core.model import Bundle, ChunkRef, Entry, Kind
 from datamon.metadata.trees import PendingTrees
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
-
-@pytest.fixture(autouse=True)
-def old_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Files written just now are "racy" and never cached; pretend they are old enough.
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
+# Files written just now are "racy" and never cached; these tests take them as settled.
+pytestmark = pytest.mark.usefixtures("settled")
 
 
 def _opts(author: Author) -> UploadOptions:

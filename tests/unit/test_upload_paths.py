@@ -11,7 +11,6 @@ import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
-from datamon.cafs import statcache
 from datamon.errors import InvalidArgument, UnsafePath
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
@@ -223,11 +222,8 @@ def _cached_files(store: Store, root: Path) -> set[str]:
 
 
 def test_the_stat_cache_forgets_what_a_partial_upload_removed(
-    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+    local_store: Store, tmp_path: Path, author: Author, settled: None
 ) -> None:
-    # Files just written are not recorded until their times settle: take them as settled.
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     repo = Repository.create(local_store, "r", "", author)
     src = _tree(tmp_path / "src")
     repo.upload(str(src), _opts(author))

@@ -21,7 +21,7 @@ from datamon import Store
 from datamon.api import upload as upload_module
 from datamon.api.repository import Repository
 from datamon.api.upload import UploadOptions
-from datamon.cafs import statcache, workers
+from datamon.cafs import workers
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool, WorkerFailed
 from datamon.core.codecs import CODEC_RAW, CODEC_ZSTD, ChunkCodec
@@ -292,11 +292,8 @@ def _upload(tmp_path: Path, src: Path) -> tuple[Store, Repository, str]:
 
 
 def test_an_upload_of_many_small_files_reads_them_in_workers(
-    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], settled: None
 ) -> None:
-    # Files written just now are never trusted by the stat cache: pretend they are old.
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     src = tmp_path / "src"
     _tree(src, 300)
     (src / "large.bin").write_bytes(random_bytes(9, 3 << 20))  # read in a thread
@@ -483,10 +480,8 @@ def test_processes_started_by_the_scan_stop_when_the_upload_needs_none(
 
 
 def test_a_folder_uploaded_before_starts_its_workers_only_when_it_needs_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled: None
 ) -> None:
-    monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
-    monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
     # For each start of the workers: whether the scan was still going (it starts them as it
     # finds files) or the upload had chosen the files to read.
     started: list[bool] = []
