@@ -8,6 +8,7 @@ import click
 
 from datamon.api.upload import DEFAULT_BRANCH, UploadOptions
 from datamon.cli.context import AppContext, pass_app
+from datamon.cli.heap import keep_freed_heap
 from datamon.cli.options import concurrency_option, json_option, ref_options, repo_option, resolve
 from datamon.cli.output import emit_json, line, progress, timestamp
 from datamon.core.model import Bundle
@@ -87,6 +88,7 @@ def upload(
       datamon bundle upload --path ./data --message "The initial commit" --repo my-data --label init
       datamon bundle upload --path ./data --message "fix two rows" --repo my-data --only a/x.csv
     """
+    keep_freed_heap()
     options = UploadOptions(
         message=message, author=app.author, branch=branch, label=label, concurrency=concurrency
     )
