@@ -132,6 +132,26 @@ def test_large_range_reads_match_the_object(tmp_path: Path, start: int, length: 
     assert backend._direct == _direct_supported(tmp_path)  # read directly where it can be
 
 
+def test_a_large_range_view_borrows_the_threads_read_buffer(tmp_path: Path) -> None:
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    data = random_bytes(14, 2 * EARLY_SYNC + 777)
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("packs/ab/seven", _aligned(data))
+    first = backend.get_range_view("packs/ab/seven", 123, DIRECT_READ + 5)
+    assert first.readonly and bytes(first) == data[123 : DIRECT_READ + 128]
+    # No copy: the view is of the thread's buffer, which the next range read fills again
+    # (the contract: a view is valid until the thread's next range read).
+    second = backend.get_range_view("packs/ab/seven", EARLY_SYNC, DIRECT_READ)
+    assert first.obj is second.obj is backend._read_buffer()
+    assert bytes(second) == data[EARLY_SYNC : EARLY_SYNC + DIRECT_READ]
+    assert bytes(first) != data[123 : DIRECT_READ + 128]
+    # get_range's bytes are the caller's own.
+    owned = backend.get_range("packs/ab/seven", 123, DIRECT_READ + 5)
+    backend.get_range_view("packs/ab/seven", EARLY_SYNC, DIRECT_READ)
+    assert owned == data[123 : DIRECT_READ + 128]
+
+
 def test_range_reads_fall_back_where_o_direct_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,6 +170,8 @@ def test_range_reads_fall_back_where_o_direct_is_refused(
     monkeypatch.setattr(local.os, "open", tmpfs_open)
     for _ in range(2):
         assert backend.get_range("packs/ab/six", 5, DIRECT_READ + 1) == data[5 : DIRECT_READ + 6]
+    view = backend.get_range_view("packs/ab/six", 5, DIRECT_READ + 1)
+    assert bytes(view) == data[5 : DIRECT_READ + 6]
     assert len(refused) == 1  # the backend stops trying after the first refusal
 
 

@@ -82,10 +82,9 @@ class ChunkReader:
         end = max(loc.offset + loc.length for _cid, loc in run)
         key = pack_key(first.pack)
         span = end - first.offset
-        data = self.blob.get_range(key, first.offset, span)
-        if len(data) < span:
+        view = self.blob.get_range_view(key, first.offset, span)
+        if len(view) < span:
             raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
-        view = memoryview(data)
         codec = self._codec()
         for cid, loc in run:
             at = loc.offset - first.offset

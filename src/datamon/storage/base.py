@@ -39,6 +39,13 @@ class Backend(Protocol):
         """``length`` bytes from ``start``; fewer only at the end of the object."""
         ...
 
+    def get_range_view(self, key: str, start: int, length: int) -> memoryview:
+        """The bytes :meth:`get_range` returns, as a read-only view that may borrow a
+        buffer the backend reuses: valid only until the calling thread's next range read
+        on this backend. For readers that consume a range at once (chunk reads), without
+        copying it."""
+        ...
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """The object and its current version, read together."""
         ...

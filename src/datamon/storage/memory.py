@@ -44,6 +44,9 @@ class MemoryBackend:
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._entry(key)[0][start : start + length]
 
+    def get_range_view(self, key: str, start: int, length: int) -> memoryview:
+        return memoryview(self._entry(key)[0])[start : start + length]
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         return self._entry(key)
 

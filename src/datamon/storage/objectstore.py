@@ -235,17 +235,21 @@ class ObjectStoreBackend:
         return self.get_versioned(key)[0]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        return bytes(self.get_range_view(key, start, length))
+
+    def get_range_view(self, key: str, start: int, length: int) -> memoryview:
         check_key(key)
         if start < 0 or length < 0:
             raise StorageError(f"invalid range {start}+{length} for {key}")
         if length == 0:
             self.stat(key)
-            return b""
+            return memoryview(b"")
         try:
-            return bytes(obstore.get_range(self._store, key, start=start, length=length))
+            # The response's own buffer: a chunk reader decodes from it without a copy.
+            return memoryview(obstore.get_range(self._store, key, start=start, length=length))
         except _OBSTORE_ERRORS as exc:
             if _status(exc) == 416:
-                return b""  # the whole range lies past the end of an existing object
+                return memoryview(b"")  # the whole range lies past the end of the object
             raise self._translate(exc, key) from None
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:

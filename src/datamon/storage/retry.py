@@ -55,6 +55,9 @@ class RetryingBackend:
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._call(f"get {key}", lambda: self.inner.get_range(key, start, length))
 
+    def get_range_view(self, key: str, start: int, length: int) -> memoryview:
+        return self._call(f"get {key}", lambda: self.inner.get_range_view(key, start, length))
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         return self._call(f"get {key}", lambda: self.inner.get_versioned(key))
 

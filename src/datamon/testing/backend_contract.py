@@ -67,6 +67,16 @@ class BackendContract:
         assert backend.get_range("r", len(data) + 100, 10) == b""
         assert backend.get_range("r", 5, 0) == b""
 
+    def test_get_range_view(self, backend: Backend) -> None:
+        data = bytes(range(256)) * 4
+        backend.put("r", data)
+        for start, length in ((0, 10), (100, 50), (1000, 100), (len(data), 10), (5, 0)):
+            view = backend.get_range_view("r", start, length)
+            assert isinstance(view, memoryview) and view.readonly
+            assert bytes(view) == data[start : start + length]
+        with pytest.raises(ObjectNotFound):
+            backend.get_range_view("missing", 0, 10)
+
     def test_put_overwrites_atomically(self, backend: Backend) -> None:
         first, second = b"a" * 100_000, b"b" * 150_000
         backend.put("obj", first)
