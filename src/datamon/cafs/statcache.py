@@ -305,15 +305,8 @@ class StatCache:
                 found = db.execute(
                     "SELECT entries FROM files WHERE folder = ?", (folder,)
                 ).fetchone()
-                if found is not None:
-                    try:
-                        files = _files_decoder.decode(found[0])
-                    except (msgspec.DecodeError, TypeError):
-                        files = ()
-                    kept = [f for f in files if f.name != name]
-                    if len(kept) < len(files) or not files:
-                        changed += 1
-                        _set_entries(db, folder, kept)
+                if found is not None and _keep_files(db, folder, found[0], name.__ne__):
+                    changed += 1
                 # The folder's own rows and those below: keys from "path/" up to, not
                 # including, "path0" ("0" follows "/").
                 below = (path + "/", path + "0")
@@ -407,30 +400,35 @@ def _write(db: sqlite3.Connection, folders: dict[str, _Pending], listed: Listed 
     return sum(len(new) for new, _index in folders.values())
 
 
-def _set_entries(db: sqlite3.Connection, folder: str, files: Sequence[_File]) -> None:
-    """Replace the files of ``folder``'s row (its sets of packs stay); none deletes it."""
-    if files:
-        db.execute(
-            "UPDATE files SET entries = ? WHERE folder = ?", (_encoder.encode(files), folder)
-        )
+def _keep_files(
+    db: sqlite3.Connection, folder: str, entries: bytes, keep: Callable[[str], bool]
+) -> bool:
+    """Rewrite ``folder``'s row (its ``entries``) with only the files whose name ``keep``
+    accepts; a row left with none, or that does not decode, is deleted. Whether it changed."""
+    try:
+        files = _files_decoder.decode(entries)
+    except (msgspec.DecodeError, TypeError):
+        files = ()
+    kept = [f for f in files if keep(f.name)]
+    if len(kept) == len(files) and files:
+        return False
+    if kept:
+        db.execute("UPDATE files SET entries = ? WHERE folder = ?", (_encoder.encode(kept), folder))
     else:
         db.execute("DELETE FROM files WHERE folder = ?", (folder,))
+    return True
 
 
 def _drop_unlisted(db: sqlite3.Connection, folders: Sequence[str], listed: Listed) -> None:
-    """Rewrite the rows of ``folders`` without their files that are not ``listed`` now (a
-    row left with none is deleted); rows of folders not listed, or not holding such a file,
-    are left as they are."""
-    known = {folder: listed(folder) for folder in folders}
-    for folder, entries, _sets in _read(db, [f for f, names in known.items() if names is not None]):
-        present = known[folder]
-        try:
-            files = _files_decoder.decode(entries)
-        except (msgspec.DecodeError, TypeError):
-            continue
-        kept = [f for f in files if present is not None and f.name in present]
-        if len(kept) < len(files):
-            _set_entries(db, folder, kept)
+    """Rewrite the rows of ``folders`` without their files that are not ``listed`` now;
+    rows of folders not listed are left as they are."""
+    known: dict[str, Container[str]] = {}
+    for folder in folders:
+        names = listed(folder)
+        if names is not None:
+            known[folder] = names
+    for folder, entries, _sets in _read(db, list(known)):
+        _keep_files(db, folder, entries, known[folder].__contains__)
 
 
 def _merge(
