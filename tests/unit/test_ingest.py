@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from datamon import Store
 from datamon.cafs.ingest import PROBE_AFTER, Ingester
 from datamon.cafs.packer import PackWriter
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
+from datamon.core.ids import digest
 from datamon.testing.workloads import random_bytes, text_bytes
 
 
@@ -58,3 +60,44 @@ def test_text_after_random_data_is_compressed_again(
     assert calls[first_text][0] is True
     assert all(kind != CODEC_RAW for kind in kinds[first_text:])
     assert not any(probe for probe, _kind in calls[first_text + 1 :])
+
+
+def test_take_gives_the_packs_of_each_file_once(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    paths = {name: str(tmp_path / name) for name in ("a", "b", "c")}
+    # a (and b, the same bytes) fills a pack of its own; c goes in the next.
+    data = {"a": random_bytes(1, 11_000), "b": random_bytes(1, 11_000), "c": random_bytes(2, 900)}
+    for name, raw in data.items():
+        Path(paths[name]).write_bytes(raw)
+
+    def ingest() -> tuple[Ingester, PackWriter]:
+        packer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+        ingester = Ingester(
+            store.chunker, store.index, packer, 1, workers=1, stat_cache=store.stat_cache
+        )
+        ingester.ingest_files([(path, os.stat(path)) for path in paths.values()], reuse=False)
+        return ingester, packer
+
+    ingester, packer = ingest()
+    try:
+        a, b, c, nowhere = ingester.take([paths["a"], paths["b"], paths["c"], "/nowhere"])
+        assert nowhere is None and ingester.take([paths["a"]]) == [None]
+        assert a is b and a is not None and c is not None  # equal contents, one key
+        assert a[0] == frozenset() and len(a[1]) == 1  # a pack this upload writes
+        assert ingester.resolve(a) is None  # not written yet
+        packer.close()
+        first, second = packer.packs_of_each([(digest(data["a"]),), (digest(data["c"]),)])
+        assert first is not None and second is not None and first != second
+        assert ingester.resolve(a) == tuple(first) and ingester.resolve(c) == tuple(second)
+        assert ingester.remember() == 0  # taken: the caller records them
+    finally:
+        ingester.close()
+    # Once the index holds the packs, a file's key names them.
+    again, packer = ingest()
+    try:
+        (key,) = again.take([paths["c"]])
+        assert key == (second, frozenset())
+        packer.close()
+        assert again.resolve(key) == tuple(second)
+    finally:
+        again.close()

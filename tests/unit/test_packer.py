@@ -85,6 +85,25 @@ def test_packs_of_each_group_of_chunks(tmp_path: Path) -> None:
     assert found[0] is found[6] and found[1] is found[2]
 
 
+def test_pack_numbers_of_queued_chunks_name_their_packs_once_written(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    a, b, c = (random_bytes(i, 6_000) for i in range(3))  # a and b share the first pack
+    for raw in (a, b, c):
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    ia, ib, ic = digest(a), digest(b), digest(c)
+    numbers = writer.numbers_of_each([(ia,), (ib,), (ia, ic), (ic, ia), (ic,)])
+    assert numbers[0] is numbers[1] and numbers[2] is numbers[3]
+    assert numbers[2] == numbers[0] | numbers[4] and len(numbers[2]) == 2
+    assert writer.names_of(numbers[4]) is None  # c's pack is still open
+    writer.close()
+    first, last = writer.names_of(numbers[0]), writer.names_of(numbers[4])
+    assert first == writer.packs_of_each([(ia,)])[0] and last == writer.packs_of_each([(ic,)])[0]
+    assert first is not None and last is not None and writer.names_of(numbers[2]) == first | last
+    assert writer.names_of(()) == frozenset()
+
+
 def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:
     store = Store.open(str(tmp_path / "store"))
     writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.api import upload as upload_module
-from datamon.api.scan import scan
+from datamon.api.folders import FolderRecords
+from datamon.api.scan import LocalDir, LocalFile, scan
 from datamon.cafs.ingest import Ingester
 from datamon.cafs.layout import index_key, pack_key
 from datamon.cafs.packer import PackWriter
@@ -351,3 +353,34 @@ def test_a_full_upload_prunes_the_rows_of_deleted_folders(
     names = sorted(f[0] for f in msgspec.msgpack.decode(entries))
     assert names == sorted(p.name for p in (src / "d1").iterdir() if p.is_file())
     assert "f1.bin" not in names
+
+
+def test_an_upload_lets_go_of_each_folders_files_once_it_is_named(
+    local_store: Store, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, tuple[int, int, int]] = {}
+    real = FolderRecords.folder
+
+    def spy(
+        self: FolderRecords,
+        node: LocalDir,
+        entry: Entry,
+        files: Sequence[tuple[LocalFile, tuple[ChunkRef, ...]]],
+    ) -> None:
+        real(self, node, entry, files)
+        paths = [f.path for f, _chunks in files]
+        held = sum(path in self._arrivals.refs for path in paths)
+        taken = sum(key is not None for key in self._ingester.take(paths))
+        seen[node.rel] = (len(node.files), held, taken)
+
+    monkeypatch.setattr(FolderRecords, "folder", spy)
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    first = repo.upload(str(src), _opts(author))
+    # Every folder was named, and its scanned files, chunk lists and packs let go of.
+    assert seen == {rel: (0, 0, 0) for rel in ("", "d0/", "d1/", "d2/")}
+    # What the rows recorded is what a second upload reuses without reading a file.
+    (src / "d1" / "new.bin").write_bytes(b"new")
+    second = repo.upload(str(src), _opts(author))
+    assert second.bytes_stored < 100 and first.bundle.packs[0] in second.bundle.packs
+    assert repo.verify(second.bundle_id).ok

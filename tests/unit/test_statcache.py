@@ -224,3 +224,73 @@ def test_rows_of_folders_gone_from_below_a_root_are_pruned(tmp_path: Path) -> No
     kept = cache.get_folders([(path, b"k") for path in paths])
     assert sorted(kept) == ["/r/", "/r/k/", "/r0/"]
     cache.close()
+
+
+def test_prepared_rows_replace_each_folder_row_whole(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.put_many([(name, OLD, ONE, ["p"]) for name in ("/r/a", "/r/gone", "/q/gone")], READ_AT)
+    rows: statcache.PreparedRows[str] = statcache.PreparedRows(READ_AT)
+    newer = stat(READ_AT - RACY_NS, READ_AT - RACY_NS + 1)
+    racy = stat(READ_AT - 1, READ_AT - 1)
+    rows.add_files("/r/", [("a", newer, TWO, "k1"), ("b", OLD, ONE, "k2"), ("c", racy, ONE, "k1")])
+    rows.add_files("/q/", [("racy", racy, ONE, "k1")])  # nothing left to record
+    packs = {"k1": ("p", "q"), "k2": ("p",)}
+    asked: list[str] = []
+
+    def resolve(key: str) -> tuple[str, ...] | None:
+        asked.append(key)
+        return packs[key]
+
+    assert rows.write_files(cache, resolve) == 2
+    assert sorted(asked) == ["k1", "k2"]  # once per key
+    # The files of /r/ now, not the deleted one nor the racy one; /q/'s row is gone.
+    assert _folders(cache) == {"/r/": ["a", "b"]}
+    found: dict[str, tuple[str, ...]] = {}
+    lookup = [("/r/a", newer), ("/r/b", OLD), ("/r/gone", OLD)]
+    assert cache.get_many(lookup, packs=found) == {"/r/a": TWO, "/r/b": ONE}
+    assert found == {"/r/a": ("p", "q"), "/r/b": ("p",)}
+    cache.close()
+
+
+def test_prepared_rows_leave_out_what_names_a_pack_not_written(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    rows: statcache.PreparedRows[str] = statcache.PreparedRows(READ_AT)
+    rows.add_files("/r/", [("a", OLD, ONE, "ok"), ("b", OLD, TWO, "lost")])
+    rows.add_files("/s/", [("c", OLD, ONE, "lost")])
+    folder = statcache.Folder(b"t" * 32, 1, 1, 1)
+    rows.add_folder("/r/", b"k", folder, ["ok", "lost"])
+    rows.add_folder("/t/", b"k", folder, ["ok"])
+    packs = {"ok": ("p",), "lost": None}
+    assert rows.write_files(cache, packs.__getitem__) == 1
+    assert _folders(cache) == {"/r/": ["a"]}
+    assert rows.write_folders(cache, packs.__getitem__) == 1
+    assert cache.get_folders([("/r/", b"k"), ("/t/", b"k")]) == {"/t/": (folder, ("p",))}
+    cache.close()
+
+
+def test_prepared_rows_are_committed_only_once_the_packs_are_durable(tmp_path: Path) -> None:
+    cache, other = StatCache(tmp_path / "stat.sqlite"), StatCache(tmp_path / "stat.sqlite")
+    rows: statcache.PreparedRows[str] = statcache.PreparedRows(READ_AT)
+    rows.add_files("/g/", [(str(i), OLD, ONE, "k") for i in range(3)])
+    gate = _Gate()
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(rows.write_files, cache, lambda _key: ("p",), gate)
+        try:
+            assert gate.waited.wait(30)
+            assert other.get_many([("/g/0", OLD)]) == {}
+        finally:
+            gate.set_exception(OSError("flush failed"))
+        with pytest.raises(OSError, match="flush failed"):
+            done.result(30)
+    assert other.get_many([("/g/0", OLD)]) == {}
+    cache.close()
+    other.close()
+
+
+def test_files_recorded_below_a_folder(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.put_many([("/r/d/x", OLD, ONE, ["p"]), ("/r0/a", OLD, ONE, ["p"])], READ_AT)
+    assert cache.has_files_below("/r/") and cache.has_files_below("/r/d/")
+    assert cache.has_files_below("/") and cache.has_files_below("/r0/")
+    assert not cache.has_files_below("/r/e/") and not cache.has_files_below("/q/")
+    cache.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from datamon.core.model import ChunkRef
 from datamon.errors import DatamonError
@@ -26,6 +26,13 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
         with self._changed:
             self.refs.update(refs)
             self._changed.notify_all()
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Let go of the chunk lists of ``paths``, read for the last time."""
+        refs = self.refs
+        with self._changed:
+            for path in paths:
+                refs.pop(path, None)
 
     def fail(self) -> None:
         with self._changed:

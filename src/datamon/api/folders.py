@@ -5,17 +5,23 @@ A folder's key is the BLAKE3 of its listing: each file's name, mode, size, mtime
 inode (what the stat cache trusts, §9), each symlink's name, target and mtime, and each
 subfolder's name, mode, mtime and key. A folder holding a file changed too recently to be
 trusted (``statcache.Settled``) has no key, and neither has any folder above it.
+
+An upload records the key of each folder it names, and the files of each, as it names them
+(:class:`FolderRecords`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Container, Sequence
+from typing import cast
 
 import msgspec
 
-from datamon.api.scan import LocalDir
-from datamon.cafs.statcache import Folder, Settled
+from datamon.api.arrivals import Arrivals
+from datamon.api.scan import LocalDir, LocalFile
+from datamon.cafs.ingest import Ingester, PendingPacks
+from datamon.cafs.statcache import Folder, PreparedRows, Settled
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef, Entry, Kind
 
@@ -34,14 +40,14 @@ class FolderKeys:
         self.root = root
         self.keys: dict[int, bytes | None] = {}
         self.paths: dict[int, str] = {}
-        self._nodes: dict[str, LocalDir] = {}
+        self._scanned: set[str] = set()
         self._settled = Settled(now)
         self._key(root, folder_path(root))
 
     def _key(self, node: LocalDir, path: str) -> bytes | None:
         subs = [(sub, self._key(sub, f"{path}{sub.name}/")) for sub in node.dirs]
         self.paths[id(node)] = path
-        self._nodes[path] = node
+        self._scanned.add(path)
         key = self.keys[id(node)] = self._listing(node, subs)
         return key
 
@@ -60,15 +66,9 @@ class FolderKeys:
         dirs = [(sub.name, sub.st.st_mode, sub.st.st_mtime_ns, key) for sub, key in subs]
         return digest(_encode((files, links, dirs)))
 
-    def listed(self, folder: str) -> set[str] | None:
-        """The names of the files the scan found in ``folder`` (a path as :attr:`paths`
-        holds them), or None for a folder not scanned: ``StatCache.put_many``'s ``listed``."""
-        node = self._nodes.get(folder)
-        return None if node is None else {f.name for f in node.files}
-
     def scanned(self) -> Container[str]:
         """The path of every folder the scan found, as the stat cache keys folders."""
-        return self._nodes.keys()
+        return self._scanned
 
     def wanted(self) -> list[tuple[str, bytes]]:
         """``(path, key)`` of every folder that has a key, for a stat cache lookup."""
@@ -89,57 +89,61 @@ class FolderKeys:
                 stack.extend(node.dirs)
         return taken
 
-    def rows(
-        self,
-        taken: dict[int, tuple[Folder, tuple[str, ...]]],
-        built: dict[int, Entry],
-        refs: dict[str, tuple[ChunkRef, ...]],
-        packs: dict[str, frozenset[str]],
-    ) -> Iterator[tuple[str, bytes, Folder, set[str]]]:
-        """Stat cache rows for the folders built (``built``: their entries by node) that
-        have a key, bottom-up; folders reused whole (``taken``) are recorded already.
 
-        ``refs`` and ``packs`` hold each file's chunks and packs by absolute path; a folder
-        with a file missing from ``packs`` is not recorded, nor is any folder above it.
-        """
-        out: list[tuple[str, bytes, Folder, set[str]]] = []
-        self._rows(self.root, taken, built, refs, packs, out.append)
-        return iter(out)
+class FolderRecords:
+    """The stat-cache rows of a full upload, prepared folder by folder as its trees are
+    named (``statcache.PreparedRows``), so that the upload lets go of each folder's files
+    then: their scanned stat, chunk lists and packs. Call :meth:`folder` for every folder
+    named, children first, and :meth:`taken` for those reused whole; one thread only.
+    """
 
-    def _rows(
+    def __init__(self, keys: FolderKeys, ingester: Ingester, arrivals: Arrivals) -> None:
+        self._keys = keys
+        self._ingester = ingester
+        self._arrivals = arrivals
+        self.rows: PreparedRows[PendingPacks] = PreparedRows(ingester.read_at)
+        # The chunk count and packs below each folder recorded and not yet asked for by its
+        # parent, by ``id`` of node; None when not all are known.
+        self._below: dict[int, tuple[int, frozenset[PendingPacks]] | None] = {}
+
+    def taken(self, node: LocalDir, row: tuple[Folder, tuple[str, ...]]) -> None:
+        """``node`` is reused whole: its rows are recorded already."""
+        self._below[id(node)] = (row[0].chunks, frozenset([(frozenset(row[1]), frozenset())]))
+
+    def folder(
         self,
         node: LocalDir,
-        taken: dict[int, tuple[Folder, tuple[str, ...]]],
-        built: dict[int, Entry],
-        refs: dict[str, tuple[ChunkRef, ...]],
-        packs: dict[str, frozenset[str]],
-        emit: Callable[[tuple[str, bytes, Folder, set[str]]], None],
-    ) -> tuple[int, set[str]] | None:
-        """The chunk count and packs below ``node``, or None if not all are known."""
-        row = taken.get(id(node))
-        if row is not None:  # reused whole: recorded already
-            return row[0].chunks, set(row[1])
-        below = [self._rows(sub, taken, built, refs, packs, emit) for sub in node.dirs]
-        path = self.paths[id(node)]
-        key = self.keys[id(node)]
-        if key is None or any(b is None for b in below):
-            return None
-        chunks = 0
-        held: set[str] = set()
-        for f in node.files:
-            full = path + f.name
-            file_packs = packs.get(full)
-            if file_packs is None:
-                return None
-            held |= file_packs
-            chunks += len(refs[full])
+        entry: Entry,
+        files: Sequence[tuple[LocalFile, tuple[ChunkRef, ...]]],
+    ) -> None:
+        """``node``, named as ``entry``, holds ``files`` with their chunks; its subfolders
+        were recorded before. Empties ``node.files``: the upload is done with them."""
+        path = self._keys.paths[id(node)]
+        paths = [f.path for f, _chunks in files]
+        packs = self._ingester.take(paths)
+        self._arrivals.forget(paths)
+        below = [self._below.pop(id(sub), None) for sub in node.dirs]
+        node.files = []
+        if None in packs:  # no stat cache, or a file this upload did not read
+            self._below[id(node)] = None
+            return
+        known = cast(list[PendingPacks], packs)
+        self.rows.add_files(
+            path,
+            ((f.name, f, chunks, key) for (f, chunks), key in zip(files, known, strict=True)),
+        )
+        key = self._keys.keys[id(node)]
+        if key is None or None in below:
+            self._below[id(node)] = None
+            return
+        chunks = sum(len(c) for _f, c in files)
+        held = set(known)
         for sub in below:
             if sub is not None:
                 chunks += sub[0]
-                held |= sub[1]
-        entry = built[id(node)]
-        emit((path, key, Folder(entry.tree, entry.size, entry.files, chunks), held))
-        return chunks, held
+                held.update(sub[1])
+        self.rows.add_folder(path, key, Folder(entry.tree, entry.size, entry.files, chunks), held)
+        self._below[id(node)] = (chunks, frozenset(held))
 
 
 def reused_entry(node: LocalDir, folder: Folder) -> Entry:

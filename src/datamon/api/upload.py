@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datamon.api.arrivals import Arrivals
 from datamon.api.commit import CommitInfo, TreeBuilder, commit
 from datamon.api.edit import TreeEdit
-from datamon.api.folders import FolderKeys, folder_path, reused_entry
+from datamon.api.folders import FolderKeys, FolderRecords, folder_path, reused_entry
 from datamon.api.parallel import bounded_map, cpu_threads, size_groups
 from datamon.api.paths import TreeGuard, check_link
 from datamon.api.paths import check_name as check_local_name
@@ -102,8 +102,8 @@ def _upload_scanned(
     # One writer: more compete with ingestion for the interpreter lock (W2: 1.6 s more
     # ingestion with 8 writers, 0.7 s with one, against 1.0 s of trees written after it).
     pending = PendingTrees(store.trees, workers=1, eager=True)
-    built: dict[int, Entry] = {}
     named: list[Future[Entry]] = []
+    records: list[FolderRecords] = []
     builder = ThreadPoolExecutor(1, thread_name_prefix="datamon-build")
 
     def select(ingester: Ingester) -> list[LocalFile]:
@@ -111,7 +111,10 @@ def _upload_scanned(
         found = keys.outermost(ingester.reuse_folders(keys.wanted()))
         taken.update(_stored(store, found))
         ingester.took_folders(folder for folder, _packs in taken.values())
-        named.append(builder.submit(_build, pending, root, arrivals, taken, built))
+        # The stat-cache rows of each folder are prepared as it is named, and its files let
+        # go of: a tree of a million files is not held whole until the commit.
+        records.append(FolderRecords(keys, ingester, arrivals))
+        named.append(builder.submit(_build, pending, root, arrivals, taken, records[0]))
         # In the order downloads walk the tree, so that packs hold files as they are read.
         return _ordered(root, taken)
 
@@ -119,17 +122,22 @@ def _upload_scanned(
     try:
         batch = _ingest(store, path, select, options, progress, procs, arrivals)
         top = named[0].result()
+        rows = records[0].rows
+        resolve = batch.ingester.resolve
 
-        def record(packs: dict[str, frozenset[str]]) -> None:
+        def remember() -> int:
+            return rows.write_files(store.stat_cache, resolve, batch.durable)
+
+        def record() -> None:
             # The trees are durable now: the bundle naming them is committed.
-            store.stat_cache.put_folders(keys.rows(taken, built, batch.refs, packs))
+            rows.write_folders(store.stat_cache, resolve)
             # Rows of folders deleted since they were recorded would only take room. A tree
             # taken whole is unchanged, so no folder of it was deleted.
             if id(root) not in taken:
                 store.stat_cache.prune(folder_path(root), keys.scanned())
 
         build = _unless_head(pending, top, batch.packs)
-        return _finish(store, repo, options, batch, trees_before, build, record, keys.listed)
+        return _finish(store, repo, options, batch, trees_before, build, remember, record)
     except BaseException:
         arrivals.fail()
         raise
@@ -198,13 +206,19 @@ def _ingest(
         if arrivals is None:  # (an empty one is falsy)
             arrivals = Arrivals()
         refs = arrivals.refs
-        # Unchanged files first, in this thread: one scan of the stat cache for the tree.
-        found = ingester.reuse([(f.path, f) for f in files])
+        # Unchanged files first, in this thread: one scan of the stat cache for the tree,
+        # unless it records none there (a first upload: no list of every file to build).
+        found = (
+            ingester.reuse([(f.path, f) for f in files])
+            if store.stat_cache.has_files_below(os.path.join(os.path.abspath(path), ""))
+            else {}
+        )
         if found:
             arrivals.add(found)
             # The paths are distinct: as many found as asked for means every one was found.
             files = [] if len(found) == len(files) else [f for f in files if f.path not in found]
             progress.advance(total - sum([f.st_size for f in files]))
+        del found
         # Reading and hashing hold the GIL between system calls: more threads than cores
         # only queue for it (50,000 small files: 3.4 s with 2 threads, 5.4 s with 4, here).
         # With worker processes doing that, the threads only wait for them and store what
@@ -214,7 +228,9 @@ def _ingest(
         if ingester.encoders is not None:
             threads *= THREADS_PER_WORKER
         try:
-            for group, results in bounded_map(ingest, _groups(files), threads):
+            # Taken out of the list as they are grouped: the upload may let go of each
+            # file once its folder is named (FolderRecords).
+            for group, results in bounded_map(ingest, _groups(_drained(files)), threads):
                 arrivals.add({f.path: chunks for f, chunks in zip(group, results, strict=True)})
                 progress.advance(sum(f.st_size for f in group))
         finally:
@@ -294,33 +310,30 @@ def _finish(
     batch: _Batch,
     trees_before: int,
     build: TreeBuilder,
-    after: Callable[[dict[str, frozenset[str]]], None] | None = None,
-    listed: Listed | None = None,
+    remember: Callable[[], int],
+    after: Callable[[], None],
 ) -> UploadResult:
-    """Commit; record the files read in the stat cache meanwhile (``listed``: the files
-    each scanned folder holds, see ``StatCache.put_many``), then call ``after`` with the
-    packs of each file."""
+    """Commit; meanwhile ``remember`` the files read in the stat cache (once
+    ``batch.durable`` is done), then call ``after``."""
     info = CommitInfo(options.message, options.author, options.branch, options.label)
-    packs = batch.ingester.file_packs()
 
     # The stat cache may name the packs once they are durable (design §9): its rows are
     # prepared while the flush waits for the disk, and written while the bundle is.
-    def remember() -> int:
+    def remembering() -> int:
         try:
-            return batch.ingester.remember(packs, batch.durable, listed)
+            return remember()
         finally:
             store.stat_cache.release()
 
     with ThreadPoolExecutor(1, thread_name_prefix="datamon-statcache") as pool:
-        remembered = pool.submit(remember)
+        remembered = pool.submit(remembering)
         batch.durable.result()
         bid, bundle = commit(store, repo, info, build)
         # The bundle is committed: the stat cache only saves later reads, so an error
         # writing it must not make a retry upload the tree twice.
         try:
             remembered.result()
-            if after is not None:
-                after(packs)
+            after()
         except Exception as exc:
             log.warning("bundle %s committed, but the stat cache was not updated: %s", bid, exc)
     stats = batch.ingester.stats
@@ -412,13 +425,17 @@ def upload_paths(
     # The stat cache forgets the paths now gone, and the rows of the folders uploaded whole
     # drop the files deleted from them.
     gone = [os.path.join(os.path.abspath(path), rel) for rel, item in changes if item is None]
+    scanned = _listing(item for _rel, item in changes if isinstance(item, LocalDir))
+    packs = batch.ingester.file_packs()
 
-    def forget(_packs: dict[str, frozenset[str]]) -> None:
+    def remember() -> int:
+        return batch.ingester.remember(packs, batch.durable, scanned)
+
+    def forget() -> None:
         if gone:
             store.stat_cache.forget(gone)
 
-    scanned = _listing(item for _rel, item in changes if isinstance(item, LocalDir))
-    return _finish(store, repo, options, batch, trees_before, build, forget, scanned)
+    return _finish(store, repo, options, batch, trees_before, build, remember, forget)
 
 
 def _listing(folders: Iterable[LocalDir]) -> Listed:
@@ -608,7 +625,14 @@ def _children(node: LocalDir) -> Iterator[LocalFile | LocalDir]:
     return iter(items)
 
 
-def _groups(files: list[LocalFile]) -> Iterator[list[LocalFile]]:
+def _drained(files: list[LocalFile]) -> Iterator[LocalFile]:
+    """The files in order, each taken out of ``files`` as it is yielded."""
+    files.reverse()
+    while files:
+        yield files.pop()
+
+
+def _groups(files: Iterable[LocalFile]) -> Iterator[list[LocalFile]]:
     """A large file alone, small files together: one index query per group."""
     return size_groups(files, _size, GROUP_FILES, GROUP_BYTES)
 
@@ -635,31 +659,36 @@ def _build(
     node: LocalDir,
     refs: Mapping[str, tuple[ChunkRef, ...]],
     taken: dict[int, tuple[Folder, tuple[str, ...]]] | None = None,
-    built: dict[int, Entry] | None = None,
+    records: FolderRecords | None = None,
 ) -> Entry:
     """Name the directory's tree bottom-up (stored later); returns the entry that names it.
 
     ``refs`` holds the chunks of every file by its (absolute) path.
-    Folders in ``taken`` (by ``id``) keep their recorded tree; ``built`` receives the entry
-    of every folder named here.
+    Folders in ``taken`` (by ``id``) keep their recorded tree; ``records`` is told of
+    every folder, named here or taken.
     """
     if taken:
         row = taken.get(id(node))
         if row is not None:
+            if records is not None:
+                records.taken(node, row)
             return reused_entry(node, row[0])
     entries: list[Entry] = []
+    files: list[tuple[LocalFile, tuple[ChunkRef, ...]]] = []
     size = count = 0
     # By name, files and folders together, as _ordered gives files to ingest: a builder
     # reading chunk lists as they arrive then names each folder soon after its last file.
     items: list[LocalFile | LocalDir] = [*node.files, *node.dirs]
     for item in sorted(items, key=_by_name):
         if isinstance(item, LocalDir):
-            child = _build(trees, item, refs, taken, built)
+            child = _build(trees, item, refs, taken, records)
             entries.append(child)
             size += child.size
             count += child.files
         else:
-            entry = _file_entry(item, refs[item.path])
+            chunks = refs[item.path]
+            files.append((item, chunks))
+            entry = _file_entry(item, chunks)
             entries.append(entry)
             size += entry.size
             count += 1
@@ -668,6 +697,6 @@ def _build(
     entry = Entry(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )
-    if built is not None:
-        built[id(node)] = entry
+    if records is not None:
+        records.folder(node, entry, files)
     return entry

@@ -36,6 +36,11 @@ PROBE_AFTER = 2
 # once at least this share of the last group's chunks were stored already.
 STORED_SHARE = 0.5
 _NO_PACKS: frozenset[str] = frozenset()
+_NO_NUMBERS: frozenset[int] = frozenset()
+# A file's packs as :meth:`Ingester.take` gives them, before this upload's packs are all
+# written: the ids of packs the chunk index holds, and the numbers of this upload's packs
+# (``PackWriter.numbers_of_each``). :meth:`Ingester.resolve` gives their ids once written.
+PendingPacks = tuple[frozenset[str], frozenset[int]]
 
 
 @dataclass
@@ -97,7 +102,8 @@ class Ingester:
         # Packs whose index the store holds, as the chunk index copy knew them at the start:
         # a stat-cache row is reused only if every pack it names is among them.
         self._known = index.known_packs() if stat_cache is not None else set()
-        self._fresh: list[_Fresh] = []
+        # Files read, by path, until recorded (remember) or taken (take).
+        self._fresh: dict[str, _Fresh] = {}
         # Packs of the files taken from the stat cache, by path.
         self._reused: dict[str, tuple[str, ...]] = {}
         # Folders whose stat-cache row holds files this ingester was not asked about.
@@ -149,8 +155,8 @@ class Ingester:
         for path, _st in fresh:
             done[path] = tuple(where[path].refs)
         if self.stat_cache is not None and fresh:
-            rows = [
-                _Fresh(
+            rows = {
+                path: _Fresh(
                     path,
                     st,
                     done[path],
@@ -158,9 +164,9 @@ class Ingester:
                     tuple(where[path].queued),
                 )
                 for path, st in fresh
-            ]
+            }
             with self._lock:
-                self._fresh.extend(rows)
+                self._fresh.update(rows)
         return [done[path] for path, _st in files]
 
     def file_packs(self) -> dict[str, frozenset[str]]:
@@ -174,7 +180,7 @@ class Ingester:
         for path, names in self._reused.items():
             key = frozenset(names)
             out[path] = shared.setdefault(key, key)
-        fresh = self._fresh
+        fresh = list(self._fresh.values())
         written = self.packer.packs_of_each([f.queued for f in fresh])
         for f, queued in zip(fresh, written, strict=True):
             if queued is None:  # a chunk whose pack was not written
@@ -204,9 +210,50 @@ class Ingester:
             return 0
         packs = self.file_packs() if packs is None else packs
         with self._lock:
-            fresh, self._fresh = self._fresh, []
-        rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh if f.path in packs)
+            fresh, self._fresh = self._fresh, {}
+        rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh.values() if f.path in packs)
         return self.stat_cache.put_many(rows, self._started, durable, listed, self._others)
+
+    @property
+    def read_at(self) -> int:
+        """When this ingester began reading files (``time.time_ns()``): files changed too
+        shortly before are not to be recorded (``statcache.Settled``)."""
+        return self._started
+
+    def take(self, paths: Sequence[str]) -> list[PendingPacks | None]:
+        """The packs of each file read or reused here, for a caller that records the stat
+        cache itself (``statcache.PreparedRows``) instead of calling :meth:`remember`;
+        None for a path this ingester has not read nor reused (or without a stat cache).
+        The files are let go of: taken twice, a path gives None.
+        """
+        with self._lock:
+            fresh = [self._fresh.pop(path, None) for path in paths]
+        reused = self._reused
+        queued = [f.queued for f in fresh if f is not None and f.queued]
+        numbers = iter(self.packer.numbers_of_each(queued))
+        shared: dict[PendingPacks, PendingPacks] = {}
+        out: list[PendingPacks | None] = []
+        for path, f in zip(paths, fresh, strict=True):
+            key: PendingPacks
+            if f is not None:
+                key = (f.packs, next(numbers) if f.queued else _NO_NUMBERS)
+            else:
+                names = reused.pop(path, None)
+                if names is None:
+                    out.append(None)
+                    continue
+                key = (frozenset(names), _NO_NUMBERS)
+            out.append(shared.setdefault(key, key))
+        return out
+
+    def resolve(self, packs: PendingPacks) -> tuple[str, ...] | None:
+        """The ids of the packs :meth:`take` gave, sorted; None if one of this upload's is
+        not written. Call once the pack writer is closed."""
+        known, numbers = packs
+        if not numbers:
+            return tuple(sorted(known))
+        written = self.packer.names_of(numbers)
+        return None if written is None else tuple(sorted(known | written))
 
     def _trusted(self) -> Callable[[tuple[str, ...]], bool]:
         """Whether a row's packs are all in the store (as known at the start); the packs

@@ -7,6 +7,7 @@ import mmap
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.layout import index_key, pack_key
@@ -16,6 +17,7 @@ from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
 from datamon.storage.local import direct_buffer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Payload = bytes | memoryview
 # A pack's buffer: an anonymous mapping (page-aligned, so a local store can write it with
 # O_DIRECT), or a bytearray for a pack grown past its slack by an oversized chunk.
@@ -90,6 +92,32 @@ class PackWriter:
                 ok = len(known) == len(names)
                 out.append(_shared(sets, frozenset(known)) if ok else None)
         return out
+
+    def numbers_of_each(self, groups: Iterable[Sequence[bytes]]) -> list[frozenset[int]]:
+        """For each group of chunk ids queued here, the numbers of the packs they are in
+        (:meth:`names_of` gives their ids once written); equal sets are one object."""
+        sets: dict[frozenset[int], frozenset[int]] = {}
+        single: dict[int, frozenset[int]] = {}  # a group of one chunk, by pack number
+        out: list[frozenset[int]] = []
+        with self._lock:
+            seen = self._seen
+            for cids in groups:
+                if len(cids) == 1:
+                    seq = seen[cids[0]]
+                    found = single.get(seq)
+                    if found is None:
+                        found = single[seq] = _shared(sets, frozenset((seq,)))
+                    out.append(found)
+                else:
+                    out.append(_shared(sets, frozenset([seen[cid] for cid in cids])))
+        return out
+
+    def names_of(self, numbers: Iterable[int]) -> frozenset[str] | None:
+        """The ids of the packs numbered ``numbers``; None if one is not written."""
+        with self._lock:
+            names = [self._written.get(seq) for seq in numbers]
+        known = [name for name in names if name is not None]
+        return frozenset(known) if len(known) == len(names) else None
 
     def add(self, cid: bytes, codec: int, payload: Payload, size: int) -> bool:
         """Queue an encoded chunk (codec byte and payload); False if this writer has it."""
@@ -210,5 +238,5 @@ class PackWriter:
             log.warning("could not record written packs in the local index: %s", exc)
 
 
-def _shared(sets: dict[frozenset[str], frozenset[str]], key: frozenset[str]) -> frozenset[str]:
+def _shared(sets: dict[frozenset[T], frozenset[T]], key: frozenset[T]) -> frozenset[T]:
     return sets.setdefault(key, key)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Container, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -75,6 +76,10 @@ _Entry = tuple[str, int, int, int, int, tuple[ChunkRef, ...], int]
 Listed = Callable[[str], Container[str] | None]
 # A folder's files to record, by name, and the numbers of their sets of packs.
 _Pending = tuple[dict[str, _Entry], dict[tuple[str, ...], int]]
+
+
+# How a caller of PreparedRows names a file's packs until they are known.
+K = TypeVar("K", bound=Hashable)
 
 
 class Folder(msgspec.Struct, array_like=True, frozen=True):
@@ -207,6 +212,15 @@ class StatCache:
         found = self._db.get().execute("SELECT 1 FROM folders WHERE path = ?", (path,))
         return found.fetchone() is not None
 
+    def has_files_below(self, path: str) -> bool:
+        """Whether a file is recorded in the folder ``path`` (with its trailing "/") or in a
+        folder below it."""
+        below = (path, path[:-1] + "0")  # keys from "path/" up to, not including, "path0"
+        found = self._db.get().execute(
+            "SELECT 1 FROM files WHERE folder >= ? AND folder < ? LIMIT 1", below
+        )
+        return found.fetchone() is not None
+
     def put_folders(self, folders: Iterable[tuple[str, bytes, Folder, Collection[str]]]) -> int:
         """Record ``(path, key, folder, packs)``; returns how many.
 
@@ -222,6 +236,29 @@ class StatCache:
             with transaction(self._db.get(), "DEFERRED") as db:
                 db.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?)", rows)
         return len(rows)
+
+    def put_rows(
+        self, rows: Iterable[tuple[str, bytes | None, bytes]], durable: Future[None] | None = None
+    ) -> None:
+        """Replace the rows of folders whole with ``(folder, entries, packs)`` as
+        :class:`PreparedRows` encodes them; entries of None delete the folder's row.
+
+        As with :meth:`put_many`, the packs MUST be durable before the rows are committed:
+        already, or once ``durable`` is done (the rows are written meanwhile).
+        """
+        items = iter(rows)
+        with transaction(self._db.get()) as db:
+            while batch := list(itertools.islice(items, _BATCH)):
+                db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
+                    [row for row in batch if row[1] is not None],
+                )
+                db.executemany(
+                    "DELETE FROM files WHERE folder = ?",
+                    [(row[0],) for row in batch if row[1] is None],
+                )
+            if durable is not None:
+                durable.result()
 
     def put_many(
         self,
@@ -457,3 +494,108 @@ def _merge(
             which = index.setdefault(names[f.packs], len(index))
             entries.append((f.name, f.size, f.mtime_ns, f.ctime_ns, f.ino, f.chunks, which))
     return folder, _encoder.encode(entries), _encoder.encode(list(index))
+
+
+class PreparedRows(Generic[K]):
+    """The rows of the folders of a full upload, encoded as each folder's files are read and
+    written once the packs are durable, so that an upload does not hold a million files'
+    objects until it commits, only one encoded row a folder.
+
+    A folder's ``files`` row is its whole listing (files changed too recently to trust left
+    out: :class:`Settled`), replacing the row recorded before, so files deleted since leave
+    it. Each file names its packs by a key of the caller's (``K``), turned into pack ids at
+    the end (``resolve``): the packs an upload writes are named only once written. Not
+    thread-safe: one thread adds, then one writes.
+    """
+
+    def __init__(self, read_at: int) -> None:
+        self._settled = Settled(read_at)
+        # folder, its files encoded (None: no file to record), how many, their keys by index
+        self._files: list[tuple[str, bytes | None, int, list[K]]] = []
+        self._folders: list[tuple[str, bytes, Folder, Collection[K]]] = []
+
+    def add_files(
+        self, folder: str, files: Iterable[tuple[str, StatLike, tuple[ChunkRef, ...], K]]
+    ) -> None:
+        """Record the files of ``folder`` (its path with a trailing "/"): ``(name, stat,
+        chunks, packs key)``, every file it holds."""
+        ok = self._settled
+        index: dict[K, int] = {}
+        entries: list[_Entry] = []
+        for name, st, chunks, key in files:
+            mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+            if ok(mtime, ctime):
+                which = index.setdefault(key, len(index))
+                entries.append((name, st.st_size, mtime, ctime, st.st_ino, chunks, which))
+        encoded = _encoder.encode(entries) if entries else None
+        self._files.append((folder, encoded, len(entries), list(index)))
+
+    def add_folder(self, path: str, key: bytes, folder: Folder, packs: Collection[K]) -> None:
+        """Record a folder reusable whole (``StatCache.put_folders``): ``packs`` are the keys
+        of every file below it."""
+        self._folders.append((path, key, folder, packs))
+
+    def write_files(
+        self,
+        cache: StatCache,
+        resolve: Callable[[K], tuple[str, ...] | None],
+        durable: Future[None] | None = None,
+    ) -> int:
+        """Write the ``files`` rows (see ``StatCache.put_rows`` for ``durable``); returns how
+        many files they hold. ``resolve`` gives a key's pack ids, sorted, or None when they
+        are not all written: such files are left out."""
+        count = 0
+        resolve = _memo(resolve)
+
+        def rows() -> Iterable[tuple[str, bytes | None, bytes]]:
+            nonlocal count
+            for folder, entries, n, keys in self._files:
+                sets = [resolve(key) for key in keys]
+                if entries is not None and None in sets:
+                    entries, n = _without_unresolved(entries, sets)
+                count += n
+                yield folder, entries, _encoder.encode([s or () for s in sets])
+
+        cache.put_rows(rows(), durable)
+        return count
+
+    def write_folders(
+        self, cache: StatCache, resolve: Callable[[K], tuple[str, ...] | None]
+    ) -> int:
+        """Write the folder rows whose packs all resolve; returns how many. The trees MUST
+        be durable (``StatCache.put_folders``)."""
+        resolve = _memo(resolve)
+
+        def rows() -> Iterable[tuple[str, bytes, Folder, Collection[str]]]:
+            for path, key, folder, keys in self._folders:
+                held: set[str] = set()
+                for k in keys:
+                    names = resolve(k)
+                    if names is None:
+                        break
+                    held.update(names)
+                else:
+                    yield path, key, folder, held
+
+        return cache.put_folders(rows())
+
+
+def _memo(resolve: Callable[[K], tuple[str, ...] | None]) -> Callable[[K], tuple[str, ...] | None]:
+    """``resolve``, asked once per key."""
+    known: dict[K, tuple[str, ...] | None] = {}
+
+    def cached(key: K) -> tuple[str, ...] | None:
+        if key in known:
+            return known[key]
+        names = known[key] = resolve(key)
+        return names
+
+    return cached
+
+
+def _without_unresolved(
+    entries: bytes, sets: Sequence[tuple[str, ...] | None]
+) -> tuple[bytes | None, int]:
+    """A row's encoded files without those whose set of packs is None; and how many."""
+    kept = [f for f in _files_decoder.decode(entries) if sets[f.packs] is not None]
+    return (_encoder.encode(kept) if kept else None), len(kept)
