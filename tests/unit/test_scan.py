@@ -90,8 +90,8 @@ def test_equal_stat_fields_are_held_once() -> None:
             st_mode=int(mode), st_size=7, st_mtime_ns=int(mtime), st_ctime_ns=int(ctime), st_ino=42
         )
 
-    a = LocalFile.of("/t/a", "a", stat_of("33188", "1764000000123456789", "1764000000123456789"))
-    b = LocalFile.of("/t/b", "b", stat_of("33188", "1764000000123456789", "1764000000999999999"))
+    a = LocalFile.of("/t/", "a", stat_of("33188", "1764000000123456789", "1764000000123456789"))
+    b = LocalFile.of("/t/", "b", stat_of("33188", "1764000000123456789", "1764000000999999999"))
     assert a.st_mode is b.st_mode
     assert a.st_ctime_ns is a.st_mtime_ns
     assert b.st_ctime_ns == 1764000000999999999
@@ -106,6 +106,15 @@ def test_paths_are_absolute_whatever_root_is_given(
         top = scan(given)
         assert top.path == str(tmp_path / "t")
         assert [f.path for f in top.dirs[0].files] == [str(tmp_path / "t" / "d" / "x")]
+
+
+def test_the_files_of_a_folder_share_its_path(tmp_path: Path) -> None:
+    write_tree(tmp_path / "t", {"d/x": b"x", "d/y": b"y", "z": b"z"})
+    top = scan(str(tmp_path / "t"))
+    x, y = sorted(top.dirs[0].files, key=lambda f: f.name)
+    assert x.folder is y.folder and x.folder == str(tmp_path / "t" / "d") + "/"
+    assert (x.path, y.path) == (str(tmp_path / "t" / "d" / "x"), str(tmp_path / "t" / "d" / "y"))
+    assert top.files[0].path == str(tmp_path / "t" / "z")
 
 
 def test_a_scan_calls_back_once_when_it_has_found_many_files(tmp_path: Path) -> None:

@@ -15,17 +15,32 @@ class IngestStopped(DatamonError):
 
 class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
     """A mapping from a file's absolute path to its chunks; reading a path not yet there
-    waits until the producer adds it, or raises :class:`IngestStopped` once it failed."""
+    waits until the producer adds it, or raises :class:`IngestStopped` once it failed.
 
-    def __init__(self) -> None:
+    With ``ahead``, the producer is held back (:meth:`add` waits) while more than that many
+    chunk lists wait for the reader to :meth:`forget` them, unless the reader itself waits
+    for one, or is :meth:`done`. A reader that falls behind (it shares the interpreter lock
+    with every producing thread) then does not leave the files it has yet to read piling up.
+    """
+
+    def __init__(self, ahead: int | None = None) -> None:
         self.refs: dict[str, tuple[ChunkRef, ...]] = {}
         self._changed = threading.Condition()
         self._failed = False
+        self._ahead = ahead
+        self._reader_waits = False
+        self._reading = ahead is not None
 
-    def add(self, refs: Mapping[str, tuple[ChunkRef, ...]]) -> None:
+    def add(self, refs: Mapping[str, tuple[ChunkRef, ...]], hold: bool = True) -> None:
+        """Add chunk lists; with ``hold``, wait while too many are ahead of the reader."""
         with self._changed:
             self.refs.update(refs)
             self._changed.notify_all()
+            ahead = self._ahead
+            if not hold or ahead is None:
+                return
+            while len(self.refs) > ahead and self._reading and not self._reader_waits:
+                self._changed.wait()
 
     def forget(self, paths: Iterable[str]) -> None:
         """Let go of the chunk lists of ``paths``, read for the last time."""
@@ -33,6 +48,13 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
         with self._changed:
             for path in paths:
                 refs.pop(path, None)
+            self._changed.notify_all()
+
+    def done(self) -> None:
+        """The reader reads no more (it finished, or failed): the producer is not held."""
+        with self._changed:
+            self._reading = False
+            self._changed.notify_all()
 
     def fail(self) -> None:
         with self._changed:
@@ -44,11 +66,20 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
         if found is not None:
             return found
         with self._changed:
-            while path not in self.refs:
-                if self._failed:
-                    raise IngestStopped(f"upload stopped before {path} was read")
-                self._changed.wait()
+            try:
+                while path not in self.refs:
+                    if self._failed:
+                        raise IngestStopped(f"upload stopped before {path} was read")
+                    if not self._reader_waits:
+                        self._reader_waits = True
+                        self._changed.notify_all()  # a held producer may go on
+                    self._changed.wait()
+            finally:
+                self._reader_waits = False
             return self.refs[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.refs  # without waiting for it
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.refs)

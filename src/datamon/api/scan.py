@@ -24,14 +24,16 @@ _MODES: dict[int, int] = {}
 
 @dataclass(slots=True)
 class LocalFile:
-    """A scanned file: its absolute path, its name, and the stat fields uploads read.
+    """A scanned file: its folder's absolute path (with a trailing "/"), its name, and the
+    stat fields uploads read.
 
-    It is its own stat (:attr:`st`): an upload holds one per file until it commits, and a
-    separate stat object with its integers cost about 200 bytes more a file (1,000,000
-    files: 0.2 GB).
+    An upload holds one per file until the file's folder is named, so it is kept small. It
+    is its own stat (:attr:`st`): a separate stat object with its integers cost about 200
+    bytes more a file (1,000,000 files: 0.2 GB). The files of a folder share one string for
+    it, and the path is made when asked for (about 90 bytes less a file).
     """
 
-    path: str
+    folder: str
     name: str
     st_mode: int
     st_size: int
@@ -40,13 +42,19 @@ class LocalFile:
     st_ino: int
 
     @classmethod
-    def of(cls, path: str, name: str, st: StatLike) -> LocalFile:
+    def of(cls, folder: str, name: str, st: StatLike) -> LocalFile:
+        """The file ``name`` of ``folder`` (its absolute path, ending with "/")."""
         mode = st.st_mode
         mode = _MODES.setdefault(mode, mode)
         mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
         if ctime == mtime:  # usual for a file written once: one integer object for both
             ctime = mtime
-        return cls(path, name, mode, st.st_size, mtime, ctime, st.st_ino)
+        return cls(folder, name, mode, st.st_size, mtime, ctime, st.st_ino)
+
+    @property
+    def path(self) -> str:
+        """The file's absolute path."""
+        return self.folder + self.name
 
     @property
     def st(self) -> LocalFile:
@@ -161,7 +169,7 @@ def _scan_dir(
                     and not os.access(prefix + name, os.R_OK)
                 ):
                     raise SourceUnreadable(prefix + name, "permission denied")
-                files.append(LocalFile.of(prefix + name, name, est))
+                files.append(LocalFile.of(prefix, name, est))
             elif kind == stat.S_IFDIR:
                 child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
                 node.dirs.append(child)
