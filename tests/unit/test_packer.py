@@ -102,6 +102,9 @@ def test_pack_numbers_of_queued_chunks_name_their_packs_once_written(tmp_path: P
     assert first == writer.packs_of_each([(ia,)])[0] and last == writer.packs_of_each([(ic,)])[0]
     assert first is not None and last is not None and writer.names_of(numbers[2]) == first | last
     assert writer.names_of(()) == frozenset()
+    # A chunk the writer never had names no pack: its file is not recorded.
+    (never,) = writer.numbers_of_each([(ia, digest(b"never added"))])
+    assert writer.names_of(never) is None
 
 
 def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:

@@ -95,7 +95,8 @@ class PackWriter:
 
     def numbers_of_each(self, groups: Iterable[Sequence[bytes]]) -> list[frozenset[int]]:
         """For each group of chunk ids queued here, the numbers of the packs they are in
-        (:meth:`names_of` gives their ids once written); equal sets are one object."""
+        (:meth:`names_of` gives their ids once written); equal sets are one object. A chunk
+        this writer never had counts as pack -1, which is never written."""
         sets: dict[frozenset[int], frozenset[int]] = {}
         single: dict[int, frozenset[int]] = {}  # a group of one chunk, by pack number
         out: list[frozenset[int]] = []
@@ -103,13 +104,13 @@ class PackWriter:
             seen = self._seen
             for cids in groups:
                 if len(cids) == 1:
-                    seq = seen[cids[0]]
+                    seq = seen.get(cids[0], -1)
                     found = single.get(seq)
                     if found is None:
                         found = single[seq] = _shared(sets, frozenset((seq,)))
                     out.append(found)
                 else:
-                    out.append(_shared(sets, frozenset([seen[cid] for cid in cids])))
+                    out.append(_shared(sets, frozenset([seen.get(cid, -1) for cid in cids])))
         return out
 
     def names_of(self, numbers: Iterable[int]) -> frozenset[str] | None:
