@@ -430,10 +430,9 @@ def upload_paths(
     # drop the files deleted from them.
     gone = [os.path.join(os.path.abspath(path), rel) for rel, item in changes if item is None]
     scanned = _listing(item for _rel, item in changes if isinstance(item, LocalDir))
-    packs = batch.ingester.file_packs()
 
     def remember() -> int:
-        return batch.ingester.remember(packs, batch.durable, scanned)
+        return batch.ingester.remember(batch.durable, scanned)
 
     def forget() -> None:
         if gone:

@@ -191,7 +191,6 @@ class Ingester:
 
     def remember(
         self,
-        packs: dict[str, frozenset[str]] | None = None,
         durable: Future[None] | None = None,
         listed: Listed | None = None,
     ) -> int:
@@ -199,8 +198,8 @@ class Ingester:
 
         Call only once every pack written (``PackWriter.close``) is durable in the store
         (``Backend.flush``): a row names the packs holding the file's chunks, and a later
-        upload reuses it without looking the chunks up. ``packs`` is :meth:`file_packs`,
-        if the caller has it already. With ``durable``, the rows are prepared at once and
+        upload reuses it without looking the chunks up. With ``durable``, the rows are
+        prepared at once (the pack writer must be closed) and
         written once it is done (the flush that makes the packs durable). ``listed`` tells
         the files each folder holds now, if known (``StatCache.put_many``); the rows that
         :meth:`reuse` found holding other files than it was asked about are checked
@@ -208,7 +207,7 @@ class Ingester:
         """
         if self.stat_cache is None or not (self._fresh or (self._others and listed)):
             return 0
-        packs = self.file_packs() if packs is None else packs
+        packs = self.file_packs()
         with self._lock:
             fresh, self._fresh = self._fresh, {}
         rows = ((f.path, f.st, f.refs, packs[f.path]) for f in fresh.values() if f.path in packs)

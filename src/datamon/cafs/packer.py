@@ -73,24 +73,15 @@ class PackWriter:
 
     def packs_of_each(self, groups: Iterable[Sequence[bytes]]) -> list[frozenset[str] | None]:
         """For each group of chunk ids, the packs this writer wrote them to; None for a group
-        with a chunk not (yet) written. One lock for all, and equal sets are one object."""
-        sets: dict[frozenset[str], frozenset[str]] = {}
-        single: dict[int, frozenset[str] | None] = {}  # a group of one chunk, by pack number
+        with a chunk not (yet) written. Equal sets are one object."""
+        names: dict[frozenset[int], frozenset[str] | None] = {}
+        shared: dict[frozenset[str], frozenset[str]] = {}
         out: list[frozenset[str] | None] = []
-        with self._lock:
-            seen, written = self._seen, self._written
-            for cids in groups:
-                if len(cids) == 1:
-                    seq = seen.get(cids[0], -1)
-                    if seq not in single:
-                        name = written.get(seq)
-                        single[seq] = None if name is None else _shared(sets, frozenset((name,)))
-                    out.append(single[seq])
-                    continue
-                names = [written.get(seen.get(cid, -1)) for cid in cids]
-                known = [name for name in names if name is not None]
-                ok = len(known) == len(names)
-                out.append(_shared(sets, frozenset(known)) if ok else None)
+        for numbers in self.numbers_of_each(groups):
+            if numbers not in names:
+                found = self.names_of(numbers)
+                names[numbers] = None if found is None else _shared(shared, found)
+            out.append(names[numbers])
         return out
 
     def numbers_of_each(self, groups: Iterable[Sequence[bytes]]) -> list[frozenset[int]]:
