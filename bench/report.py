@@ -282,6 +282,23 @@ def write(
     return path
 
 
+def probe_table(probes: list[dict[str, Any]]) -> list[str]:
+    """The machine's speed at the start, before each workload and at the end (see
+    ``measure.speed_probe``): memory copy and in-cache hashing moved 2-3x between hours here."""
+    if not probes:
+        return []
+    return [
+        "| speed probe | UTC | memory copy GB/s | BLAKE3 in cache MB/s | load |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {p['when']} | {p['utc']} | {p['copy_gbps']:.2f} | {p['hash_mbps']:,.0f} "
+            f"| {p['load']} |"
+            for p in probes
+        ),
+        "",
+    ]
+
+
 def markdown(
     meta: dict[str, Any],
     m: Medians,
@@ -307,6 +324,7 @@ def markdown(
         f"| kernel | {mach['kernel']} |",
         f"| load average at start | {mach['load_at_start']} |",
         "",
+        *probe_table(meta.get("probes", [])),
         "| version | |",
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in versions.items()),

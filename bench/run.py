@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report
-from measure import GNU_TIME, StepFailed, capture, machine, warm
+from measure import GNU_TIME, StepFailed, capture, machine, speed_probe, warm
 from peers import PEERS, Datamon, Dvc, Oxen, Restic, Tool, compile_datamon
 from scenarios import Context, Record, S3Target, upload_download, w3, w4, w6
 from workloads import FULL, QUICK, Workloads
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": data.describe(),
         "scale": scale.__dict__,
         "generate_s": 0.0,
+        "probes": [speed_probe("start")],
     }
     try:
         # Asking every tool its version takes seconds (DVC's start-up): do it while generating.
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["generate_s"] = generate(data, args.workloads)
             meta["versions"] = asked.result()
         for workload in args.workloads:
+            meta["probes"].append(speed_probe(f"before {workload}"))
             for source in sources_of(data, workload):
                 log(f"reading {source} once, so that the first run finds it in the page cache")
                 warm(source)
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         runner.attempt(workload, tool.name, run, _body(workload, tool, data))
             if workload != args.workloads[-1]:
                 runner.settle()
+        meta["probes"].append(speed_probe("end"))
     finally:
         meta["elapsed_s"] = time.perf_counter() - started
         if not args.keep:

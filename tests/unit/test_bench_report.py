@@ -118,3 +118,26 @@ def test_warm_reads_every_file_of_a_tree(tmp_path: Path) -> None:
     (tmp_path / "g").write_bytes(b"yz")
     (tmp_path / "empty").write_bytes(b"")
     assert measure.warm(tmp_path) == 3_000_002
+
+
+def test_speed_probes_are_measured_and_reported(bench: tuple[ModuleType, ModuleType]) -> None:
+    report, scenarios = bench
+    sys.path.insert(0, str(BENCH))
+    try:
+        import measure
+    finally:
+        sys.path.remove(str(BENCH))
+    probe = measure.speed_probe("start")
+    assert probe["when"] == "start"
+    assert probe["copy_gbps"] > 0 and probe["hash_mbps"] > 0
+
+    meta = {**_meta(["W1"]), "probes": [probe, {**probe, "when": "end", "copy_gbps": 3.456}]}
+    medians = report.Medians(_upload_runs(scenarios, [3.0], [6.0]))
+    text = report.markdown(meta, medians, [t.check(medians) for t in report.TARGETS], [], [])
+    lines = text.splitlines()
+    assert "| speed probe | UTC | memory copy GB/s | BLAKE3 in cache MB/s | load |" in lines
+    assert any(line.startswith("| end |") and "| 3.46 |" in line for line in lines)
+    # A report of a run from before the probes existed still renders.
+    assert "speed probe" not in report.markdown(
+        _meta(["W1"]), medians, [t.check(medians) for t in report.TARGETS], [], []
+    )
