@@ -66,3 +66,35 @@ def test_without_a_bound_ingestion_is_never_held() -> None:
     arrivals = Arrivals()
     arrivals.add({f"/{i}": REF for i in range(100)})
     assert len(arrivals) == 100 and list(arrivals)[:2] == ["/0", "/1"]
+
+
+def test_lists_added_without_hold_do_not_count_against_the_bound() -> None:
+    arrivals = Arrivals(ahead=2)
+    # A re-upload's unchanged files, all at once: more than the bound, never held.
+    arrivals.add({f"/kept{i}": REF for i in range(5)}, hold=False)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            assert _adding(pool, arrivals, "/a", "/b").wait(10)  # only these two count
+            held = _adding(pool, arrivals, "/c")
+            assert not held.wait(0.1)
+            arrivals.forget(["/kept0", "/kept1"])  # unheld ones leave: still three held
+            assert not held.wait(0.1)
+            arrivals.forget(["/a"])
+            assert held.wait(10)
+        finally:
+            arrivals.done()  # a failed check leaves no thread held
+    assert arrivals["/kept2"] == REF and "/kept0" not in arrivals and "/kept4" in arrivals
+    assert sorted(arrivals) == ["/b", "/c", "/kept2", "/kept3", "/kept4"]
+    assert len(arrivals) == 5
+
+
+def test_a_held_producer_is_let_go_when_ingestion_fails() -> None:
+    arrivals = Arrivals(ahead=1)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            held = _adding(pool, arrivals, "/a", "/b")
+            assert not held.wait(0.1)
+            arrivals.fail()
+            assert held.wait(10)
+        finally:
+            arrivals.done()  # a failed check leaves no thread held

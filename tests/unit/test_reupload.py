@@ -369,7 +369,7 @@ def test_an_upload_lets_go_of_each_folders_files_once_it_is_named(
     ) -> None:
         real(self, node, entry, files)
         paths = [f.path for f, _chunks in files]
-        held = sum(path in self._arrivals.refs for path in paths)
+        held = sum(path in self._arrivals for path in paths)
         taken = sum(key is not None for key in self._ingester.take(paths))
         seen[node.rel] = (len(node.files), held, taken)
 

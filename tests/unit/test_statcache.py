@@ -294,3 +294,18 @@ def test_files_recorded_below_a_folder(tmp_path: Path) -> None:
     assert cache.has_files_below("/") and cache.has_files_below("/r0/")
     assert not cache.has_files_below("/r/e/") and not cache.has_files_below("/q/")
     cache.close()
+
+
+def test_no_prepared_rows_take_no_write_lock(tmp_path: Path) -> None:
+    cache = StatCache(tmp_path / "stat.sqlite")
+    cache.put_many([("/r/x", OLD, ONE, ["p"])], READ_AT)  # the database exists
+    holder = sqlite3.connect(tmp_path / "stat.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another upload writing its rows
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # An unchanged tree taken whole has no rows to write: it does not wait.
+            pool.submit(cache.put_rows, iter([])).result(5)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    cache.close()

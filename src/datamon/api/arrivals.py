@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -18,13 +19,17 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
     waits until the producer adds it, or raises :class:`IngestStopped` once it failed.
 
     With ``ahead``, the producer is held back (:meth:`add` waits) while more than that many
-    chunk lists wait for the reader to :meth:`forget` them, unless the reader itself waits
-    for one, or is :meth:`done`. A reader that falls behind (it shares the interpreter lock
-    with every producing thread) then does not leave the files it has yet to read piling up.
+    chunk lists it added with ``hold`` wait for the reader to :meth:`forget` them, unless
+    the reader itself waits for one, or is :meth:`done`, or the producer failed. A reader
+    that falls behind (it shares the interpreter lock with every producing thread) then does
+    not leave the files it has yet to read piling up. Chunk lists added without ``hold``
+    (the unchanged files of a re-upload, all added at once) do not count: otherwise, past
+    ``ahead`` of them, every file read would wait for the reader.
     """
 
     def __init__(self, ahead: int | None = None) -> None:
-        self.refs: dict[str, tuple[ChunkRef, ...]] = {}
+        self.refs: dict[str, tuple[ChunkRef, ...]] = {}  # added with hold
+        self._kept: dict[str, tuple[ChunkRef, ...]] = {}  # added without
         self._changed = threading.Condition()
         self._failed = False
         self._ahead = ahead
@@ -34,20 +39,26 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
     def add(self, refs: Mapping[str, tuple[ChunkRef, ...]], hold: bool = True) -> None:
         """Add chunk lists; with ``hold``, wait while too many are ahead of the reader."""
         with self._changed:
-            self.refs.update(refs)
+            (self.refs if hold else self._kept).update(refs)
             self._changed.notify_all()
             ahead = self._ahead
             if not hold or ahead is None:
                 return
-            while len(self.refs) > ahead and self._reading and not self._reader_waits:
+            while (
+                len(self.refs) > ahead
+                and self._reading
+                and not self._reader_waits
+                and not self._failed
+            ):
                 self._changed.wait()
 
     def forget(self, paths: Iterable[str]) -> None:
         """Let go of the chunk lists of ``paths``, read for the last time."""
-        refs = self.refs
+        refs, kept = self.refs, self._kept
         with self._changed:
             for path in paths:
-                refs.pop(path, None)
+                if refs.pop(path, None) is None:
+                    kept.pop(path, None)
             self._changed.notify_all()
 
     def done(self) -> None:
@@ -61,13 +72,17 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
             self._failed = True
             self._changed.notify_all()
 
-    def __getitem__(self, path: str) -> tuple[ChunkRef, ...]:
+    def _get(self, path: str) -> tuple[ChunkRef, ...] | None:
         found = self.refs.get(path)
+        return self._kept.get(path) if found is None else found
+
+    def __getitem__(self, path: str) -> tuple[ChunkRef, ...]:
+        found = self._get(path)
         if found is not None:
             return found
         with self._changed:
             try:
-                while path not in self.refs:
+                while (found := self._get(path)) is None:
                     if self._failed:
                         raise IngestStopped(f"upload stopped before {path} was read")
                     if not self._reader_waits:
@@ -76,13 +91,13 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
                     self._changed.wait()
             finally:
                 self._reader_waits = False
-            return self.refs[path]
+            return found
 
     def __contains__(self, path: object) -> bool:
-        return path in self.refs  # without waiting for it
+        return path in self.refs or path in self._kept  # without waiting for it
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.refs)
+        return itertools.chain(self.refs, self._kept)
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return len(self.refs) + len(self._kept)

@@ -154,9 +154,10 @@ def _upload_scanned(
 
 @dataclass(frozen=True)
 class _Batch:
-    """Files ingested: their chunk lists by absolute path, and what storing them took."""
+    """Files ingested: their chunk lists by absolute path (a full upload lets go of each
+    folder's files once the folder is named), and what storing them took."""
 
-    refs: dict[str, tuple[ChunkRef, ...]]
+    refs: Mapping[str, tuple[ChunkRef, ...]]
     packs: tuple[str, ...]
     ingester: Ingester
     packer: PackWriter
@@ -209,7 +210,6 @@ def _ingest(
         progress.start("uploading", total)
         if arrivals is None:  # (an empty one is falsy)
             arrivals = Arrivals()
-        refs = arrivals.refs
         # Unchanged files first, in this thread: one scan of the stat cache for the tree,
         # unless it records none there (a first upload: no list of every file to build).
         found = (
@@ -252,7 +252,7 @@ def _ingest(
     durable = flusher.submit(store.blob.flush)
     flusher.shutdown(wait=False)
     packs = tuple(sorted(set(written) | ingester.stats.packs_used))
-    return _Batch(refs, packs, ingester, packer, len(written), durable)
+    return _Batch(arrivals, packs, ingester, packer, len(written), durable)
 
 
 class _Workers:

@@ -247,6 +247,11 @@ class StatCache:
         already, or once ``durable`` is done (the rows are written meanwhile).
         """
         items = iter(rows)
+        first = next(items, None)
+        if first is None:
+            # Nothing to write (an unchanged tree taken whole): no write lock for that.
+            return
+        items = itertools.chain((first,), items)
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _BATCH)):
                 db.executemany(
