@@ -208,6 +208,7 @@ def download(
     r = app.repo(_require(repo, "--repo"))
     dest = _require(destination, "--destination")
     bid = resolve(r, bundle, label, branch)
+    keep_freed_heap()
     result = r.download(bid, dest, name_filter, concurrency, progress())
     click.echo(f"Downloaded {result.files} files ({result.bytes} bytes) of bundle {bid} to {dest}")
 
