@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from datamon import Store
-from datamon.cafs.ingest import PROBE_AFTER, Ingester
+from datamon.cafs.ingest import PROBE_AFTER, Ingester, _batches
 from datamon.cafs.packer import PackWriter
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
 from datamon.core.ids import digest
@@ -101,3 +103,39 @@ def test_take_gives_the_packs_of_each_file_once(tmp_path: Path) -> None:
         assert again.resolve(key) == tuple(second)
     finally:
         again.close()
+
+
+def test_each_batch_of_a_large_file_lies_side_by_side_in_its_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = PackWriter.add_many
+
+    def spy(self: PackWriter, chunks: Any) -> int:
+        chunks = list(chunks)
+        calls.append(len(chunks))
+        return real(self, chunks)
+
+    monkeypatch.setattr(PackWriter, "add_many", spy)
+    store = Store.open(str(tmp_path / "store"))
+    packer = PackWriter(store.index, store.config.pack_size)
+    ingester = Ingester(store.chunker, store.index, packer, 1, workers=2)
+    files = [random_bytes(40 + i, 10 << 20) + text_bytes(40 + i, 4 << 20) for i in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:  # two files at once, as an upload reads them
+            refs = list(pool.map(ingester.ingest_bytes, files))
+        packer.close()
+    finally:
+        ingester.close()
+    for data, one in zip(files, refs, strict=True):
+        assert b"".join(store.reader.read(one)) == data
+    # One call per batch, each with the batch's chunks, in file order...
+    batches = [list(b) for data in files for b in _batches(store.chunker.chunks_of(data))]
+    assert sorted(calls) == sorted(len(b) for b in batches)
+    # ...so, within a pack, each batch's chunks follow one another.
+    for batch in batches:
+        ids = [digest(raw) for raw in batch]
+        where = store.index.lookup_many(ids)
+        for a, b in itertools.pairwise(ids):
+            if where[a].pack == where[b].pack:
+                assert where[b].offset == where[a].offset + where[a].length
