@@ -77,7 +77,10 @@ class Arrivals(Mapping[str, tuple[ChunkRef, ...]]):
         return self._kept.get(path) if found is None else found
 
     def __getitem__(self, path: str) -> tuple[ChunkRef, ...]:
-        found = self._get(path)
+        # Inlined _get: the builder asks this once for every file of an upload.
+        found = self.refs.get(path)
+        if found is None:
+            found = self._kept.get(path)
         if found is not None:
             return found
         with self._changed:
