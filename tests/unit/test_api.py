@@ -1328,13 +1328,13 @@ def test_a_segment_whose_chunk_is_not_the_size_its_tree_says_fails(
     write_tree(src, {"big.bin": random_bytes(3, 1_000_000)})
     bid = repo.upload(str(src), _opts(author)).bundle_id
     _segmented(monkeypatch)
-    real_read = repo.store.reader.read
+    real_read = repo.store.reader.stream
 
-    def short_first(refs: Sequence[ChunkRef]) -> Iterator[bytes]:
+    def short_first(refs: Sequence[ChunkRef]) -> Iterator[bytes | memoryview]:
         for i, data in enumerate(real_read(refs)):
             yield data[:-1] if i == 0 else data
 
-    monkeypatch.setattr(repo.store.reader, "read", short_first)
+    monkeypatch.setattr(repo.store.reader, "stream", short_first)
     with pytest.raises(CorruptObject, match="bytes, not"):
         repo.download(bid, str(tmp_path / "dest"), concurrency=2)
     assert not (tmp_path / "dest" / "big.bin").exists()

@@ -198,7 +198,7 @@ class _Segment:
     def write(self, store: Store) -> int:
         fd = self.file.fd
         offset = self.offset
-        for ref, data in zip(self.refs, store.reader.read(self.refs), strict=True):
+        for ref, data in zip(self.refs, store.reader.stream(self.refs), strict=True):
             if len(data) != ref.size:
                 # The next segment starts where this one's sizes say it ends.
                 raise CorruptObject(f"chunk {ref.id.hex()}", f"{len(data)} bytes, not {ref.size}")
@@ -213,12 +213,12 @@ class _Segment:
 
 def write_group(store: Store, files: list[tuple[str, Entry]]) -> None:
     """Write files (parents existing) from one stream of chunks read in coalesced ranges."""
-    chunks = store.reader.read([ref for _target, entry in files for ref in entry.chunks])
+    chunks = store.reader.stream([ref for _target, entry in files for ref in entry.chunks])
     for target, entry in files:
         write_file(entry, target, itertools.islice(chunks, len(entry.chunks)))
 
 
-def write_file(entry: Entry, target: str, chunks: Iterable[bytes]) -> None:
+def write_file(entry: Entry, target: str, chunks: Iterable[bytes | memoryview]) -> None:
     """Write ``chunks`` to ``target`` (created, never overwritten) with mode and time."""
     fd = _create(target)
     try:

@@ -72,7 +72,7 @@ def verify_bundle(
 def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[bytes, str]) -> None:
     """Read ``refs``; on damage, read them one by one so that every bad chunk is named."""
     try:
-        for data in store.reader.read(refs):
+        for data in store.reader.stream(refs):
             report.chunks += 1
             report.bytes += len(data)
         return
@@ -80,7 +80,7 @@ def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[b
         pass
     for ref in refs:
         try:
-            for data in store.reader.read([ref]):
+            for data in store.reader.stream([ref]):
                 report.chunks += 1
                 report.bytes += len(data)
         except DatamonError as exc:

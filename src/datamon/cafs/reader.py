@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from datamon.cafs.index import ChunkIndex, Location
 from datamon.cafs.layout import pack_key
@@ -18,6 +19,7 @@ WINDOW_CHUNKS = 128
 WINDOW_BYTES = 8 << 20
 MAX_READ = 8 << 20
 MAX_GAP = 64 << 10
+R = TypeVar("R", bytes, bytes | memoryview)
 
 
 def windows(
@@ -56,28 +58,51 @@ class ChunkReader:
         and small gaps, so chunks scattered over a pack cost few reads.
         """
         for window in windows(refs, WINDOW_CHUNKS, WINDOW_BYTES):
-            where = self.index.lookup_many([r.id for r in window])
-            missing = next((r for r in window if r.id not in where), None)
-            if missing is not None:
-                raise CorruptObject(f"chunk {missing.id.hex()}", "no pack in the store holds it")
-            got = self._fetch({r.id: where[r.id] for r in window})
-            for ref in window:
-                yield got[ref.id]
+            yield from self._copied(window, _runs(self._locate(window)))
 
-    def _fetch(self, wanted: dict[bytes, Location]) -> dict[bytes, bytes]:
-        ordered = sorted(wanted.items(), key=lambda item: (item[1].pack, item[1].offset))
+    def stream(self, refs: Sequence[ChunkRef]) -> Iterator[bytes | memoryview]:
+        """The raw bytes of each chunk, in order, as :meth:`read` gives them, except that a
+        chunk stored uncompressed may come as a read-only view of this thread's read
+        buffer, valid only until the next chunk is asked for.
+
+        For callers that write each chunk out before asking for the next (downloads,
+        checks): where a window's chunks lie in the packs in the order asked for, as a
+        file's chunks do once uploaded, its uncompressed chunks are checked and handed on
+        where they were read, not copied first.
+        """
+        for window in windows(refs, WINDOW_CHUNKS, WINDOW_BYTES):
+            runs = _runs(self._locate(window))
+            if [cid for run in runs for cid, _loc in run] != [ref.id for ref in window]:
+                yield from self._copied(window, runs)
+                continue
+            borrowed = self._codec().decode_borrowed
+            for run in runs:
+                for _cid, raw in self._decode_run(run, borrowed):
+                    yield raw
+
+    def _copied(
+        self, window: Sequence[ChunkRef], runs: list[list[tuple[bytes, Location]]]
+    ) -> Iterator[bytes]:
+        """The window's chunks, each its own bytes, read in ``runs`` and given in order."""
+        decode = self._codec().decode
         got: dict[bytes, bytes] = {}
-        run: list[tuple[bytes, Location]] = []
-        for cid, loc in ordered:
-            if run and not _extends(run, loc):
-                self._read_run(run, got)
-                run = []
-            run.append((cid, loc))
-        if run:
-            self._read_run(run, got)
-        return got
+        for run in runs:
+            got.update(self._decode_run(run, decode))
+        for ref in window:
+            yield got[ref.id]
 
-    def _read_run(self, run: list[tuple[bytes, Location]], got: dict[bytes, bytes]) -> None:
+    def _locate(self, window: Sequence[ChunkRef]) -> dict[bytes, Location]:
+        where = self.index.lookup_many([r.id for r in window])
+        missing = next((r for r in window if r.id not in where), None)
+        if missing is not None:
+            raise CorruptObject(f"chunk {missing.id.hex()}", "no pack in the store holds it")
+        return {r.id: where[r.id] for r in window}
+
+    def _decode_run(
+        self, run: list[tuple[bytes, Location]], decode: Callable[[str, memoryview, int], R]
+    ) -> Iterator[tuple[bytes, R]]:
+        """Read one range and give each chunk in it, opened by ``decode`` and checked
+        against its id."""
         first = run[0][1]
         end = max(loc.offset + loc.length for _cid, loc in run)
         key = pack_key(first.pack)
@@ -85,14 +110,32 @@ class ChunkReader:
         view = self.blob.get_range_view(key, first.offset, span)
         if len(view) < span:
             raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
-        codec = self._codec()
         for cid, loc in run:
             at = loc.offset - first.offset
-            raw = codec.decode(key, view[at : at + loc.length], loc.size)
+            raw = decode(key, view[at : at + loc.length], loc.size)
             actual = digest(raw)
             if actual != cid:
                 raise ChecksumMismatch(f"chunk {cid.hex()} in {key}", cid.hex(), actual.hex())
-            got[cid] = raw
+            yield cid, raw
+
+
+def _runs(wanted: dict[bytes, Location]) -> list[list[tuple[bytes, Location]]]:
+    """The chunks in pack order, cut into the ranges each read covers. Packs come in the
+    order ``wanted`` first names them: a file's chunks, as uploaded, stay in their order."""
+    rank: dict[str, int] = {}
+    for loc in wanted.values():
+        rank.setdefault(loc.pack, len(rank))
+    ordered = sorted(wanted.items(), key=lambda item: (rank[item[1].pack], item[1].offset))
+    runs: list[list[tuple[bytes, Location]]] = []
+    run: list[tuple[bytes, Location]] = []
+    for cid, loc in ordered:
+        if run and not _extends(run, loc):
+            runs.append(run)
+            run = []
+        run.append((cid, loc))
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _extends(run: list[tuple[bytes, Location]], loc: Location) -> bool:

@@ -181,12 +181,20 @@ class ChunkCodec:
         return out
 
     def decode(self, key: str, blob: bytes | memoryview, raw_size: int) -> bytes:
+        raw = self.decode_borrowed(key, blob, raw_size)
+        return raw if isinstance(raw, bytes) else bytes(raw)
+
+    def decode_borrowed(
+        self, key: str, blob: bytes | memoryview, raw_size: int
+    ) -> bytes | memoryview:
+        """As :meth:`decode`, but an uncompressed chunk comes back as a view of ``blob``."""
         if not blob:
             raise CorruptObject(key, "empty chunk blob")
         codec = blob[0]
         body = blob[1:]
+        raw: bytes | memoryview
         if codec == CODEC_RAW:
-            raw = bytes(body)
+            raw = body
         elif codec == CODEC_ZSTD:
             try:
                 size = zstandard.frame_content_size(body)
