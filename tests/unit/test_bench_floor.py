@@ -1,0 +1,53 @@
+"""The download floor's bare work: what it writes is the source, and a bad chunk is caught."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from datamon.testing.workloads import random_bytes, text_bytes
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def floor_download() -> Iterator[ModuleType]:
+    # Imported by its bare name, as `python bench/floor_download.py` finds its neighbours.
+    sys.path.insert(0, str(BENCH))
+    try:
+        import floor_download
+
+        yield floor_download
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_floor_writes_every_file_as_it_was(floor_download: ModuleType, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sources = {"a.csv": text_bytes(1, 3 << 20), "b.bin": random_bytes(2, 3 << 20), "c": b"x"}
+    for name, data in sources.items():
+        (src / name).write_bytes(data)
+    paths = floor_download.files_of(str(src))
+    files = floor_download.encode(paths)
+    # The text is stored compressed and the random bytes raw, as a store would keep them.
+    kinds = {kind for f in files for _cid, kind, _payload, _size in f.chunks}
+    assert kinds == {0, 1}
+    out = tmp_path / "out"
+    out.mkdir()
+    floor_download.in_threads(files, str(out), 2)
+    for f, path in zip(files, paths, strict=True):
+        assert (out / f.name).read_bytes() == Path(path).read_bytes()
+
+
+def test_the_floor_checks_every_chunk(floor_download: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(random_bytes(3, 1 << 20))
+    files = floor_download.encode(floor_download.files_of(str(tmp_path)))
+    cid, kind, payload, size = files[0].chunks[0]
+    files[0].chunks[0] = (cid, kind, bytes([payload[0] ^ 1]) + bytes(payload[1:]), size)
+    with pytest.raises(RuntimeError, match="does not match"):
+        floor_download.check(files, None)
