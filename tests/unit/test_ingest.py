@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,44 @@ def test_each_batch_of_a_large_file_lies_side_by_side_in_its_pack(
         for a, b in itertools.pairwise(ids):
             if where[a].pack == where[b].pack:
                 assert where[b].offset == where[a].offset + where[a].length
+
+
+def test_no_more_large_files_are_read_at_once_than_the_ingester_has_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An upload with worker processes calls ingest_files from three threads a worker; each
+    # large file in flight holds batches read and compressed.
+    active = peak = 0
+    lock = threading.Lock()
+    real = Ingester._ingest_stream
+
+    def spy(self: Ingester, chunks: Any) -> Any:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            time.sleep(0.05)  # long enough for the other threads to start theirs
+            return real(self, chunks)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(Ingester, "_ingest_stream", spy)
+    store = Store.open(str(tmp_path / "store"))
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(random_bytes(60 + i, 2 << 20))
+        paths.append(str(path))
+    packer = PackWriter(store.index, store.config.pack_size)
+    ingester = Ingester(store.chunker, store.index, packer, 1, workers=2)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda p: ingester.ingest_files([(p, os.stat(p))]), paths))
+        packer.close()
+    finally:
+        ingester.close()
+    assert peak == 2
+    for path, (refs,) in zip(paths, got, strict=True):
+        assert b"".join(store.reader.read(refs)) == Path(path).read_bytes()

@@ -113,9 +113,12 @@ class Ingester:
         # already (by earlier uploads, or earlier in this one).
         self._stored_share = 0.0
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(
-            workers or os.cpu_count() or 2, thread_name_prefix="datamon-chunk"
-        )
+        threads = workers or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datamon-chunk")
+        # Large files read at once: one a thread of the pool. An upload that has worker
+        # processes ingests with three threads a worker (small groups wait on them), and
+        # each large file in flight holds up to WINDOW + 1 batches read and compressed.
+        self._streams = threading.BoundedSemaphore(threads)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -150,7 +153,7 @@ class Ingester:
             where.update(self._ingest_small(small))
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
-                with self.chunker.open(path) as stream:
+                with self._streams, self.chunker.open(path) as stream:
                     where[path] = self._ingest_stream(self.chunker.chunks(stream))
         for path, _st in fresh:
             done[path] = tuple(where[path].refs)
