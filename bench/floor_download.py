@@ -13,7 +13,8 @@ adding one step of what a download must do for every chunk:
     start       ``datamon --help``: the interpreter's start and Datamon's imports
 
 Then ``datamon bundle download`` of the same folder, uploaded once (untimed) into a fresh
-store, into an emptied folder for each run. Every write stage and every download starts
+store, into an emptied folder for each run, writing as many files at once as the stages'
+threads (``--concurrency-factor``). Every write stage and every download starts
 after a ``sync``, with the files of the one before deleted.
 
 The floor of a download on N cores is ``write xN`` plus ``start``: the work any download
@@ -130,9 +131,11 @@ class Datamon:
         out = self.run(*self.store, *upload)
         return out.rsplit("Uploaded bundle id:", 1)[1].strip()
 
-    def download(self, bundle: str, dest: str) -> float:
-        args = ("bundle", "download", "--repo", "floor", "--bundle", bundle, "--destination")
-        return timed(lambda: self.run(*self.store, *args, dest))
+    def download(self, bundle: str, dest: str, threads: int) -> float:
+        """The download's time, with as many files written at once as the floor's threads."""
+        args = ("bundle", "download", "--repo", "floor", "--bundle", bundle)
+        more = ("--concurrency-factor", str(threads), "--destination", dest)
+        return timed(lambda: self.run(*self.store, *args, *more))
 
 
 def main() -> None:
@@ -157,7 +160,7 @@ def main() -> None:
                 lambda: into(out, lambda dest: in_threads(files, dest, args.threads)),
             ),
             ("start", lambda: timed(lambda: datamon.run("--help"))),
-            ("datamon bundle download", lambda: datamon.download(bundle, fresh(out))),
+            ("datamon bundle download", lambda: datamon.download(bundle, fresh(out), args.threads)),
         ]
         times: dict[str, list[float]] = {name: [] for name, _fn in stages}
         for _ in range(args.runs):

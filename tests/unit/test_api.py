@@ -760,12 +760,12 @@ def _pack_path(store: Store) -> Path:
     return _local_root(store) / packs[0]
 
 
-def _flip_in_chunk_of(store: Store, repo: Repository, bid: str, path: str) -> str:
-    """Flip a byte in the middle of the first chunk of ``path``; returns the chunk id."""
+def _flip_in_chunk_of(store: Store, repo: Repository, bid: str, path: str, nth: int = 0) -> str:
+    """Flip a byte in the middle of the ``nth`` chunk of ``path``; returns the chunk id."""
     pack = _pack_path(store)
     index = load_pack_index(store.blob, pack_id_of(str(pack)))
     entry = repo.store.trees.lookup(bytes.fromhex(repo.bundle(bid).tree), path)
-    target = entry.chunks[0].id
+    target = entry.chunks[nth].id
     where = next(e for e in index.entries if e.id == target)
     data = bytearray(pack.read_bytes())
     data[where.offset + where.length // 2] ^= 0x55
@@ -781,6 +781,23 @@ def test_verify_healthy(repo: Repository, src: Path, author: Author) -> None:
     assert report.files == result.bundle.files
     assert report.bytes <= result.bundle.size
     assert report.chunks == result.new_chunks  # each distinct chunk read once
+
+
+def test_verify_counts_each_good_chunk_once_when_a_later_one_is_damaged(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    # Found by review: the good chunks before the damaged one were counted when the whole
+    # file was read, and again when it was read a chunk at a time to name the bad one.
+    repo = Repository.create(local_store, "r", "", author)
+    write_tree(tmp_path / "src", {"a.bin": random_bytes(21, 1_500_000)})
+    result = repo.upload(str(tmp_path / "src"), _opts(author))
+    entry = repo.store.trees.lookup(bytes.fromhex(result.bundle.tree), "a.bin")
+    chunks = len(entry.chunks)
+    assert chunks >= 4
+    _flip_in_chunk_of(repo.store, repo, result.bundle_id, "a.bin", nth=2)
+    report = repo.verify(result.bundle_id)
+    assert len(report.problems) == 1
+    assert report.chunks == chunks - 1
 
 
 def test_verify_detects_corrupted_pack(damaged_setup: tuple[Repository, str, Path]) -> None:

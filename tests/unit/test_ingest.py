@@ -6,6 +6,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from datamon import Store
+from datamon.cafs import ingest as ingest_module
 from datamon.cafs.ingest import PROBE_AFTER, Ingester, _batches
 from datamon.cafs.packer import PackWriter
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
@@ -151,21 +153,21 @@ def test_no_more_large_files_are_read_at_once_than_the_ingester_has_threads(
     # large file in flight holds batches read and compressed.
     active = peak = 0
     lock = threading.Lock()
-    real = Ingester._ingest_stream
+    real = ingest_module._batches
 
-    def spy(self: Ingester, chunks: Any) -> Any:
+    def spy(chunks: Any) -> Iterator[Any]:
         nonlocal active, peak
         with lock:
             active += 1
             peak = max(peak, active)
         try:
             time.sleep(0.05)  # long enough for the other threads to start theirs
-            return real(self, chunks)
+            yield from real(chunks)
         finally:
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(Ingester, "_ingest_stream", spy)
+    monkeypatch.setattr(ingest_module, "_batches", spy)
     store = Store.open(str(tmp_path / "store"))
     paths = []
     for i in range(6):
@@ -176,10 +178,12 @@ def test_no_more_large_files_are_read_at_once_than_the_ingester_has_threads(
     ingester = Ingester(store.chunker, store.index, packer, 1, workers=2)
     try:
         with ThreadPoolExecutor(6) as pool:
-            got = list(pool.map(lambda p: ingester.ingest_files([(p, os.stat(p))]), paths))
+            # Files with their stat, as an upload asks, and without, as a mount's commit does.
+            got = list(pool.map(lambda p: ingester.ingest_files([(p, os.stat(p))])[0], paths[:3]))
+            got += list(pool.map(ingester.ingest_path, paths[3:]))
         packer.close()
     finally:
         ingester.close()
     assert peak == 2
-    for path, (refs,) in zip(paths, got, strict=True):
+    for path, refs in zip(paths, got, strict=True):
         assert b"".join(store.reader.read(refs)) == Path(path).read_bytes()

@@ -70,14 +70,20 @@ def verify_bundle(
 
 
 def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[bytes, str]) -> None:
-    """Read ``refs``; on damage, read them one by one so that every bad chunk is named."""
+    """Read ``refs``; on damage, read them one by one so that every bad chunk is named.
+
+    A chunk is counted once, when it is read as a whole group or on its own."""
+    chunks = size = 0
     try:
         for data in store.reader.stream(refs):
-            report.chunks += 1
-            report.bytes += len(data)
-        return
+            chunks += 1
+            size += len(data)
     except DatamonError:
         pass
+    else:
+        report.chunks += chunks
+        report.bytes += size
+        return
     for ref in refs:
         try:
             for data in store.reader.stream([ref]):

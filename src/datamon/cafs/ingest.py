@@ -115,9 +115,10 @@ class Ingester:
         self._local = threading.local()
         threads = workers or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datamon-chunk")
-        # Large files read at once: one a thread of the pool. An upload that has worker
-        # processes ingests with three threads a worker (small groups wait on them), and
-        # each large file in flight holds up to WINDOW + 1 batches read and compressed.
+        # Streams (large files, or any caller's) read at once: one a thread of the pool. An
+        # upload that has worker processes ingests with three threads a worker (small groups
+        # wait on them), and each stream in flight holds up to WINDOW + 1 batches read and
+        # compressed.
         self._streams = threading.BoundedSemaphore(threads)
 
     def close(self) -> None:
@@ -153,7 +154,7 @@ class Ingester:
             where.update(self._ingest_small(small))
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
-                with self._streams, self.chunker.open(path) as stream:
+                with self.chunker.open(path) as stream:
                     where[path] = self._ingest_stream(self.chunker.chunks(stream))
         for path, _st in fresh:
             done[path] = tuple(where[path].refs)
@@ -418,16 +419,17 @@ class Ingester:
             out.packs |= batch.packs
             out.queued.extend(batch.queued)
 
-        try:
-            for batch in _batches(chunks):
-                pending.append(self._pool.submit(self._store_batch, batch))
-                if len(pending) >= WINDOW:
+        with self._streams:
+            try:
+                for batch in _batches(chunks):
+                    pending.append(self._pool.submit(self._store_batch, batch))
+                    if len(pending) >= WINDOW:
+                        take(pending.popleft().result())
+                while pending:
                     take(pending.popleft().result())
-            while pending:
-                take(pending.popleft().result())
-        finally:
-            for future in pending:
-                future.cancel()
+            finally:
+                for future in pending:
+                    future.cancel()
         return out
 
     def _collect(self, batch: _Batch, refs: list[ChunkRef]) -> None:

@@ -63,7 +63,9 @@ class ChunkReader:
     def stream(self, refs: Sequence[ChunkRef]) -> Iterator[bytes | memoryview]:
         """The raw bytes of each chunk, in order, as :meth:`read` gives them, except that a
         chunk stored uncompressed may come as a read-only view of this thread's read
-        buffer, valid only until the next chunk is asked for.
+        buffer, valid only until the next chunk is asked for, or until this thread reads
+        from the store in any other way (``read``, another ``stream``, a range read), which
+        may reuse the buffer.
 
         For callers that write each chunk out before asking for the next (downloads,
         checks): where a window's chunks lie in the packs in the order asked for, as a
