@@ -155,21 +155,46 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def datamon_upload(root: str) -> float:
-    exe = Path(sys.executable).parent / "datamon"
-    with tempfile.TemporaryDirectory(prefix="datamon-floor-") as tmp:
-        env = {
+class Datamon:
+    """The ``datamon`` command with its own config, cache and store under ``tmp``."""
+
+    def __init__(self, tmp: str) -> None:
+        self.exe = str(Path(sys.executable).parent / "datamon")
+        self.env = {
             **os.environ,
             "DATAMON_CONFIG": os.path.join(tmp, "config.yaml"),
             "DATAMON_CACHE_DIR": os.path.join(tmp, "cache"),
         }
-        Path(env["DATAMON_CONFIG"]).write_text("name: bench\nemail: bench@example.com\n")
-        store = ["--store", os.path.join(tmp, "store")]
-        create = [*store, "repo", "create", "--repo", "floor", "--description", "floor"]
-        subprocess.run([exe, *create], env=env, check=True, capture_output=True)
-        upload = [*store, "bundle", "upload", "--path", root, "--message", "m", "--repo", "floor"]
-        run = [exe, *upload]
-        return timed(lambda: subprocess.run(run, env=env, check=True, capture_output=True))
+        Path(self.env["DATAMON_CONFIG"]).write_text("name: bench\nemail: bench@example.com\n")
+        self.store = ["--store", os.path.join(tmp, "store")]
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.exe, *args], env=self.env, check=True, capture_output=True, text=True
+        )
+        return done.stdout
+
+    def create_repo(self) -> None:
+        self.run(*self.store, "repo", "create", "--repo", "floor", "--description", "floor")
+
+    def upload(self, root: str) -> str:
+        """Upload ``root`` into the repo; returns the bundle id."""
+        upload = ("bundle", "upload", "--path", root, "--message", "m", "--repo", "floor")
+        out = self.run(*self.store, *upload)
+        return out.rsplit("Uploaded bundle id:", 1)[1].strip()
+
+    def download(self, bundle: str, dest: str, threads: int) -> float:
+        """The download's time, with as many files written at once as the floor's threads."""
+        args = ("bundle", "download", "--repo", "floor", "--bundle", bundle)
+        more = ("--concurrency-factor", str(threads), "--destination", dest)
+        return timed(lambda: self.run(*self.store, *args, *more))
+
+
+def datamon_upload(root: str) -> float:
+    with tempfile.TemporaryDirectory(prefix="datamon-floor-") as tmp:
+        datamon = Datamon(tmp)
+        datamon.create_repo()
+        return timed(lambda: datamon.upload(root))
 
 
 def main() -> None:

@@ -28,17 +28,14 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 import zstandard
-from floor import cut, files_of, read, timed
+from floor import Datamon, cut, files_of, read, timed
 
 from datamon.core.codecs import CODEC_ZSTD, ChunkCodec
 
@@ -106,38 +103,6 @@ def into(folder: str, write: Callable[[str], None]) -> float:
     return timed(lambda: write(folder))
 
 
-class Datamon:
-    """The ``datamon`` command with its own config, cache and store under ``tmp``."""
-
-    def __init__(self, tmp: str) -> None:
-        self.exe = str(Path(sys.executable).parent / "datamon")
-        self.env = {
-            **os.environ,
-            "DATAMON_CONFIG": os.path.join(tmp, "config.yaml"),
-            "DATAMON_CACHE_DIR": os.path.join(tmp, "cache"),
-        }
-        Path(self.env["DATAMON_CONFIG"]).write_text("name: bench\nemail: bench@example.com\n")
-        self.store = ["--store", os.path.join(tmp, "store")]
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            [self.exe, *args], env=self.env, check=True, capture_output=True, text=True
-        )
-        return done.stdout
-
-    def upload(self, root: str) -> str:
-        self.run(*self.store, "repo", "create", "--repo", "floor", "--description", "floor")
-        upload = ("bundle", "upload", "--path", root, "--message", "m", "--repo", "floor")
-        out = self.run(*self.store, *upload)
-        return out.rsplit("Uploaded bundle id:", 1)[1].strip()
-
-    def download(self, bundle: str, dest: str, threads: int) -> float:
-        """The download's time, with as many files written at once as the floor's threads."""
-        args = ("bundle", "download", "--repo", "floor", "--bundle", bundle)
-        more = ("--concurrency-factor", str(threads), "--destination", dest)
-        return timed(lambda: self.run(*self.store, *args, *more))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("root")
@@ -151,6 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="datamon-floor-", dir=args.workdir) as tmp:
         out = os.path.join(tmp, "out")
         datamon = Datamon(tmp)
+        datamon.create_repo()
         bundle = datamon.upload(args.root)
         stages: list[tuple[str, Callable[[], float]]] = [
             ("check", lambda: timed(lambda: check(files, None))),

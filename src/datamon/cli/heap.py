@@ -12,10 +12,10 @@ Blocks of glibc's mmap threshold or more are mapped and unmapped one by one, eac
 fresh zeroed pages; setting the two values above fixes that threshold where it stands (128
 KiB, or the size of a larger mapped block the process freed before), which may be below a
 large file's chunks (about 192 KiB on average). Raised to 4 MiB, they come from the kept
-heap whatever the process did before. A download does
-all three: W1 downloads took 1.28-1.45 s against 1.34-1.81 s without any, and 1.14-1.43 s
-against 1.23-1.68 s with the first two only (6 alternating pairs each, faster in 5), with
-peak RSS within 3 MiB (floor-w1.md, "Chunks from the kept heap"). Uploads did not change.
+heap whatever the process did before. A download does all three: W1 downloads took
+1.28-1.45 s against 1.34-1.81 s without any, and 1.14-1.43 s against 1.23-1.68 s with the
+first two only (6 alternating pairs each, faster in 5), with peak RSS within 3 MiB
+(floor-w1.md, "Chunks from the kept heap"). Uploads did not change.
 
 Only the command line does this: a library must not change its host's allocator.
 """
