@@ -10,6 +10,7 @@ import pytest
 
 from datamon import Store
 from datamon.cafs import packer as packer_module
+from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import pack_key
 from datamon.cafs.packer import SLACK, Buffer, PackWriter
 from datamon.cafs.reader import ChunkReader, windows
@@ -66,6 +67,22 @@ def test_packs_are_recorded_in_the_index_a_few_at_a_time(
     for raw, names in zip(chunks, written, strict=True):
         location = store.index.lookup(digest(raw))
         assert location is not None and names == {location.pack}
+
+
+def test_a_pack_is_sealed_at_its_chunk_limit_as_well_as_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    monkeypatch.setattr(packer_module, "PACK_CHUNKS", 4)
+    writer = PackWriter(store.index, 1 << 20, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    chunks = [text_bytes(i, 10 + i) for i in range(10)]
+    assert writer.add_many([(digest(raw), *codec.encode_parts(raw), len(raw)) for raw in chunks])
+    packs = writer.close()
+    counts = sorted(len(load_pack_index(store.blob, pack).entries) for pack in packs)
+    assert counts == [2, 4, 4]
+    refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
+    assert list(ChunkReader(store.index).read(refs)) == chunks
 
 
 def test_packs_of_each_group_of_chunks(tmp_path: Path) -> None:

@@ -24,6 +24,10 @@ Payload = bytes | memoryview
 Buffer = mmap.mmap | bytearray
 # Room beyond the pack size in each pack buffer, for the chunk that takes it past the size.
 SLACK = 1 << 20
+# A pack is also sealed once it holds this many chunks, so that a tree of tiny files does not
+# gather hundreds of thousands of chunks in one pack whose index is built, written and
+# recorded only when the upload closes.
+PACK_CHUNKS = 65_536
 # Written packs whose chunks wait to be recorded in the local index together (see _write),
 # and how many chunks they may hold: a pack of tiny chunks is recorded at once, as one
 # transaction of a few hundred thousand rows is enough, and would otherwise wait for close.
@@ -127,7 +131,7 @@ class PackWriter:
                 self._entries.append(PackEntry(cid, self._used, 1 + len(payload), size))
                 self._append(codec, payload)
                 added += 1
-                if self._used >= self.pack_size:
+                if self._used >= self.pack_size or len(self._entries) >= PACK_CHUNKS:
                     sealed.append(self._take())
             self.chunks_written += added
         for pack in sealed:
