@@ -230,10 +230,17 @@ class Repository:
             bid = bundle.parents[0] if bundle.parents else None
 
 
+# The hash of an empty file (no chunks), computed once: trees often hold many.
+_EMPTY_HASH = hexdigest(b"")
+
+
 def _info(path: str, entry: Entry) -> FileInfo:
     # A file's hash is the BLAKE3 of its chunk ids: equal content gives an equal hash
     # without reading the data (within one store, whose chunking parameters are fixed).
-    content = hexdigest(b"".join(c.id for c in entry.chunks)) if entry.kind == Kind.FILE else ""
+    content = ""
+    if entry.kind == Kind.FILE:
+        chunks = entry.chunks
+        content = hexdigest(b"".join(c.id for c in chunks)) if chunks else _EMPTY_HASH
     return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target, content)
 
 

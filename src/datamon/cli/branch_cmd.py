@@ -8,7 +8,7 @@ from datamon.cli.bundle_cmd import bundle_row
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.label_cmd import ref_row
 from datamon.cli.options import json_option, ref_options, repo_option, resolve
-from datamon.cli.output import emit_json, line, timestamp
+from datamon.cli.output import emit_json, lines, timestamp
 
 
 @click.group()
@@ -61,8 +61,7 @@ def list_(app: AppContext, repo: str, as_json: bool) -> None:
     if as_json:
         emit_json([ref_row(r) for r in refs])
         return
-    for r in refs:
-        line(r.name, r.bundle, timestamp(r.timestamp))
+    lines((r.name, r.bundle, timestamp(r.timestamp)) for r in refs)
 
 
 @branch.command("log")
@@ -81,5 +80,4 @@ def log(app: AppContext, repo: str, name: str, as_json: bool) -> None:
     if as_json:
         emit_json([bundle_row(bid, b) for bid, b in history])
         return
-    for bid, b in history:
-        line(bid, timestamp(b.timestamp), b.message)
+    lines((bid, timestamp(b.timestamp), b.message) for bid, b in history)

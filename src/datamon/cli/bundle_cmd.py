@@ -10,7 +10,7 @@ from datamon.api.upload import DEFAULT_BRANCH, UploadOptions
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.heap import keep_freed_heap
 from datamon.cli.options import concurrency_option, json_option, ref_options, repo_option, resolve
-from datamon.cli.output import emit_json, line, progress, timestamp
+from datamon.cli.output import emit_json, line, lines, progress, timestamp
 from datamon.core.model import Bundle
 from datamon.errors import DatamonError
 
@@ -128,8 +128,7 @@ def list_(ctx: click.Context, repo: str | None, as_json: bool) -> None:
     if as_json:
         emit_json([bundle_row(bid, b) for bid, b in bundles])
         return
-    for bid, b in bundles:
-        line(bid, timestamp(b.timestamp), b.message)
+    lines((bid, timestamp(b.timestamp), b.message) for bid, b in bundles)
 
 
 @list_.command("files")
@@ -169,11 +168,10 @@ def list_files(
             ]
         )
         return
-    for f in r.files(bid):
-        if f.target:
-            line(f"name:{f.path}", f"size:{f.size}", f"link:{f.target}")
-        else:
-            line(f"name:{f.path}", f"size:{f.size}", f"hash:{f.hash}")
+    lines(
+        (f"name:{f.path}", f"size:{f.size}", f"link:{f.target}" if f.target else f"hash:{f.hash}")
+        for f in r.files(bid)
+    )
 
 
 @bundle.group("download", invoke_without_command=True)

@@ -6,7 +6,7 @@ import click
 
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.options import json_option, repo_option
-from datamon.cli.output import emit_json, line, timestamp
+from datamon.cli.output import emit_json, line, lines, timestamp
 from datamon.core.model import Ref
 
 
@@ -71,8 +71,7 @@ def list_(app: AppContext, repo: str, as_json: bool) -> None:
     if as_json:
         emit_json([ref_row(r) for r in refs])
         return
-    for r in refs:
-        line(r.name, r.bundle, timestamp(r.timestamp))
+    lines((r.name, r.bundle, timestamp(r.timestamp)) for r in refs)
 
 
 @label.command("get")

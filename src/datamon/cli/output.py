@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -19,8 +20,30 @@ def timestamp(when: datetime) -> str:
     return f"{local:%Y-%m-%d %H:%M:%S.%f %z %Z}"
 
 
+# Lines printed by one ``click.echo`` call. It asks whether stdout is a terminal and flushes
+# on every call: one call a line took two thirds of the time of listing 1,000,000 files.
+BATCH_LINES = 1024
+# A batch is also printed once this many seconds have passed since the last one, checked as
+# each line comes, so a slow listing still shows its lines as it goes.
+BATCH_SECONDS = 0.1
+
+
 def line(*fields: object) -> None:
     click.echo(" , ".join(str(f) for f in fields))
+
+
+def lines(rows: Iterable[Iterable[object]]) -> None:
+    """Print each row's fields as :func:`line` does, in batches; the first line at once."""
+    batch: list[str] = []
+    due = 0.0
+    for fields in rows:
+        batch.append(" , ".join(map(str, fields)))
+        if len(batch) >= BATCH_LINES or time.monotonic() >= due:
+            click.echo("\n".join(batch))
+            batch.clear()
+            due = time.monotonic() + BATCH_SECONDS
+    if batch:
+        click.echo("\n".join(batch))
 
 
 def emit_json(data: Any) -> None:

@@ -7,7 +7,7 @@ import click
 from datamon.api.repository import Repository
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.options import json_option, repo_option
-from datamon.cli.output import emit_json, line, timestamp
+from datamon.cli.output import emit_json, line, lines, timestamp
 from datamon.core.model import Repo
 
 
@@ -60,8 +60,10 @@ def list_(app: AppContext, as_json: bool) -> None:
     if as_json:
         emit_json([_row(r) for r in repos])
         return
-    for r in repos:
-        line(r.name, r.description, f"{r.author.name} <{r.author.email}>", timestamp(r.created))
+    lines(
+        (r.name, r.description, f"{r.author.name} <{r.author.email}>", timestamp(r.created))
+        for r in repos
+    )
 
 
 @repo.command("get")

@@ -20,7 +20,7 @@ import msgspec
 
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.options import json_option
-from datamon.cli.output import emit_json, line, timestamp
+from datamon.cli.output import emit_json, lines, timestamp
 from datamon.core.model import Author
 from datamon.errors import InvalidArgument, ParameterError
 
@@ -257,8 +257,7 @@ def list_(app: AppContext, limit: int | None, as_json: bool) -> None:
     if as_json:
         emit_json([_row(r) for r in records])
         return
-    for r in records:
-        line(r.id, timestamp(r.started), r.shown_status(now), " ".join(r.roots))
+    lines((r.id, timestamp(r.started), r.shown_status(now), " ".join(r.roots)) for r in records)
 
 
 @run_group.command("show")
