@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import time
 
+import click
 import pytest
 
 from datamon.cli import output
@@ -25,8 +27,8 @@ def test_lines_print_what_line_prints_for_each_row(capsys: pytest.CaptureFixture
 
 def test_lines_go_out_in_batches_with_the_first_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     printed: list[str] = []
-    monkeypatch.setattr(output.click, "echo", printed.append)
-    monkeypatch.setattr(output.time, "monotonic", lambda: 1_000.0)  # a clock that stands
+    monkeypatch.setattr(click, "echo", printed.append)
+    monkeypatch.setattr(time, "monotonic", lambda: 1_000.0)  # a clock that stands
     output.lines(rows(2_500))
     sizes = [len(text.split("\n")) for text in printed]
     assert sizes == [1, output.BATCH_LINES, output.BATCH_LINES, 2_500 - 1 - 2 * output.BATCH_LINES]
@@ -36,8 +38,8 @@ def test_a_slow_listing_prints_each_line_once_its_time_has_come(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     printed: list[str] = []
-    monkeypatch.setattr(output.click, "echo", printed.append)
+    monkeypatch.setattr(click, "echo", printed.append)
     clock = itertools.count(0.0, output.BATCH_SECONDS)
-    monkeypatch.setattr(output.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
     output.lines(rows(5))
     assert printed == [" , ".join(map(str, row)) for row in rows(5)]
