@@ -10,7 +10,7 @@ from datamon.api.upload import DEFAULT_BRANCH, UploadOptions
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.heap import keep_freed_heap
 from datamon.cli.options import concurrency_option, json_option, ref_options, repo_option, resolve
-from datamon.cli.output import emit_json, line, lines, progress, timestamp
+from datamon.cli.output import echo_lines, emit_json, line, lines, progress, timestamp
 from datamon.core.model import Bundle
 from datamon.errors import DatamonError
 
@@ -316,8 +316,7 @@ def diff(
         emit_json(rows)
         return
     marks = {"added": "A", "deleted": "D", "modified": "M"}
-    for row in rows:
-        click.echo(f"{marks[row['status']]} {row['path']}")
+    echo_lines(f"{marks[row['status']]} {row['path']}" for row in rows)
     counts = {s: sum(1 for x in rows if x["status"] == s) for s in marks}
     click.echo(
         f"{counts['added']} added, {counts['deleted']} deleted, {counts['modified']} modified",

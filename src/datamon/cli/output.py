@@ -33,11 +33,16 @@ def line(*fields: object) -> None:
 
 
 def lines(rows: Iterable[Iterable[object]]) -> None:
-    """Print each row's fields as :func:`line` does, in batches; the first line at once."""
+    """Print each row's fields as :func:`line` does, in batches (:func:`echo_lines`)."""
+    echo_lines(" , ".join(map(str, fields)) for fields in rows)
+
+
+def echo_lines(texts: Iterable[str]) -> None:
+    """Print each text on a line of its own, in batches; the first line at once."""
     batch: list[str] = []
     due = 0.0
-    for fields in rows:
-        batch.append(" , ".join(map(str, fields)))
+    for text in texts:
+        batch.append(text)
         if len(batch) >= BATCH_LINES or time.monotonic() >= due:
             click.echo("\n".join(batch))
             batch.clear()
