@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 
 import click
 import pytest
 
 from datamon.cli import output
+from datamon.errors import DatamonError
 
 
 def rows(n: int) -> list[tuple[str, int, str]]:
@@ -43,3 +45,13 @@ def test_a_slow_listing_prints_each_line_once_its_time_has_come(
     monkeypatch.setattr(time, "monotonic", lambda: next(clock))
     output.lines(rows(5))
     assert printed == [" , ".join(map(str, row)) for row in rows(5)]
+
+
+def test_lines_given_before_an_error_are_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    def failing() -> Iterator[tuple[str, int, str]]:
+        yield from rows(10)
+        raise DatamonError("a tree is damaged")
+
+    with pytest.raises(DatamonError):
+        output.lines(failing())
+    assert capsys.readouterr().out.splitlines() == [" , ".join(map(str, r)) for r in rows(10)]

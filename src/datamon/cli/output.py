@@ -38,17 +38,20 @@ def lines(rows: Iterable[Iterable[object]]) -> None:
 
 
 def echo_lines(texts: Iterable[str]) -> None:
-    """Print each text on a line of its own, in batches; the first line at once."""
+    """Print each text on a line of its own, in batches; the first line at once. Lines
+    already given are printed even when ``texts`` raises (a damaged tree half-way)."""
     batch: list[str] = []
     due = 0.0
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= BATCH_LINES or time.monotonic() >= due:
+    try:
+        for text in texts:
+            batch.append(text)
+            if len(batch) >= BATCH_LINES or time.monotonic() >= due:
+                click.echo("\n".join(batch))
+                batch.clear()
+                due = time.monotonic() + BATCH_SECONDS
+    finally:
+        if batch:
             click.echo("\n".join(batch))
-            batch.clear()
-            due = time.monotonic() + BATCH_SECONDS
-    if batch:
-        click.echo("\n".join(batch))
 
 
 def emit_json(data: Any) -> None:
