@@ -29,12 +29,17 @@ BATCH_SECONDS = 0.1
 
 
 def line(*fields: object) -> None:
-    click.echo(" , ".join(str(f) for f in fields))
+    click.echo(_row(fields))
 
 
 def lines(rows: Iterable[Iterable[object]]) -> None:
     """Print each row's fields as :func:`line` does, in batches (:func:`echo_lines`)."""
-    echo_lines(" , ".join(map(str, fields)) for fields in rows)
+    echo_lines(map(_row, rows))
+
+
+def _row(fields: Iterable[object]) -> str:
+    """The seed's line format: fields joined by ``" , "``."""
+    return " , ".join(map(str, fields))
 
 
 def echo_lines(texts: Iterable[str]) -> None:
@@ -46,8 +51,10 @@ def echo_lines(texts: Iterable[str]) -> None:
         for text in texts:
             batch.append(text)
             if len(batch) >= BATCH_LINES or time.monotonic() >= due:
-                click.echo("\n".join(batch))
+                # Taken before printing: a failed print is not tried again below.
+                out = "\n".join(batch)
                 batch.clear()
+                click.echo(out)
                 due = time.monotonic() + BATCH_SECONDS
     finally:
         if batch:
