@@ -17,6 +17,10 @@ same libraries Datamon uses, and nothing else (no index, no packs, no trees):
     grouped xN processes   the same groups in N forked processes, each with its own
                   interpreter lock: if this is not faster than the threads, the bare work
                   does not queue for the lock
+    + writes      the same, and what a first upload must write to a fresh local store at
+                  the least: each process appends its compressed chunks to packs of 16 MiB,
+                  then one file is created for each folder (a tree object), in 256 folders,
+                  all in a new folder beside the upload's store (removed after, untimed)
 
 Then ``datamon bundle upload`` of the same folder (fresh store and cache). Reports files/s
 and MB/s (median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
@@ -46,6 +50,9 @@ from datamon.core.model import ChunkerParams
 
 GROUP = 256
 GROUP_BYTES = 64 << 20
+PACK_BYTES = 16 << 20
+# A forked process's open pack: (its folder, descriptor, bytes written).
+_pack: list[tuple[str, int, int]] = []
 
 
 def files_of(root: str) -> list[str]:
@@ -118,6 +125,73 @@ def stage_grouped(paths: list[str]) -> None:
         blake3.blake3(chunk).digest()
     if chunks:
         zstd.multi_compress_to_buffer(chunks, threads=1)
+
+
+def stage_grouped_to(dest: str, paths: list[str]) -> None:
+    """:func:`stage_grouped`, appending the compressed chunks to this process's pack in
+    ``dest`` (a new pack once one holds :data:`PACK_BYTES`)."""
+    zstd = zstandard.ZstdCompressor(level=1)
+    chunks = [chunk for data in [read(path) for path in paths] for chunk in cut(data)]
+    for chunk in chunks:
+        blake3.blake3(chunk).digest()
+    if not chunks:
+        return
+    out = zstd.multi_compress_to_buffer(chunks, threads=1)
+    if _pack and (_pack[0][0] != dest or _pack[0][2] >= PACK_BYTES):
+        os.close(_pack.pop()[1])
+    if not _pack:
+        name = os.path.join(dest, "packs", f"{os.getpid()}-{os.urandom(4).hex()}")
+        _pack.append((dest, os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), 0))
+    folder, fd, size = _pack[0]
+    for i in range(len(out)):
+        size += os.write(fd, out[i].tobytes())
+    _pack[0] = (folder, fd, size)
+
+
+def write_trees(dest: str, listings: list[bytes]) -> None:
+    """One new file per folder listing, named by its BLAKE3 under ``dest/trees/<ab>/``."""
+    for listing in listings:
+        name = blake3.blake3(listing).hexdigest()
+        folder = os.path.join(dest, "trees", name[:2])
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, listing)
+        finally:
+            os.close(fd)
+
+
+def listings_of(root: str) -> list[bytes]:
+    """For each folder below ``root`` (itself included), its path and the names it holds,
+    one a line (distinct, as the trees of W2's folders are)."""
+    out: list[bytes] = []
+    for folder, dirs, files in os.walk(root):
+        out.append("\n".join([folder, *sorted(dirs + files)]).encode())
+    return out
+
+
+def with_writes(pool: Executor, workers: int, root: str) -> Callable[[list[str]], float]:
+    """The grouped stage on ``pool`` writing packs, then one file per folder of ``root``,
+    in a fresh folder of the temporary directory (where the upload's store goes); returns
+    the seconds taken, without making and removing that folder. (A process's last pack is
+    closed in its next run.)"""
+    listings = listings_of(root)
+    slices = [listings[i::workers] for i in range(workers)]
+
+    def run(paths: list[str]) -> float:
+        groups = groups_of(paths)
+        with tempfile.TemporaryDirectory(prefix="datamon-floor-writes-") as dest:
+            os.mkdir(os.path.join(dest, "packs"))
+            start = time.perf_counter()
+            list(pool.map(stage_grouped_to, [dest] * len(groups), groups, chunksize=4))
+            list(pool.map(write_trees, [dest] * workers, slices))
+            return time.perf_counter() - start
+
+    return run
 
 
 def groups_of(paths: list[str]) -> list[list[str]]:
@@ -211,6 +285,7 @@ def main() -> None:
     procs = ProcessPoolExecutor(args.threads, mp_context=multiprocessing.get_context("fork"))
     list(procs.map(stage_grouped, [paths[:1]] * args.threads))
     in_procs = forked(stage_grouped, procs)
+    writes = with_writes(procs, args.threads, args.root)
     stages: list[tuple[str, Callable[[], float]]] = [
         ("scan", lambda: timed(lambda: files_of(args.root))),
         ("read", lambda: timed(lambda: stage_read(paths))),
@@ -220,6 +295,7 @@ def main() -> None:
         (f"compress x{args.threads}", lambda: timed(lambda: threads(paths))),
         (f"grouped x{args.threads}", lambda: timed(lambda: grouped(paths))),
         (f"grouped x{args.threads} processes", lambda: timed(lambda: in_procs(paths))),
+        ("+ writes", lambda: writes(paths)),
         ("datamon bundle upload", lambda: datamon_upload(args.root)),
     ]
     times: dict[str, list[float]] = {name: [] for name, _fn in stages}

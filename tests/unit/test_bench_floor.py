@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,43 @@ def test_the_floor_checks_every_chunk(floor_download: ModuleType, tmp_path: Path
     files[0].chunks[0] = (cid, kind, bytes([payload[0] ^ 1]) + bytes(payload[1:]), size)
     with pytest.raises(RuntimeError, match="does not match"):
         floor_download.check(files, None)
+
+
+@pytest.fixture(scope="module")
+def floor() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import floor
+
+        yield floor
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_upload_floor_writes_every_chunk_and_a_file_per_folder(
+    floor: ModuleType, tmp_path: Path
+) -> None:
+    import zstandard
+
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "c").mkdir()
+    sources = {"top": b"t" * 10, "a/x": text_bytes(4, 300_000), "a/b/y": random_bytes(5, 9_000)}
+    for name, data in sources.items():
+        (src / name).write_bytes(data)
+    dest = tmp_path / "dest"
+    (dest / "packs").mkdir(parents=True)
+    paths = floor.files_of(str(src))
+    try:
+        floor.stage_grouped_to(str(dest), paths)
+    finally:
+        os.close(floor._pack.pop()[1])
+    [pack] = (dest / "packs").iterdir()
+    frames = zstandard.ZstdDecompressor().stream_reader(pack.read_bytes(), read_across_frames=True)
+    with frames:
+        assert frames.read() == b"".join(Path(p).read_bytes() for p in paths)
+    listings = floor.listings_of(str(src))
+    floor.write_trees(str(dest), listings)
+    trees = sorted(p.read_bytes() for p in (dest / "trees").rglob("*") if p.is_file())
+    assert len(trees) == 4  # src, a, a/b and c
+    assert trees == sorted(listings)
