@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -221,16 +222,21 @@ def machine() -> dict[str, str]:
 
 PROBE_COPY = 256 * MiB
 PROBE_HASH = 1 * MiB
+PROBE_FILES = 256
 
 
-def speed_probe(label: str) -> dict[str, Any]:
-    """How fast this machine copies memory and hashes in cache, right now.
+def speed_probe(label: str, where: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """How fast this machine copies memory, hashes in cache and (in the folder ``where``)
+    creates files, right now.
 
-    Both moved by a factor of 2-3 from one hour to the next on the shared machine these
-    benchmarks ran on, and every tool with them: a report that quotes them beside its
+    The first two moved by a factor of 2-3 from one hour to the next on the shared machine
+    these benchmarks ran on, and every tool with them: a report that quotes them beside its
     figures shows which hour it was measured in. The copy (a ``bytearray`` of 256 MiB into
     another, best of 3) reads and writes main memory; BLAKE3 of 1 MiB, 64 times over, stays
-    in the core's cache. Less than a second in all.
+    in the core's cache. Creating a file cost 0.1-1.5 ms on one host, depending on how many
+    files had been deleted there shortly before (bench/results/floor.md), and a fresh store
+    creates one a folder: the probe times :data:`PROBE_FILES` files of 4 KiB made in a new
+    folder of ``where``, which it then removes. About a second in all.
     """
     import blake3
 
@@ -245,7 +251,26 @@ def speed_probe(label: str) -> dict[str, Any]:
         "copy_gbps": _copy_rate(),
         "hash_mbps": PROBE_HASH * rounds / best_hash / 1e6,
         "load": f"{os.getloadavg()[0]:.2f}",
+        **({"create_us": _create_cost(where)} if where is not None else {}),
     }
+
+
+def _create_cost(where: str | os.PathLike[str]) -> float:
+    """Microseconds a file to create, write 4 KiB to and close :data:`PROBE_FILES` files in
+    a new folder of ``where`` (removed after)."""
+    data = b"\x5a" * 4096
+    folder = tempfile.mkdtemp(prefix="probe-create-", dir=where)
+    try:
+        start = time.perf_counter()
+        for i in range(PROBE_FILES):
+            fd = os.open(os.path.join(folder, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        return (time.perf_counter() - start) / PROBE_FILES * 1e6
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _copy_rate() -> float:

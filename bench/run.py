@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": data.describe(),
         "scale": scale.__dict__,
         "generate_s": 0.0,
-        "probes": [speed_probe("start")],
+        "probes": [speed_probe("start", work)],
     }
     try:
         # Asking every tool its version takes seconds (DVC's start-up): do it while generating.
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["generate_s"] = generate(data, args.workloads)
             meta["versions"] = asked.result()
         for workload in args.workloads:
-            meta["probes"].append(speed_probe(f"before {workload}"))
+            meta["probes"].append(speed_probe(f"before {workload}", work))
             for source in sources_of(data, workload):
                 log(f"reading {source} once, so that the first run finds it in the page cache")
                 warm(source)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         runner.attempt(workload, tool.name, run, _body(workload, tool, data))
             if workload != args.workloads[-1]:
                 runner.settle()
-        meta["probes"].append(speed_probe("end"))
+        meta["probes"].append(speed_probe("end", work))
     finally:
         meta["elapsed_s"] = time.perf_counter() - started
         if not args.keep:

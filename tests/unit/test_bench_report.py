@@ -120,23 +120,35 @@ def test_warm_reads_every_file_of_a_tree(tmp_path: Path) -> None:
     assert measure.warm(tmp_path) == 3_000_002
 
 
-def test_speed_probes_are_measured_and_reported(bench: tuple[ModuleType, ModuleType]) -> None:
+def test_speed_probes_are_measured_and_reported(
+    bench: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
     report, scenarios = bench
     sys.path.insert(0, str(BENCH))
     try:
         import measure
     finally:
         sys.path.remove(str(BENCH))
-    probe = measure.speed_probe("start")
+    probe = measure.speed_probe("start", tmp_path)
     assert probe["when"] == "start"
-    assert probe["copy_gbps"] > 0 and probe["hash_mbps"] > 0
+    assert probe["copy_gbps"] > 0 and probe["hash_mbps"] > 0 and probe["create_us"] > 0
+    assert list(tmp_path.iterdir()) == []  # the files it made are gone
+    # A probe from before the file-creation figure existed renders it as "-".
+    old = {k: v for k, v in probe.items() if k != "create_us"}
+    assert "create_us" not in measure.speed_probe("start")
 
-    meta = {**_meta(["W1"]), "probes": [probe, {**probe, "when": "end", "copy_gbps": 3.456}]}
+    probes = [probe, {**probe, "when": "end", "copy_gbps": 3.456, "create_us": 1234.4}, old]
+    meta = {**_meta(["W1"]), "probes": probes}
     medians = report.Medians(_upload_runs(scenarios, [3.0], [6.0]))
     text = report.markdown(meta, medians, [t.check(medians) for t in report.TARGETS], [], [])
     lines = text.splitlines()
-    assert "| speed probe | UTC | memory copy GB/s | BLAKE3 in cache MB/s | load |" in lines
+    header = (
+        "| speed probe | UTC | memory copy GB/s | BLAKE3 in cache MB/s | file creation µs | load |"
+    )
+    assert header in lines
     assert any(line.startswith("| end |") and "| 3.46 |" in line for line in lines)
+    assert any(line.startswith("| end |") and "| 1,234 |" in line for line in lines)
+    assert sum(" | - | " in line for line in lines if line.startswith("| start |")) == 1
     # A report of a run from before the probes existed still renders.
     assert "speed probe" not in report.markdown(
         _meta(["W1"]), medians, [t.check(medians) for t in report.TARGETS], [], []
