@@ -255,9 +255,17 @@ def speed_probe(label: str, where: str | os.PathLike[str] | None = None) -> dict
     }
 
 
-def _create_cost(where: str | os.PathLike[str]) -> float:
+def _create_cost(where: str | os.PathLike[str]) -> float | None:
     """Microseconds a file to create, write 4 KiB to and close :data:`PROBE_FILES` files in
-    a new folder of ``where`` (removed after)."""
+    a new folder of ``where`` (removed after); None if that fails (a full disk): a probe
+    must not stop the run."""
+    try:
+        return _create_files(where)
+    except OSError:
+        return None
+
+
+def _create_files(where: str | os.PathLike[str]) -> float:
     data = b"\x5a" * 4096
     folder = tempfile.mkdtemp(prefix="probe-create-", dir=where)
     try:

@@ -285,7 +285,8 @@ def write(
 def probe_table(probes: list[dict[str, Any]]) -> list[str]:
     """The machine's speed at the start, before each workload and at the end (see
     ``measure.speed_probe``): memory copy and in-cache hashing moved 2-3x between hours here,
-    and creating a file 10-fold. (Runs from before the file probe show "-" for it.)"""
+    and creating a file 10-fold. A run from before the file probe, or a probe that could not
+    create its files, shows "-" for it."""
     if not probes:
         return []
     return [
@@ -301,7 +302,8 @@ def probe_table(probes: list[dict[str, Any]]) -> list[str]:
 
 
 def _create(probe: dict[str, Any]) -> str:
-    return f"{probe['create_us']:,.0f}" if "create_us" in probe else "-"
+    us = probe.get("create_us")
+    return "-" if us is None else f"{us:,.0f}"
 
 
 def markdown(

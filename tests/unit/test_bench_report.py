@@ -136,6 +136,8 @@ def test_speed_probes_are_measured_and_reported(
     # A probe from before the file-creation figure existed renders it as "-".
     old = {k: v for k, v in probe.items() if k != "create_us"}
     assert "create_us" not in measure.speed_probe("start")
+    # One that could not create its files says so, and the run goes on.
+    assert measure.speed_probe("start", tmp_path / "missing")["create_us"] is None
 
     probes = [probe, {**probe, "when": "end", "copy_gbps": 3.456, "create_us": 1234.4}, old]
     meta = {**_meta(["W1"]), "probes": probes}
