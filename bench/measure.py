@@ -233,7 +233,7 @@ def speed_probe(label: str, where: str | os.PathLike[str] | None = None) -> dict
     these benchmarks ran on, and every tool with them: a report that quotes them beside its
     figures shows which hour it was measured in. The copy (a ``bytearray`` of 256 MiB into
     another, best of 3) reads and writes main memory; BLAKE3 of 1 MiB, 64 times over, stays
-    in the core's cache. Creating a file cost 0.1-1.5 ms on one host, depending on how many
+    in the core's cache. Creating a file cost 0.03-1.2 ms on one host, depending on how many
     files had been deleted there shortly before (bench/results/floor.md), and a fresh store
     creates one a folder: the probe times :data:`PROBE_FILES` files of 4 KiB made in a new
     folder of ``where``, which it then removes. About a second in all.

@@ -285,8 +285,8 @@ def write(
 def probe_table(probes: list[dict[str, Any]]) -> list[str]:
     """The machine's speed at the start, before each workload and at the end (see
     ``measure.speed_probe``): memory copy and in-cache hashing moved 2-3x between hours here,
-    and creating a file 10-fold. A run from before the file probe, or a probe that could not
-    create its files, shows "-" for it."""
+    and creating a file more than 10-fold. A run from before the file probe, or a probe that
+    could not create its files, shows "-" for it."""
     if not probes:
         return []
     return [
