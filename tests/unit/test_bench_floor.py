@@ -1,7 +1,9 @@
-"""The download floor's bare work: what it writes is the source, and a bad chunk is caught."""
+"""The floors' bare work: the download floor writes the source and catches a bad chunk; the
+upload floor writes every chunk and a file per folder."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -15,16 +17,18 @@ from datamon.testing.workloads import random_bytes, text_bytes
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.fixture(scope="module")
-def floor_download() -> Iterator[ModuleType]:
-    # Imported by its bare name, as `python bench/floor_download.py` finds its neighbours.
+def _bench_module(name: str) -> Iterator[ModuleType]:
+    # Imported by its bare name, as `python bench/<name>.py` finds its neighbours.
     sys.path.insert(0, str(BENCH))
     try:
-        import floor_download
-
-        yield floor_download
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def floor_download() -> Iterator[ModuleType]:
+    yield from _bench_module("floor_download")
 
 
 def test_the_floor_writes_every_file_as_it_was(floor_download: ModuleType, tmp_path: Path) -> None:
@@ -56,13 +60,7 @@ def test_the_floor_checks_every_chunk(floor_download: ModuleType, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def floor() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import floor
-
-        yield floor
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from _bench_module("floor")
 
 
 def test_the_upload_floor_writes_every_chunk_and_a_file_per_folder(
