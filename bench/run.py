@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 from measure import GNU_TIME, StepFailed, capture, machine, speed_probe, warm
 from peers import PEERS, Datamon, Dvc, Oxen, Restic, Tool, compile_datamon
+from placement import spread_children
 from scenarios import Context, Record, S3Target, upload_download, w3, w4, w6
 from workloads import FULL, QUICK, Workloads
 
@@ -44,13 +45,14 @@ PEERS_OF = {
 S3_CONCURRENCY = 4  # Datamon's default --concurrency-factor; the raw PUTs use the same
 # Workloads whose run folders hold few, large files: each is deleted right after its run,
 # as keeping them all would take tens of GiB. The others' folders (tens of thousands of
-# files each) are deleted together once the workload's last run is done, then the harness
-# waits SETTLE_S: an ext4 file system without a journal skips inodes freed in the last 30 s
-# (the kernel's dirty_expire_interval) whenever it creates a file, so a tool that ran right
-# after another tool's folder was deleted paid for that deletion (a W2 upload here: 6.24 s
-# right after a large deletion, 2.41 s without one).
+# files each) are deleted together once the workload's last run is done; then the harness
+# flushes the file system and waits SETTLE_S. Without a journal, ext4 passes over the
+# inodes freed in the last 60 s whenever it creates a file (300 s more while their inode
+# table block is unwritten; bench/placement.py), so a tool that ran right after another
+# tool's folder was deleted paid for that deletion (a W2 upload here: 6.24 s right after a
+# large deletion, 2.41 s without one). Run folders are also placed apart (placement.py).
 DELETE_AFTER_EACH_RUN = frozenset({"W1", "W5"})
-SETTLE_S = 31.0
+SETTLE_S = 61.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,9 +144,13 @@ class Runner:
         self.records: list[Record] = []
         self.errors: list[dict[str, str]] = []
         self._done: list[Path] = []  # run folders to delete when the workload ends
+        self.runs_dir = work / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        # None, or why the run folders share the block groups of the work folder.
+        self.unspread = spread_children(self.runs_dir)
 
     def attempt(self, workload: str, tool: str, run: int, body: Callable[[Context], None]) -> None:
-        ctx = Context(self.data, self.work / "runs" / f"{workload}-{tool}-{run}", run)
+        ctx = Context(self.data, self.runs_dir / f"{workload}-{tool}-{run}", run)
         shutil.rmtree(ctx.run_dir, ignore_errors=True)
         ctx.run_dir.mkdir(parents=True)
         log(f"{workload} run {run + 1}/{self.runs}: {tool}")
@@ -174,6 +180,7 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
         self._done = []
         if self.settle_s:
+            os.sync()  # written back, the freed inodes' blocks are spared the longer wait
             log(f"deleted the run folders; waiting {self.settle_s:.0f} s for the next workload")
             time.sleep(self.settle_s)
 
@@ -200,10 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             "Run folders are deleted right after each run for "
             + ", ".join(sorted(DELETE_AFTER_EACH_RUN))
-            + f", and for the other workloads after their last run, followed by a {SETTLE_S:.0f} s"
-            " pause: ext4 without a journal skips recently freed inodes when it creates files, "
-            "so no run follows another tool's large deletion."
+            + ", and for the other workloads after their last run, followed by a flush and a "
+            f"{SETTLE_S:.0f} s pause: ext4 without a journal skips recently freed inodes when "
+            "it creates files, so no run follows another tool's large deletion."
         )
+    if runner.unspread is None:
+        notes.append(
+            "The folder holding the run folders has the ext4 attribute T, so each run folder "
+            "is placed in a block group of its own rather than in those earlier runs freed "
+            "(bench/placement.py)."
+        )
+    else:
+        notes.append(f"Run folders could not be placed apart ({runner.unspread}).")
     if not GNU_TIME:
         notes.append("/usr/bin/time is missing: peak RSS is wait4's, an upper bound")
     compile_datamon()
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": data.describe(),
         "scale": scale.__dict__,
         "generate_s": 0.0,
-        "probes": [speed_probe("start", work)],
+        "probes": [speed_probe("start", runner.runs_dir)],
     }
     try:
         # Asking every tool its version takes seconds (DVC's start-up): do it while generating.
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["generate_s"] = generate(data, args.workloads)
             meta["versions"] = asked.result()
         for workload in args.workloads:
-            meta["probes"].append(speed_probe(f"before {workload}", work))
+            meta["probes"].append(speed_probe(f"before {workload}", runner.runs_dir))
             for source in sources_of(data, workload):
                 log(f"reading {source} once, so that the first run finds it in the page cache")
                 warm(source)
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         runner.attempt(workload, tool.name, run, _body(workload, tool, data))
             if workload != args.workloads[-1]:
                 runner.settle()
-        meta["probes"].append(speed_probe("end", work))
+        meta["probes"].append(speed_probe("end", runner.runs_dir))
     finally:
         meta["elapsed_s"] = time.perf_counter() - started
         if not args.keep:

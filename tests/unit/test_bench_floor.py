@@ -90,3 +90,24 @@ def test_the_upload_floor_writes_every_chunk_and_a_file_per_folder(
     trees = sorted(p.read_bytes() for p in (dest / "trees").rglob("*") if p.is_file())
     assert len(trees) == 4  # src, a, a/b and c
     assert trees == sorted(listings)
+
+
+@pytest.fixture(scope="module")
+def placement() -> Iterator[ModuleType]:
+    yield from _bench_module("placement")
+
+
+def test_run_folders_are_placed_apart_where_the_file_system_allows(
+    placement: ModuleType, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    why = placement.spread_children(runs)
+    if why is None:  # ext4 and its kin: the attribute is set, and setting it again is harmless
+        assert placement.flags_of(runs) & placement.FS_TOPDIR_FL
+        assert placement.spread_children(runs) is None
+        (runs / "run-1").mkdir()  # folders below it are made as anywhere else
+        assert not placement.flags_of(runs / "run-1") & placement.FS_TOPDIR_FL
+    else:  # tmpfs, overlay: the harness reports why and goes on
+        assert why.strip()
+    assert placement.spread_children(tmp_path / "missing") == "No such file or directory"
