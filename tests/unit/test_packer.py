@@ -69,6 +69,46 @@ def test_packs_are_recorded_in_the_index_a_few_at_a_time(
         assert location is not None and names == {location.pack}
 
 
+def test_a_writer_closed_without_recording_records_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    monkeypatch.setattr(packer_module, "RECORD_PACKS", 3)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    chunks = [random_bytes(i, 10_000) for i in range(8)]
+    for raw in chunks:
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    packs = writer.close(record=False)
+    assert len(packs) == 8
+    # The first six are recorded in the background, three at a time; the last two wait.
+    assert store.index.known_packs() < set(packs)
+    writer.record()
+    assert store.index.known_packs() == set(packs)
+    for raw in chunks:
+        assert store.index.lookup(digest(raw)) is not None
+
+
+def test_a_failed_recording_is_raised_by_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    monkeypatch.setattr(packer_module, "RECORD_PACKS", 2)
+
+    def record_many(indexes: Iterable[PackIndex]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.index, "record_many", record_many)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    for i in range(4):  # two recordings in the background, both failing
+        raw = random_bytes(i, 10_000)
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    assert len(writer.close(record=False)) == 4  # the packs are written all the same
+    with pytest.raises(OSError, match="No space left"):
+        writer.record()
+
+
 def test_a_pack_is_sealed_at_its_chunk_limit_as_well_as_its_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -384,3 +385,36 @@ def test_an_upload_lets_go_of_each_folders_files_once_it_is_named(
     second = repo.upload(str(src), _opts(author))
     assert second.bytes_stored < 100 and first.bundle.packs[0] in second.bundle.packs
     assert repo.verify(second.bundle_id).ok
+
+
+def test_an_upload_whose_chunk_index_copy_fails_commits_and_the_next_one_dedupes(
+    local_store: Store,
+    tmp_path: Path,
+    author: Author,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The local index is recorded while the upload commits; it only spares later uploads
+    # reading pack indexes from the store, so failing to write it fails nothing.
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    real = type(local_store.index).record_many
+    failing = [True]
+
+    def record_many(self: object, indexes: Sequence[object]) -> None:
+        if failing[0] and list(indexes):
+            raise sqlite3.OperationalError("disk I/O error")
+        real(self, indexes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(local_store.index), "record_many", record_many)
+    with caplog.at_level(logging.WARNING):
+        first = repo.upload(str(src), _opts(author))
+    assert any("chunk index was not updated" in r.message for r in caplog.records)
+    assert local_store.index.known_packs() == set()
+    failing[0] = False
+    (src / "d0" / "f0.bin").write_bytes(b"changed")
+    second = repo.upload(str(src), _opts(author))
+    # The rest is found through the pack indexes, which its sync read from the store.
+    assert second.new_chunks == 1
+    assert local_store.index.known_packs() >= set(first.bundle.packs)
+    assert repo.verify(first.bundle_id).ok and repo.verify(second.bundle_id).ok

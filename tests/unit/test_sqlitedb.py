@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
-from datamon.cafs.sqlitedb import LocalDB
+import pytest
+
+from datamon.cafs import sqlitedb
+from datamon.cafs.sqlitedb import LocalDB, insert_rows
 
 OPENERS = 8
 ROUNDS = 150
@@ -41,3 +45,27 @@ def test_connections_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> N
             assert check.get().execute("SELECT count(*) FROM t").fetchone() == (OPENERS,)
         finally:
             check.close()
+
+
+@pytest.mark.parametrize("conflict", ["IGNORE", "REPLACE"])
+def test_rows_inserted_many_to_a_statement_are_those_of_one_statement_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conflict: str
+) -> None:
+    # 7 parameters a statement: 2 rows of 3, so the 9 rows take 5 statements, the last of 1.
+    monkeypatch.setattr(sqlitedb, "PARAMETERS", 7)
+    rows = [(b"k%d" % (i % 7), i, f"v{i}") for i in range(9)]  # k0 and k1 come twice
+    results = []
+    for name, insert in (
+        ("many", lambda db: insert_rows(db, f"INSERT OR {conflict} INTO t", 3, iter(rows))),
+        ("one", lambda db: db.executemany(f"INSERT OR {conflict} INTO t VALUES (?, ?, ?)", rows)),
+    ):
+        db = sqlite3.connect(tmp_path / f"{name}.db")
+        db.execute("CREATE TABLE t (k BLOB PRIMARY KEY, n INTEGER, v TEXT)")
+        insert(db)
+        results.append(db.execute("SELECT * FROM t ORDER BY k").fetchall())
+        db.close()
+    assert results[0] == results[1]
+    kept = dict(results[0][i][:2] for i in range(2))
+    # IGNORE keeps the first row of a key, REPLACE the last.
+    assert kept == ({b"k0": 0, b"k1": 1} if conflict == "IGNORE" else {b"k0": 7, b"k1": 8})
+    assert len(results[0]) == 7

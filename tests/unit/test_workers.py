@@ -217,6 +217,18 @@ def test_workers_never_sent_a_group_stop_without_waiting(monkeypatch: pytest.Mon
     assert all(process.poll() is not None for process in processes)
 
 
+def test_a_worker_whose_replies_were_all_read_exits_and_is_waited_for(tmp_path: Path) -> None:
+    pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
+    process = pool._workers[0].process
+    with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
+        assert got.ids == [digest(b"abc")]
+    pool.close()  # returns without waiting for the worker's exit
+    deadline = time.monotonic() + 10
+    while process.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.returncode == 0  # it ended by itself, not killed, and was reaped
+
+
 def _start_one_worker_and_encode_a_file(tmp_path: Path) -> None:
     pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
     try:

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datamon.cafs.reader import ChunkReader, windows
-from datamon.cafs.sqlitedb import transaction
+from datamon.cafs.sqlitedb import insert_rows, transaction
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 
@@ -256,7 +256,7 @@ class ChunkCache:
                 (at, time.time(), self._segment),
             ).rowcount
             if moved:  # else the segment's row is gone: nothing was changed
-                db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", rows)
+                insert_rows(db, "INSERT OR IGNORE INTO chunks", 4, rows)
         if not moved:
             self._close_segment()
             return False

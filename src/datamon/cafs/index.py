@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from datamon.cafs.layout import INDEX, index_key, pack_id_of
-from datamon.cafs.sqlitedb import LocalDB, transaction
+from datamon.cafs.sqlitedb import LocalDB, insert_rows, transaction
 from datamon.core.codecs import decode_frame, load_versioned
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
 from datamon.errors import CorruptObject
@@ -111,7 +111,7 @@ class ChunkIndex:
             if not numbered:
                 return
             rows = numbered[0] if len(numbered) == 1 else heapq.merge(*numbered, key=_chunk_id)
-            db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+            insert_rows(db, "INSERT OR IGNORE INTO chunks", 5, rows)
 
     def _forget(self, packs: set[str]) -> None:
         with transaction(self._db.get()) as db:

@@ -68,6 +68,9 @@ class PackWriter:
         self.packs: list[str] = []
         self._unrecorded: list[PackIndex] = []
         self._unrecorded_chunks = 0
+        # Records many packs at once, away from the uploads (see _write).
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="datamon-record")
+        self._recordings: list[Future[None]] = []
         self.bytes_written = 0
         self.chunks_written = 0
 
@@ -193,9 +196,22 @@ class PackWriter:
             full = len(self._unrecorded) >= RECORD_PACKS or self._unrecorded_chunks >= RECORD_CHUNKS
         if full:
             # This writer finds its own chunks through ``seen``, not the local index, so the
-            # index rows can wait and be written for many packs in one transaction.
-            self._record()
+            # index rows can wait and be written for many packs in one transaction, in a
+            # thread of its own: neither the next pack's upload nor close waits for it.
+            recording = self._recorder.submit(self._record)
+            with self._lock:
+                self._recordings.append(recording)
         return pack_id
+
+    def record(self) -> None:
+        """Record every written pack in the local index, once the writes are over (after
+        :meth:`close` or :meth:`abort`); raises the first error of a recording."""
+        self._recorder.shutdown(wait=True)
+        self._record()
+        with self._lock:
+            recordings, self._recordings = self._recordings, []
+        for recording in recordings:
+            recording.result()
 
     def _record(self) -> None:
         """Record the written packs not yet in the local index."""
@@ -211,8 +227,11 @@ class PackWriter:
         for future in done:
             future.result()
 
-    def close(self) -> list[str]:
-        """Write the last pack and wait for every upload; returns the packs written."""
+    def close(self, record: bool = True) -> list[str]:
+        """Write the last pack and wait for every upload; returns the packs written. With
+        ``record`` false, the last packs written wait for :meth:`record` to be recorded in
+        the local index: a caller may do that while it goes on (an upload, once it commits;
+        the index only saves later uploads from reading pack indexes from the store)."""
         with self._lock:
             rest = self._take() if self._entries else None
         if rest is not None:
@@ -222,14 +241,15 @@ class PackWriter:
                 future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._record()
+            if record:
+                self.record()
         return list(self.packs)
 
     def abort(self) -> None:
         """Stop; the packs already written are recorded, as a later upload may use them."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         try:
-            self._record()
+            self.record()
         except Exception as exc:  # the error being handled matters more than this one
             log.warning("could not record written packs in the local index: %s", exc)
 

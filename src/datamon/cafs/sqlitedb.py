@@ -5,12 +5,40 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 # Seconds a connection waits for another one's lock, in the busy handler and in _use_wal.
 TIMEOUT = 60.0
+# Parameters in one statement of insert_rows: SQLite allows 32,766 since 3.32, 999 before.
+PARAMETERS = 32_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+def insert_rows(
+    db: sqlite3.Connection, head: str, width: int, rows: Iterable[Sequence[object]]
+) -> None:
+    """``head`` (``INSERT ... INTO table``) for each of ``rows`` (``width`` values each),
+    many rows to a statement (``VALUES (...), (...)``), in order.
+
+    ``executemany`` runs one step a row, and lets go of the interpreter lock for each: with
+    other threads busy, taking it back can cost a switch interval (5 ms) a row. 45,000 rows
+    of the chunk index took 39 s that way beside two busy threads, 0.26-0.38 s this way.
+    """
+    per = PARAMETERS // width
+    one = "(" + ",".join("?" * width) + ")"
+    full = f"{head} VALUES {','.join([one] * per)}"
+    values: list[object] = []
+    count = 0
+    for row in rows:
+        values.extend(row)
+        count += 1
+        if count == per:
+            db.execute(full, values)
+            values = []
+            count = 0
+    if count:
+        db.execute(f"{head} VALUES {','.join([one] * count)}", values)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from datamon.cafs.sqlitedb import LocalDB, transaction
+from datamon.cafs.sqlitedb import LocalDB, insert_rows, transaction
 from datamon.core.filestat import StatLike
 from datamon.core.model import ChunkRef
 
@@ -234,7 +234,7 @@ class StatCache:
         ]
         if rows:
             with transaction(self._db.get(), "DEFERRED") as db:
-                db.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?)", rows)
+                insert_rows(db, "INSERT OR REPLACE INTO folders", 4, rows)
         return len(rows)
 
     def put_rows(
@@ -254,10 +254,8 @@ class StatCache:
         items = itertools.chain((first,), items)
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _BATCH)):
-                db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
-                    [row for row in batch if row[1] is not None],
-                )
+                kept = [row for row in batch if row[1] is not None]
+                insert_rows(db, "INSERT OR REPLACE INTO files", 3, kept)
                 db.executemany(
                     "DELETE FROM files WHERE folder = ?",
                     [(row[0],) for row in batch if row[1] is None],
@@ -438,7 +436,7 @@ def _write(db: sqlite3.Connection, folders: dict[str, _Pending], listed: Listed 
         _merge(folder, new, index, old.get(folder), listed)
         for folder, (new, index) in folders.items()
     ]
-    db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
+    insert_rows(db, "INSERT OR REPLACE INTO files", 3, rows)
     return sum(len(new) for new, _index in folders.values())
 
 
