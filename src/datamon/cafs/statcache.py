@@ -362,16 +362,18 @@ class StatCache:
         disk since they were recorded. Returns how many rows went."""
         below = (root, root[:-1] + "0")  # keys after "root/", before "root0"
         db = self._db.get()
-        stale = {
-            (table, column): [
-                row
-                for row in db.execute(
-                    f"SELECT {column} FROM {table} WHERE {column} > ? AND {column} < ?", below
-                )
-                if row[0] not in present
-            ]
-            for table, column in (("files", "folder"), ("folders", "path"))
-        }
+        stale: dict[tuple[str, str], list[tuple[str]]] = {}
+        for table, column in (("files", "folder"), ("folders", "path")):
+            # One row (the paths joined by NUL, which no path holds), not one row a folder:
+            # each row fetched lets go of the interpreter lock, and the upload's other threads
+            # took it meanwhile (1,111 folders: up to 0.9 s, after the commit).
+            (joined,) = db.execute(
+                f"SELECT group_concat({column}, char(0)) FROM {table}"
+                f" WHERE {column} > ? AND {column} < ?",
+                below,
+            ).fetchone()
+            paths = joined.split("\0") if joined else []
+            stale[table, column] = [(path,) for path in paths if path not in present]
         if any(stale.values()):  # the write lock only if there is something to delete
             with transaction(db):
                 for (table, column), rows in stale.items():
