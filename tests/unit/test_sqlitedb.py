@@ -69,3 +69,13 @@ def test_rows_inserted_many_to_a_statement_are_those_of_one_statement_each(
     # IGNORE keeps the first row of a key, REPLACE the last.
     assert kept == ({b"k0": 0, b"k1": 1} if conflict == "IGNORE" else {b"k0": 7, b"k1": 8})
     assert len(results[0]) == 7
+
+
+def test_rows_inserted_many_to_a_statement_keep_to_the_librarys_limit(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "limited.db")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 7)  # a build allowing few parameters
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    rows = [(i, f"v{i}") for i in range(10)]
+    insert_rows(db, "INSERT INTO t", 2, rows)  # 3 rows a statement, not 16,000
+    assert db.execute("SELECT * FROM t ORDER BY k").fetchall() == rows
+    db.close()

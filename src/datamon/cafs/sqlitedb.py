@@ -11,8 +11,9 @@ from pathlib import Path
 
 # Seconds a connection waits for another one's lock, in the busy handler and in _use_wal.
 TIMEOUT = 60.0
-# Parameters in one statement of insert_rows: SQLite allows 32,766 since 3.32, 999 before.
-PARAMETERS = 32_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# Parameters in one statement of insert_rows, at most: fewer if the library allows fewer
+# (32,766 by default since SQLite 3.32, 999 before; builds may set their own).
+PARAMETERS = 32_000
 
 
 def insert_rows(
@@ -25,7 +26,7 @@ def insert_rows(
     other threads busy, taking it back can cost a switch interval (5 ms) a row. 45,000 rows
     of the chunk index took 39 s that way beside two busy threads, 0.26-0.38 s this way.
     """
-    per = PARAMETERS // width
+    per = min(PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) // width
     one = "(" + ",".join("?" * width) + ")"
     full = f"{head} VALUES {','.join([one] * per)}"
     values: list[object] = []
