@@ -14,19 +14,29 @@ TIMEOUT = 60.0
 # Parameters in one statement of insert_rows, at most: fewer if the library allows fewer
 # (32,766 by default since SQLite 3.32, 999 before; builds may set their own).
 PARAMETERS = 32_000
+# Rows in one statement of insert_rows, at most. A statement holds its rows' values until it
+# runs, and the connection keeps the statement: W3's first upload peaked at 228-230 MiB with
+# 6,400 rows a statement, 219-220 MiB with 256, 202-222 MiB one row at a time (3 uploads
+# each). 45,000 chunk-index rows beside two busy threads took 0.26-0.38 s at 6,400 rows a
+# statement, 2.9 s at 256, 39-48 s one at a time.
+ROWS = 256
 
 
 def insert_rows(
-    db: sqlite3.Connection, head: str, width: int, rows: Iterable[Sequence[object]]
+    db: sqlite3.Connection,
+    head: str,
+    width: int,
+    rows: Iterable[Sequence[object]],
+    most: int = ROWS,
 ) -> None:
     """``head`` (``INSERT ... INTO table``) for each of ``rows`` (``width`` values each),
-    many rows to a statement (``VALUES (...), (...)``), in order.
+    up to ``most`` rows to a statement (``VALUES (...), (...)``), in order.
 
     ``executemany`` runs one step a row, and lets go of the interpreter lock for each: with
-    other threads busy, taking it back can cost a switch interval (5 ms) a row. 45,000 rows
-    of the chunk index took 39 s that way beside two busy threads, 0.26-0.38 s this way.
+    other threads busy, taking it back can cost a switch interval (5 ms) a row (see
+    :data:`ROWS`).
     """
-    per = min(PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) // width
+    per = min(most, min(PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) // width)
     one = "(" + ",".join("?" * width) + ")"
     full = f"{head} VALUES {','.join([one] * per)}"
     values: list[object] = []

@@ -47,6 +47,8 @@ RACY_NS = 2_000_000_000
 RACY_FINE_NS = 100_000_000
 _SECOND_NS = 1_000_000_000
 _BATCH = 500
+# A files row holds a folder's whole listing (40 KB for 1,000 files): fewer to a statement.
+FILES_ROWS = 16
 # Files recorded at a time: their folders' rows are read, merged and written together.
 _ROWS = 10_000
 _encoder = msgspec.msgpack.Encoder()
@@ -255,7 +257,7 @@ class StatCache:
         with transaction(self._db.get()) as db:
             while batch := list(itertools.islice(items, _BATCH)):
                 kept = [row for row in batch if row[1] is not None]
-                insert_rows(db, "INSERT OR REPLACE INTO files", 3, kept)
+                insert_rows(db, "INSERT OR REPLACE INTO files", 3, kept, FILES_ROWS)
                 db.executemany(
                     "DELETE FROM files WHERE folder = ?",
                     [(row[0],) for row in batch if row[1] is None],
@@ -438,7 +440,7 @@ def _write(db: sqlite3.Connection, folders: dict[str, _Pending], listed: Listed 
         _merge(folder, new, index, old.get(folder), listed)
         for folder, (new, index) in folders.items()
     ]
-    insert_rows(db, "INSERT OR REPLACE INTO files", 3, rows)
+    insert_rows(db, "INSERT OR REPLACE INTO files", 3, rows, FILES_ROWS)
     return sum(len(new) for new, _index in folders.values())
 
 
