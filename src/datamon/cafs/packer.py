@@ -32,7 +32,7 @@ PACK_CHUNKS = 65_536
 # and how many chunks they may hold: a pack of tiny chunks is recorded at once, as one
 # transaction of a few hundred thousand rows is enough, and would otherwise wait for close.
 # Recording 4 at a time, while the upload goes on, raised a W2 upload's peak RSS from
-# 114-135 MiB to 134-157 MiB (4 uploads each): each recording's SQLite statement and rows
+# 111-132 MiB to 130-153 MiB (4 uploads each): each recording's SQLite statement and rows
 # were held beside the ingestion's buffers. 16 packs of 2,800 chunks take 0.12 s alone.
 RECORD_PACKS = 16
 RECORD_CHUNKS = 50_000

@@ -15,9 +15,9 @@ TIMEOUT = 60.0
 # (32,766 by default since SQLite 3.32, 999 before; builds may set their own).
 PARAMETERS = 32_000
 # Rows in one statement of insert_rows, at most. A statement holds its rows' values until it
-# runs, and the connection keeps the statement: W3's first upload peaked at 228-230 MiB with
-# 6,400 rows a statement, 219-220 MiB with 256, 202-222 MiB one row at a time (3 uploads
-# each). 45,000 chunk-index rows beside two busy threads took 0.26-0.38 s at 6,400 rows a
+# runs, and the connection keeps the statement: W3's first upload peaked at 223-225 MiB with
+# 6,400 rows a statement, 214-215 MiB with 256, 197-217 MiB one row at a time (3 or 6
+# uploads each). 45,000 chunk-index rows beside two busy threads took 0.26-0.38 s at 6,400 rows a
 # statement, 2.9 s at 256, 39-48 s one at a time.
 ROWS = 256
 
