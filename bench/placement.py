@@ -29,7 +29,7 @@ def flags_of(folder: Path) -> int:
     """The folder's inode flags (``lsattr``)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return int(struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))[0])
+        return _flags(fd)
     finally:
         os.close(fd)
 
@@ -38,15 +38,19 @@ def spread_children(folder: Path) -> str | None:
     """Give ``folder`` the ``T`` attribute; None once it has it, else why it could not
     (a file system without inode flags, such as tmpfs, or no permission)."""
     try:
-        flags = flags_of(folder)
-        if not flags & FS_TOPDIR_FL:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = _flags(fd)
+            if not flags & FS_TOPDIR_FL:
                 fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_TOPDIR_FL))
-            finally:
-                os.close(fd)
-        if not flags_of(folder) & FS_TOPDIR_FL:
-            return "the file system does not keep the attribute"
+            if not _flags(fd) & FS_TOPDIR_FL:
+                return "the file system does not keep the attribute"
+        finally:
+            os.close(fd)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def _flags(fd: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))[0])

@@ -189,11 +189,10 @@ class _Worker:
             ).start()
             with self._turns:
                 self._broken = True  # no more requests
-        elif self._sent:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # then it is killed
-                self.process.wait(timeout=10)
-            self._break()
         else:
+            if self._sent:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # then it is killed
+                    self.process.wait(timeout=10)
             self._break()
         self._replies.close()
 
