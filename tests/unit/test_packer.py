@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -197,6 +199,66 @@ def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(
     assert writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
     assert len(writer.close()) == 1
     assert taken == [(64 << 20) + SLACK]
+
+
+def test_threads_filling_packs_share_a_bounded_number_of_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four threads fill packs while each upload is slow: at most max_pending + 1 buffers
+    # exist (one filling, the others sealed or being written); a thread that needs another
+    # waits for an upload to end.
+    store = Store.open(str(tmp_path / "store"))
+    made: list[int] = []
+    new_buffer = PackWriter._new_buffer
+
+    def counted(self: PackWriter) -> Buffer:
+        made.append(1)
+        return new_buffer(self)
+
+    put = store.blob.put_if_absent
+
+    def slow_put(key: str, data: bytes | memoryview) -> bool:
+        time.sleep(0.02)
+        return put(key, data)
+
+    monkeypatch.setattr(PackWriter, "_new_buffer", counted)
+    monkeypatch.setattr(store.blob, "put_if_absent", slow_put)
+    writer = PackWriter(store.index, 20_000, max_pending=2, uploaders=2)
+    codec = ChunkCodec()
+    groups = [[random_bytes(t * 100 + i, 7_000) for i in range(12)] for t in range(4)]
+
+    def fill(group: list[bytes]) -> int:
+        return writer.add_many([(digest(raw), *codec.encode_parts(raw), len(raw)) for raw in group])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(fill, groups)) == 48
+    packs = writer.close()
+    assert len(made) == 3 and len(packs) >= 12
+    chunks = [raw for group in groups for raw in group]
+    refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
+    assert list(ChunkReader(store.index).read(refs)) == chunks
+
+
+def test_a_failed_upload_frees_its_buffer_and_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one buffer, every pack after the first needs the buffer back: a failed upload
+    # must give it back, or the next chunk would wait for ever.
+    store = Store.open(str(tmp_path / "store"))
+
+    def failing(key: str, data: bytes | memoryview) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.blob, "put_if_absent", failing)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1, buffers=1)
+    codec = ChunkCodec()
+    chunks = [random_bytes(i, 10_000) for i in range(3)]  # one pack each
+    with pytest.raises(OSError, match="No space left"):
+        for raw in chunks:
+            writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+        writer.close()
+    writer.abort()
+    assert writer.packs == []
 
 
 def test_pack_buffers_are_page_aligned_mappings(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ RECORD_CHUNKS = 50_000
 
 
 class PackWriter:
-    """Thread-safe. At most ``max_pending`` sealed packs wait for upload, bounding memory.
+    """Thread-safe. At most ``max_pending`` sealed packs wait for upload, and at most
+    ``buffers`` pack buffers exist (``max_pending`` + 1 unless told): a thread that needs a
+    buffer while all are in use waits for a pack's upload to end. That bounds memory.
 
     Pack buffers are allocated at their full size once and used again once their pack is
     written: filling a fresh, growing buffer for every pack cost a third of a second of
@@ -49,7 +51,12 @@ class PackWriter:
     """
 
     def __init__(
-        self, index: ChunkIndex, pack_size: int, max_pending: int = 2, uploaders: int = 2
+        self,
+        index: ChunkIndex,
+        pack_size: int,
+        max_pending: int = 2,
+        uploaders: int = 2,
+        buffers: int | None = None,
     ) -> None:
         self.index = index
         self.blob = index.blob
@@ -60,6 +67,12 @@ class PackWriter:
         self._buffer: Buffer | None = None
         self._used = 0
         self._free: list[Buffer] = []
+        # Buffers that exist (in use, sealed, being written or free), and how many may.
+        # Without a bound, a thread sealing a pack waited for an upload slot while others
+        # took a new buffer: a W2 upload held 2, 3 or 4 buffers, 17 MiB each, by timing.
+        self._made = 0
+        self._limit = max(1, buffers if buffers is not None else max_pending + 1)
+        self._returned = threading.Condition(self._lock)
         self._entries: list[PackEntry] = []
         # Chunk id -> number of the pack it was put in; pack number -> id once written.
         self._seen: dict[bytes, int] = {}
@@ -126,25 +139,50 @@ class PackWriter:
         return self.add_many([(cid, codec, payload, size)]) == 1
 
     def add_many(self, chunks: Iterable[tuple[bytes, int, Payload, int]]) -> int:
-        """Queue encoded chunks side by side in one pack; returns how many were new."""
-        sealed: list[tuple[int, Buffer, int, list[PackEntry]]] = []
+        """Queue encoded chunks side by side in one pack; returns how many were new. Waits
+        while every pack buffer is in use, having handed over the packs it sealed."""
+        items = chunks if isinstance(chunks, list) else list(chunks)
+        added = at = 0
+        while True:
+            sealed: list[tuple[int, Buffer, int, list[PackEntry]]] = []
+            with self._lock:
+                at, count = self._add_from(items, at, sealed)
+                self.chunks_written += count
+            added += count
+            for pack in sealed:
+                self._submit(*pack)
+            if at == len(items):
+                return added
+            with self._lock:
+                while self._buffer is None and not self._free and self._made >= self._limit:
+                    self._returned.wait()
+
+    def _add_from(
+        self,
+        items: list[tuple[bytes, int, Payload, int]],
+        at: int,
+        sealed: list[tuple[int, Buffer, int, list[PackEntry]]],
+    ) -> tuple[int, int]:
+        """Append ``items[at:]`` (holding the lock) until they end or no buffer is to be
+        had; the packs filled go to ``sealed``. Returns where it stopped and how many it
+        added."""
         added = 0
-        with self._lock:
-            for cid, codec, payload, size in chunks:
-                if cid in self._seen:
-                    continue
-                self._seen[cid] = self._seq
+        seen = self._seen
+        for cid, codec, payload, size in items[at:]:
+            if cid not in seen:
+                if self._buffer is None and not self._free and self._made >= self._limit:
+                    return at, added
+                seen[cid] = self._seq
                 self._entries.append(PackEntry(cid, self._used, 1 + len(payload), size))
                 self._append(codec, payload)
                 added += 1
                 if self._used >= self.pack_size or len(self._entries) >= PACK_CHUNKS:
                     sealed.append(self._take())
-            self.chunks_written += added
-        for pack in sealed:
-            self._submit(*pack)
-        return added
+            at += 1
+        return at, added
 
     def _new_buffer(self) -> Buffer:
+        self._made += 1
         return direct_buffer(self.pack_size + SLACK)
 
     def _append(self, codec: int, payload: Payload) -> None:
@@ -180,11 +218,19 @@ class PackWriter:
 
     def _write(self, seq: int, buffer: Buffer, used: int, entries: list[PackEntry]) -> str:
         # The buffer is written as it is: a copy would double the memory of each pack.
-        with memoryview(buffer) as whole, whole[:used] as data:
-            pack_id = hexdigest(data)
-            # Write order: the pack, then its index, then (in the index copy) where to find
-            # its chunks.
-            self.blob.put_if_absent(pack_key(pack_id), data)
+        try:
+            with memoryview(buffer) as whole, whole[:used] as data:
+                pack_id = hexdigest(data)
+                # Write order: the pack, then its index, then (in the index copy) where to
+                # find its chunks.
+                self.blob.put_if_absent(pack_key(pack_id), data)
+        finally:  # written or failed: the buffer is free (a failure is raised later)
+            with self._lock:
+                if len(buffer) == self.pack_size + SLACK:
+                    self._free.append(buffer)
+                else:  # grown past its slack: let go of, and one may be made again
+                    self._made -= 1
+                self._returned.notify_all()
         index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
         _digest, framed = encode_frame(pack_msg(index))
         self.blob.put_if_absent(index_key(pack_id), framed)
@@ -192,8 +238,6 @@ class PackWriter:
             self.packs.append(pack_id)
             self._written[seq] = pack_id
             self.bytes_written += used
-            if len(buffer) == self.pack_size + SLACK:
-                self._free.append(buffer)
             self._unrecorded.append(index)
             self._unrecorded_chunks += len(index.entries)
             full = len(self._unrecorded) >= RECORD_PACKS or self._unrecorded_chunks >= RECORD_CHUNKS
