@@ -224,14 +224,11 @@ def test_threads_filling_packs_share_a_bounded_number_of_buffers(
     monkeypatch.setattr(PackWriter, "_new_buffer", counted)
     monkeypatch.setattr(store.blob, "put_if_absent", slow_put)
     writer = PackWriter(store.index, 20_000, max_pending=2, uploaders=2)
-    codec = ChunkCodec()
+    codec = ChunkCodec()  # (one a thread: encoded here, before the threads start)
     groups = [[random_bytes(t * 100 + i, 7_000) for i in range(12)] for t in range(4)]
-
-    def fill(group: list[bytes]) -> int:
-        return writer.add_many([(digest(raw), *codec.encode_parts(raw), len(raw)) for raw in group])
-
+    encoded = [[(digest(raw), *codec.encode_parts(raw), len(raw)) for raw in g] for g in groups]
     with ThreadPoolExecutor(4) as pool:
-        assert sum(pool.map(fill, groups)) == 48
+        assert sum(pool.map(writer.add_many, encoded)) == 48
     packs = writer.close()
     assert len(made) == 3 and len(packs) >= 12
     chunks = [raw for group in groups for raw in group]
