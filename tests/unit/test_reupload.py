@@ -367,9 +367,10 @@ def test_an_upload_lets_go_of_each_folders_files_once_it_is_named(
         node: LocalDir,
         entry: Entry,
         files: Sequence[tuple[LocalFile, tuple[ChunkRef, ...]]],
+        paths: Sequence[str],
     ) -> None:
-        real(self, node, entry, files)
-        paths = [f.path for f, _chunks in files]
+        real(self, node, entry, files, paths)
+        assert paths == [f.path for f, _chunks in files]
         held = sum(path in self._arrivals for path in paths)
         taken = sum(key is not None for key in self._ingester.take(paths))
         seen[node.rel] = (len(node.files), held, taken)

@@ -115,11 +115,12 @@ class FolderRecords:
         node: LocalDir,
         entry: Entry,
         files: Sequence[tuple[LocalFile, tuple[ChunkRef, ...]]],
+        paths: Sequence[str],
     ) -> None:
-        """``node``, named as ``entry``, holds ``files`` with their chunks; its subfolders
-        were recorded before. Empties ``node.files``: the upload is done with them."""
+        """``node``, named as ``entry``, holds ``files`` with their chunks, at ``paths``; its
+        subfolders were recorded before. Empties ``node.files``: the upload is done with
+        them."""
         path = self._keys.paths[id(node)]
-        paths = [f.path for f, _chunks in files]
         packs = self._ingester.take(paths)
         self._arrivals.forget(paths)
         below = [self._below.pop(id(sub), None) for sub in node.dirs]

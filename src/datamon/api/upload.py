@@ -46,6 +46,7 @@ THREADS_PER_WORKER = 3
 # read (unheld, a W4 upload under tracemalloc still held 327,000 read files at its end).
 AHEAD = 20_000
 _by_name = operator.attrgetter("name")
+_FILE = Kind.FILE
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,12 @@ def _ingest(
         stat_cache=store.stat_cache,
     )
 
-    def ingest(group: list[LocalFile]) -> list[tuple[ChunkRef, ...]]:
+    def ingest(group: list[LocalFile]) -> dict[str, tuple[ChunkRef, ...]]:
+        """The chunks of each file of ``group``, by path."""
+        pairs = [(f.path, f) for f in group]
         try:
-            return ingester.ingest_files([(f.path, f) for f in group], reuse=False)
+            found = ingester.ingest_files(pairs, reuse=False)
+            return {path: chunks for (path, _f), chunks in zip(pairs, found, strict=True)}
         except OSError as exc:
             where = exc.filename or (group[0].path if len(group) == 1 else path)
             raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
@@ -237,8 +241,8 @@ def _ingest(
             # Taken out of the list as they are grouped: the upload may let go of each
             # file once its folder is named (FolderRecords).
             for group, results in bounded_map(ingest, _groups(_drained(files)), threads):
-                arrivals.add({f.path: chunks for f, chunks in zip(group, results, strict=True)})
-                progress.advance(sum(f.st_size for f in group))
+                arrivals.add(results)
+                progress.advance(sum([f.st_size for f in group]))
         finally:
             procs.close()
         written = packer.close(record=False)
@@ -703,6 +707,7 @@ def _build(
             return reused_entry(node, row[0])
     entries: list[Entry] = []
     files: list[tuple[LocalFile, tuple[ChunkRef, ...]]] = []
+    paths: list[str] = []
     size = count = 0
     # By name, files and folders together, as _ordered gives files to ingest: a builder
     # reading chunk lists as they arrive then names each folder soon after its last file.
@@ -714,11 +719,16 @@ def _build(
             size += child.size
             count += child.files
         else:
-            chunks = refs[item.path]
+            # _file_entry, inlined: this runs once for every file of an upload.
+            path = item.path
+            chunks = refs[path]
+            paths.append(path)
             files.append((item, chunks))
-            entry = _file_entry(item, chunks)
-            entries.append(entry)
-            size += entry.size
+            n = chunks[0].size if len(chunks) == 1 else sum([c.size for c in chunks])
+            entries.append(
+                Entry(item.name, _FILE, item.st_mode & 0o7777, item.st_mtime_ns, n, chunks)
+            )
+            size += n
             count += 1
     entries.extend(_link_entry(link) for link in node.links)
     oid = trees.add(entries)
@@ -726,5 +736,5 @@ def _build(
         node.name, Kind.DIR, _mode(node.st), node.st.st_mtime_ns, size=size, tree=oid, files=count
     )
     if records is not None:
-        records.folder(node, entry, files)
+        records.folder(node, entry, files, paths)
     return entry

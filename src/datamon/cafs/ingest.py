@@ -60,6 +60,11 @@ class _Batch:
     queued: list[bytes] = field(default_factory=list)
 
 
+# A file's chunks as ingested: its refs, the packs the index holds some of them in, and the
+# ids of those queued in the pack writer instead (empty ones are shared).
+_Placed = tuple[tuple[ChunkRef, ...], frozenset[str], tuple[bytes, ...]]
+
+
 @dataclass(slots=True)
 class _Fresh:
     """A file read by this upload, to record in the stat cache once its packs are durable.
@@ -147,30 +152,23 @@ class Ingester:
         up together; large files go through the batched pipeline.
         """
         done = self.reuse(files) if reuse else {}
-        fresh = [(path, st) for path, st in files if path not in done]
+        fresh = [(path, st) for path, st in files if path not in done] if done else files
         small = [(path, st) for path, st in fresh if st.st_size <= SMALL_FILE]
-        where: dict[str, _Batch] = {}
-        if small:
-            where.update(self._ingest_small(small))
+        where = self._ingest_small(small) if small else {}
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
                 with self.chunker.open(path) as stream:
-                    where[path] = self._ingest_stream(self.chunker.chunks(stream))
-        for path, _st in fresh:
-            done[path] = tuple(where[path].refs)
+                    got = self._ingest_stream(self.chunker.chunks(stream))
+                packs = frozenset(got.packs) if got.packs else _NO_PACKS
+                where[path] = (tuple(got.refs), packs, tuple(got.queued))
         if self.stat_cache is not None and fresh:
-            rows = {
-                path: _Fresh(
-                    path,
-                    st,
-                    done[path],
-                    frozenset(where[path].packs) if where[path].packs else _NO_PACKS,
-                    tuple(where[path].queued),
-                )
-                for path, st in fresh
-            }
+            rows = {path: _Fresh(path, st, *where[path]) for path, st in fresh}
             with self._lock:
                 self._fresh.update(rows)
+        if not done:
+            return [where[path][0] for path, _st in files]
+        for path, _st in fresh:
+            done[path] = where[path][0]
         return [done[path] for path, _st in files]
 
     def file_packs(self) -> dict[str, frozenset[str]]:
@@ -309,7 +307,7 @@ class Ingester:
             self.stats.chunks += chunks
             self.stats.bytes_read += size
 
-    def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Batch]:
+    def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Placed]:
         encoders = self.encoders
         if encoders is not None and sum(st.st_size for _path, st in files) <= SLOT_BYTES:
             return self._ingest_encoded(encoders, files)
@@ -326,22 +324,22 @@ class Ingester:
             counts.append(len(raws) - before)
         ids = [digest(raw) for raw in raws]
         sizes = [len(raw) for raw in raws]
-        out, batch, store = self._place(files, counts, ids, sizes)
+        out, packs, store = self._place(files, counts, ids, sizes)
         # One call, so the group's chunks lie side by side in the pack, as they are read.
-        batch.new = self.packer.add_many(self._encode_new(store, ids, raws, sizes))
-        self._collect(batch, [])
+        new = self.packer.add_many(self._encode_new(store, ids, raws, sizes))
+        self._count(len(ids), sum(sizes), new, packs)
         return out
 
     def _ingest_encoded(
         self, encoders: EncoderPool, files: Sequence[tuple[str, StatLike]]
-    ) -> dict[str, _Batch]:
+    ) -> dict[str, _Placed]:
         """:meth:`_ingest_small` through the worker processes. They compress the group
         unless at least half the chunks of the last group were stored already: a re-upload
         of stored data (from another folder, or with the stat cache gone) then compresses
         only its first groups (those sent before any came back)."""
         compress = self._stored_share < STORED_SHARE
         with encoders.encode([(path, st.st_size) for path, st in files], compress) as got:
-            out, batch, store = self._place(files, got.counts, got.ids, got.sizes)
+            out, packs, store = self._place(files, got.counts, got.ids, got.sizes)
             # add_many copies each payload out of the worker's slot before it is freed.
             if got.codecs is not None:
                 codecs = got.codecs
@@ -350,10 +348,10 @@ class Ingester:
                 ]
             else:
                 new = self._encode_new(store, got.ids, got.payloads, got.sizes)
-            batch.new = self.packer.add_many(new)
+            added = self.packer.add_many(new)
         if got.ids:
-            self._stored_share = 1 - batch.new / len(got.ids)
-        self._collect(batch, [])
+            self._stored_share = 1 - added / len(got.ids)
+        self._count(len(got.ids), sum(got.sizes), added, packs)
         return out
 
     def _encode_new(
@@ -379,29 +377,49 @@ class Ingester:
         counts: Sequence[int],
         ids: Sequence[bytes],
         sizes: Sequence[int],
-    ) -> tuple[dict[str, _Batch], _Batch, list[int]]:
+    ) -> tuple[dict[str, _Placed], set[str], list[int]]:
         """Each file's chunks (``counts[i]`` of the group's ``ids`` and ``sizes`` for the
-        ``i``-th file), looked up in the index in one query: the files' batches, the
-        group's, and the positions of the chunks the index lacks."""
-        where = self.index.lookup_many(ids)
-        batch = _Batch()
-        out: dict[str, _Batch] = {}
+        ``i``-th file), looked up in the index in one query: what each file holds, the
+        packs the group found its chunks in, and the positions of the chunks the index
+        lacks. A file of one chunk, the usual small file, takes the short way."""
+        lookup = self.index.lookup_many(ids).get
+        out: dict[str, _Placed] = {}
+        found_in: dict[str, frozenset[str]] = {}  # one set per pack, shared by its files
         store: list[int] = []
-        start = 0
+        used: set[str] = set()  # the packs of files of several chunks
+        k = 0
         for (path, _st), count in zip(files, counts, strict=True):
-            end = start + count
-            one = out[path] = _Batch(refs=[ChunkRef(ids[k], sizes[k]) for k in range(start, end)])
-            for k in range(start, end):
-                found = where.get(ids[k])
-                if found is not None:
-                    one.packs.add(found.pack)
-                else:
-                    one.queued.append(ids[k])
+            if count == 1:
+                cid = ids[k]
+                refs: tuple[ChunkRef, ...] = (ChunkRef(cid, sizes[k]),)
+                found = lookup(cid)
+                if found is None:
                     store.append(k)
-            batch.refs.extend(one.refs)
-            batch.packs |= one.packs
-            start = end
-        return out, batch, store
+                    out[path] = (refs, _NO_PACKS, (cid,))
+                else:
+                    pack = found.pack
+                    one = found_in.get(pack)
+                    if one is None:
+                        one = found_in[pack] = frozenset((pack,))
+                    out[path] = (refs, one, ())
+                k += 1
+                continue
+            end = k + count
+            refs = tuple([ChunkRef(ids[j], sizes[j]) for j in range(k, end)])
+            packs: set[str] = set()
+            queued: list[bytes] = []
+            for j in range(k, end):
+                found = lookup(ids[j])
+                if found is not None:
+                    packs.add(found.pack)
+                else:
+                    queued.append(ids[j])
+                    store.append(j)
+            used |= packs
+            out[path] = (refs, frozenset(packs) if packs else _NO_PACKS, tuple(queued))
+            k = end
+        used.update(found_in)
+        return out, used, store
 
     def ingest_bytes(self, data: bytes) -> tuple[ChunkRef, ...]:
         return self.ingest_chunks(self.chunker.chunks_of(data))
@@ -431,6 +449,13 @@ class Ingester:
                 for future in pending:
                     future.cancel()
         return out
+
+    def _count(self, chunks: int, size: int, new: int, packs: set[str]) -> None:
+        with self._lock:
+            self.stats.chunks += chunks
+            self.stats.new_chunks += new
+            self.stats.bytes_read += size
+            self.stats.packs_used |= packs
 
     def _collect(self, batch: _Batch, refs: list[ChunkRef]) -> None:
         refs.extend(batch.refs)
