@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -254,6 +255,43 @@ def test_a_failed_upload_frees_its_buffer_and_is_raised(
         for raw in chunks:
             writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
         writer.close()
+    writer.abort()
+    assert writer.packs == []
+
+
+def test_threads_filling_packs_for_a_failing_store_all_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once an upload failed, each thread that seals a pack raises before handing it over:
+    # its buffer must be given back, or the threads still filling would wait for ever.
+    store = Store.open(str(tmp_path / "store"))
+
+    def failing(key: str, data: bytes | memoryview) -> bool:
+        time.sleep(0.01)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.blob, "put_if_absent", failing)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1, buffers=2)
+    codec = ChunkCodec()
+    groups = [[random_bytes(t * 100 + i, 10_000) for i in range(8)] for t in range(6)]
+    encoded = [[(digest(raw), *codec.encode_parts(raw), len(raw)) for raw in g] for g in groups]
+    errors: list[BaseException] = []
+
+    def fill(group: list[tuple[bytes, int, bytes | memoryview, int]]) -> None:
+        try:
+            writer.add_many(group)
+        except BaseException as exc:
+            errors.append(exc)
+
+    # Daemon threads, so that a thread left waiting fails the test instead of hanging it.
+    threads = [threading.Thread(target=fill, args=(g,), daemon=True) for g in encoded]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(errors) == 6 and all("No space left" in str(exc) for exc in errors)
     writer.abort()
     assert writer.packs == []
 

@@ -386,7 +386,7 @@ class Ingester:
         out: dict[str, _Placed] = {}
         found_in: dict[str, frozenset[str]] = {}  # one set per pack, shared by its files
         store: list[int] = []
-        used: set[str] = set()  # the packs of files of several chunks
+        used: set[str] = set()  # the packs the group's chunks were found in
         k = 0
         for (path, _st), count in zip(files, counts, strict=True):
             if count == 1:

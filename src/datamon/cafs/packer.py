@@ -149,8 +149,13 @@ class PackWriter:
                 at, count = self._add_from(items, at, sealed)
                 self.chunks_written += count
             added += count
-            for pack in sealed:
-                self._submit(*pack)
+            for i, pack in enumerate(sealed):
+                try:
+                    self._submit(*pack)
+                except BaseException:  # (an earlier upload failed) the buffers are free
+                    for _seq, buffer, _used, _entries in sealed[i:]:
+                        self._release(buffer)
+                    raise
             if at == len(items):
                 return added
             with self._lock:
@@ -208,10 +213,23 @@ class PackWriter:
         self._entries = []
         return seq, data, used, entries
 
+    def _release(self, buffer: Buffer) -> None:
+        """``buffer``'s pack is uploaded, or will not be: it may be filled again."""
+        with self._lock:
+            if len(buffer) == self.pack_size + SLACK:
+                self._free.append(buffer)
+            else:  # grown past its slack: let go of, and one may be made again
+                self._made -= 1
+            self._returned.notify_all()
+
     def _submit(self, seq: int, data: Buffer, used: int, entries: list[PackEntry]) -> None:
         self._raise_failures()
         self._slots.acquire()
-        future = self._pool.submit(self._write, seq, data, used, entries)
+        try:
+            future = self._pool.submit(self._write, seq, data, used, entries)
+        except BaseException:  # (the writer was aborted)
+            self._slots.release()
+            raise
         future.add_done_callback(lambda _f: self._slots.release())
         with self._lock:
             self._futures.append(future)
@@ -225,12 +243,7 @@ class PackWriter:
                 # find its chunks.
                 self.blob.put_if_absent(pack_key(pack_id), data)
         finally:  # written or failed: the buffer is free (a failure is raised later)
-            with self._lock:
-                if len(buffer) == self.pack_size + SLACK:
-                    self._free.append(buffer)
-                else:  # grown past its slack: let go of, and one may be made again
-                    self._made -= 1
-                self._returned.notify_all()
+            self._release(buffer)
         index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
         _digest, framed = encode_frame(pack_msg(index))
         self.blob.put_if_absent(index_key(pack_id), framed)
