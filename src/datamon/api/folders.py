@@ -56,12 +56,11 @@ class FolderKeys:
             return None
         ok = self._settled
         files = []
-        for f in node.files:
-            st = f.st
-            mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        for f in node.files:  # (a LocalFile is its own stat)
+            mtime, ctime = f.st_mtime_ns, f.st_ctime_ns
             if not ok(mtime, ctime):
                 return None
-            files.append((f.name, st.st_mode, st.st_size, mtime, ctime, st.st_ino))
+            files.append((f.name, f.st_mode, f.st_size, mtime, ctime, f.st_ino))
         links = [(link.name, link.target, link.st.st_mtime_ns) for link in node.links]
         dirs = [(sub.name, sub.st.st_mode, sub.st.st_mtime_ns, key) for sub, key in subs]
         return digest(_encode((files, links, dirs)))

@@ -153,6 +153,7 @@ def _scan_dir(
     except OSError as exc:
         raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
     files = node.files
+    modes = _MODES
     for entry in entries:
         name = entry.name
         if not name.isascii():
@@ -169,7 +170,21 @@ def _scan_dir(
                     and not os.access(prefix + name, os.R_OK)
                 ):
                     raise SourceUnreadable(prefix + name, "permission denied")
-                files.append(LocalFile.of(prefix, name, est))
+                # LocalFile.of, inlined: this runs once for every file of a tree.
+                mtime, ctime = est.st_mtime_ns, est.st_ctime_ns
+                if ctime == mtime:
+                    ctime = mtime
+                files.append(
+                    LocalFile(
+                        prefix,
+                        name,
+                        modes.setdefault(mode, mode),
+                        est.st_size,
+                        mtime,
+                        ctime,
+                        est.st_ino,
+                    )
+                )
             elif kind == stat.S_IFDIR:
                 child = LocalDir(prefix + name, name, est, f"{node.rel}{name}/")
                 node.dirs.append(child)
