@@ -177,19 +177,26 @@ def test_an_aborted_writer_records_the_packs_it_wrote(tmp_path: Path) -> None:
     assert store.index.known_packs() == set(writer.packs) and len(writer.packs) == 1
 
 
-def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = Store.open(str(tmp_path / "store"))
-    taken: list[int] = []
+@pytest.fixture
+def buffers_made(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every pack buffer a writer makes, in order."""
+    made: list[int] = []
     new_buffer = PackWriter._new_buffer
 
     def counted(self: PackWriter) -> Buffer:
         buffer = new_buffer(self)
-        taken.append(len(buffer))
+        made.append(len(buffer))
         return buffer
 
     monkeypatch.setattr(PackWriter, "_new_buffer", counted)
+    return made
+
+
+def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(
+    tmp_path: Path, buffers_made: list[int]
+) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    taken = buffers_made
     writer = PackWriter(store.index, 64 << 20, max_pending=1, uploaders=1)
     assert writer.close() == []
     assert taken == []
@@ -203,26 +210,19 @@ def test_a_writer_that_stores_nothing_allocates_no_pack_buffer(
 
 
 def test_threads_filling_packs_share_a_bounded_number_of_buffers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffers_made: list[int]
 ) -> None:
     # Four threads fill packs while each upload is slow: at most max_pending + 1 buffers
     # exist (one filling, the others sealed or being written); a thread that needs another
     # waits for an upload to end.
     store = Store.open(str(tmp_path / "store"))
-    made: list[int] = []
-    new_buffer = PackWriter._new_buffer
-
-    def counted(self: PackWriter) -> Buffer:
-        made.append(1)
-        return new_buffer(self)
-
+    made = buffers_made
     put = store.blob.put_if_absent
 
     def slow_put(key: str, data: bytes | memoryview) -> bool:
         time.sleep(0.02)
         return put(key, data)
 
-    monkeypatch.setattr(PackWriter, "_new_buffer", counted)
     monkeypatch.setattr(store.blob, "put_if_absent", slow_put)
     writer = PackWriter(store.index, 20_000, max_pending=2, uploaders=2)
     codec = ChunkCodec()  # (one a thread: encoded here, before the threads start)
