@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from .support import (
     stderr_lines,
     stdout_lines,
     tree_files,
+    uploaded_id,
 )
 
 REPO = "beyond"
@@ -348,3 +350,31 @@ def test_upload_only_listed_paths(datamon: Datamon, tree: Path, tmp_path: Path) 
     )
     assert bad.returncode == 1
     assert stderr_lines(bad) == [f"error: '../elsewhere' is not a path inside {tree}"]
+
+
+def test_a_large_tree_uploaded_again_is_scanned_by_two_processes(
+    datamon: Datamon, tmp_path: Path
+) -> None:
+    src = tmp_path / "many"
+    for i in range(12):  # 4,200 files: more than a tree needs to be scanned by two
+        folder = src / f"d{i:02d}"
+        folder.mkdir(parents=True)
+        for j in range(350):
+            (folder / f"f{j}").write_bytes(b"%d %d" % (i, j))
+    time.sleep(0.3)  # past the racy window: the stat cache may trust every file
+    datamon.prepare("many", [(src, "first")])
+    upload = ["--debug", "bundle", "upload", "--path", str(src), "--repo", "many"]
+    again = datamon(*upload, "--message", "again")
+    # 12 folders wait to be listed once the root is: the helper takes every other one.
+    assert "DEBUG: scanning 6 folders in a helper process" in stderr_lines(again)
+    size = sum(len(b"%d %d" % (i, j)) for i in range(12) for j in range(350))
+    assert f"4200 files, {size} bytes read, 0/4200 chunks new, 0 bytes stored" in again.stderr
+    for i in range(12):
+        (src / f"d{i:02d}" / "f7").write_bytes(b"changed in %d" % i)
+    changed = datamon(*upload, "--message", "changed")
+    assert "DEBUG: scanning 6 folders in a helper process" in stderr_lines(changed)
+    assert "12/4200 chunks new" in changed.stderr
+    out = tmp_path / "out"
+    bid = uploaded_id(changed)
+    datamon("bundle", "download", "--repo", "many", "--bundle", bid, "--destination", out)
+    assert snapshot(out) == snapshot(src)

@@ -9,6 +9,7 @@ from typing import BinaryIO
 import pytest
 
 from datamon import Author, Store
+from datamon.api import forked_scan
 from datamon.cafs import chunker as chunker_module
 from datamon.cafs import statcache
 from datamon.config import CACHE_ENV
@@ -29,6 +30,19 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> None:
     records a file changed too shortly before it was read)."""
     monkeypatch.setattr(statcache, "RACY_NS", -(10**18))
     monkeypatch.setattr(statcache, "RACY_FINE_NS", -(10**18))
+
+
+@pytest.fixture(params=["one process", "two processes"])
+def scan_processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Re-uploads scan in one process, or in two (forked_scan.py): for any tree uploaded
+    before, the helper taking half of as few as two folders waiting. (Earlier tests leave
+    threads in this process, which would keep it from forking; the helper takes no lock of
+    theirs.)"""
+    if request.param == "two processes":
+        monkeypatch.setattr(forked_scan, "SPLIT_FILES", 0)
+        monkeypatch.setattr(forked_scan, "SPLIT_FOLDERS", 2)
+        monkeypatch.setattr(forked_scan, "can_fork", lambda: True)
+    return str(request.param)
 
 
 @pytest.fixture

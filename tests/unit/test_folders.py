@@ -20,6 +20,7 @@ from datamon.metadata.layout import tree_key
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
 OLD = -(10**18)
+pytestmark = pytest.mark.usefixtures("scan_processes")
 
 
 @pytest.fixture

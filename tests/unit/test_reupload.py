@@ -25,7 +25,7 @@ from datamon.metadata.trees import PendingTrees
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
 # Files written just now are "racy" and never cached; these tests take them as settled.
-pytestmark = pytest.mark.usefixtures("settled")
+pytestmark = pytest.mark.usefixtures("settled", "scan_processes")
 
 
 def _opts(author: Author) -> UploadOptions:

@@ -498,12 +498,12 @@ def test_a_folder_uploaded_before_starts_its_workers_only_when_it_needs_them(
     # finds files) or the upload had chosen the files to read.
     started: list[bool] = []
     scanning = [False]
-    real_scan, real_start = upload_module.scan, upload_module._Workers.start
+    real_scan, real_start = upload_module.KeyedScan.__init__, upload_module._Workers.start
 
-    def scan(path: str, **kw: Any) -> upload_module.LocalDir:
+    def scan(self: upload_module.KeyedScan, *args: Any, **kw: Any) -> None:
         scanning[0] = True
         try:
-            return real_scan(path, **kw)
+            real_scan(self, *args, **kw)
         finally:
             scanning[0] = False
 
@@ -511,7 +511,7 @@ def test_a_folder_uploaded_before_starts_its_workers_only_when_it_needs_them(
         started.append(scanning[0])
         real_start(self)
 
-    monkeypatch.setattr(upload_module, "scan", scan)
+    monkeypatch.setattr(upload_module.KeyedScan, "__init__", scan)
     monkeypatch.setattr(upload_module._Workers, "start", start)
     monkeypatch.setattr(upload_module, "PROCESS_FILES", 50)
     src = tmp_path / "src"
@@ -534,14 +534,13 @@ def test_a_file_gone_before_a_worker_reads_it_names_the_file(
 ) -> None:
     src = tmp_path / "src"
     _tree(src, 100)
-    real_scan = upload_module.scan
+    real_scan = upload_module.KeyedScan.__init__
 
-    def scan_then_delete(path: str, **kw: Any) -> upload_module.LocalDir:
-        found = real_scan(path, **kw)
+    def scan_then_delete(self: upload_module.KeyedScan, *args: Any, **kw: Any) -> None:
+        real_scan(self, *args, **kw)
         (src / "d5" / "f0040").unlink()
-        return found
 
-    monkeypatch.setattr(upload_module, "scan", scan_then_delete)
+    monkeypatch.setattr(upload_module.KeyedScan, "__init__", scan_then_delete)
     with pytest.raises(SourceUnreadable) as info:
         _upload(tmp_path, src)
     assert info.value.path.endswith("f0040")

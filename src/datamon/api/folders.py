@@ -13,8 +13,8 @@ An upload records the key of each folder it names, and the files of each, as it 
 from __future__ import annotations
 
 import os
-from collections.abc import Container, Sequence
-from typing import cast
+from collections.abc import Collection, Container, Sequence
+from typing import Protocol, cast
 
 import msgspec
 
@@ -33,19 +33,56 @@ def folder_path(node: LocalDir) -> str:
     return os.path.join(os.path.abspath(node.path), "")
 
 
-class FolderKeys:
-    """The key (or None) and absolute path of every folder of a scanned tree."""
+class HeldFolders(Protocol):
+    """Folders of a scanned tree whose content another process listed (``forked_scan``)."""
 
-    def __init__(self, root: LocalDir, now: int) -> None:
+    def holds(self, node: LocalDir) -> bool:
+        """Whether ``node``'s content is held elsewhere (its files and folders are not
+        in it, unless :meth:`key` read them here)."""
+        ...
+
+    def key(self, node: LocalDir) -> tuple[bytes | None, Collection[str]] | None:
+        """``node``'s key and the path of every folder at or below it, as this class makes
+        them; None once ``node``'s content was listed here instead."""
+        ...
+
+
+class FolderKeys:
+    """The key (or None) and absolute path of every folder of a scanned tree.
+
+    A folder ``held`` elsewhere takes the key given for it, and the folders below it have
+    none here: :meth:`elsewhere` says when the upload needs them.
+    """
+
+    def __init__(self, root: LocalDir, now: int, held: HeldFolders | None = None) -> None:
         self.root = root
         self.keys: dict[int, bytes | None] = {}
         self.paths: dict[int, str] = {}
         self._scanned: set[str] = set()
         self._settled = Settled(now)
+        self._held = held
+        self._elsewhere: set[int] = set()
         self._key(root, folder_path(root))
 
     def _key(self, node: LocalDir, path: str) -> bytes | None:
-        subs = [(sub, self._key(sub, f"{path}{sub.name}/")) for sub in node.dirs]
+        held = self._held
+        if held is None:
+            subs = [(sub, self._key(sub, f"{path}{sub.name}/")) for sub in node.dirs]
+        else:
+            given = held.key(node) if held.holds(node) else None
+            if given is not None:
+                key, below = given
+                self._elsewhere.add(id(node))
+                self._scanned.update(below)
+                self.paths[id(node)] = path
+                self.keys[id(node)] = key
+                return key
+            # This process's folders first: their keys are made while the helper ends.
+            found = {
+                id(sub): self._key(sub, f"{path}{sub.name}/")
+                for sub in sorted(node.dirs, key=held.holds)
+            }
+            subs = [(sub, found[id(sub)]) for sub in node.dirs]
         self.paths[id(node)] = path
         self._scanned.add(path)
         key = self.keys[id(node)] = self._listing(node, subs)
@@ -65,7 +102,7 @@ class FolderKeys:
         dirs = [(sub.name, sub.st.st_mode, sub.st.st_mtime_ns, key) for sub, key in subs]
         return digest(_encode((files, links, dirs)))
 
-    def scanned(self) -> Container[str]:
+    def scanned(self) -> Collection[str]:
         """The path of every folder the scan found, as the stat cache keys folders."""
         return self._scanned
 
@@ -87,6 +124,21 @@ class FolderKeys:
             else:
                 stack.extend(node.dirs)
         return taken
+
+    def elsewhere(self, taken: Container[int]) -> bool:
+        """Whether a folder held elsewhere is neither ``taken`` whole (by ``id`` of node) nor
+        below one taken: its content must be read here, and the tree keyed again."""
+        if not self._elsewhere:
+            return False
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if id(node) in taken:
+                continue
+            if id(node) in self._elsewhere:
+                return True
+            stack.extend(node.dirs)
+        return False
 
 
 class FolderRecords:

@@ -44,12 +44,18 @@ class LocalFile:
     @classmethod
     def of(cls, folder: str, name: str, st: StatLike) -> LocalFile:
         """The file ``name`` of ``folder`` (its absolute path, ending with "/")."""
-        mode = st.st_mode
-        mode = _MODES.setdefault(mode, mode)
-        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        return cls.made(
+            folder, name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        )
+
+    @classmethod
+    def made(
+        cls, folder: str, name: str, mode: int, size: int, mtime: int, ctime: int, ino: int
+    ) -> LocalFile:
+        """As :meth:`of`, from the stat fields."""
         if ctime == mtime:  # usual for a file written once: one integer object for both
             ctime = mtime
-        return cls(folder, name, mode, st.st_size, mtime, ctime, st.st_ino)
+        return cls(folder, name, _MODES.setdefault(mode, mode), size, mtime, ctime, ino)
 
     @property
     def path(self) -> str:
@@ -78,6 +84,11 @@ class LocalDir:
     links: list[LocalLink] = field(default_factory=list)
     dirs: list[LocalDir] = field(default_factory=list)
 
+    @property
+    def prefix(self) -> str:
+        """The folder's path ending with "/": the string its files share."""
+        return self.path if self.path.endswith("/") else self.path + "/"
+
     def all_links(self) -> list[tuple[str, LocalLink]]:
         """Every symlink below, with its path relative to this folder."""
         found: list[tuple[str, LocalLink]] = []
@@ -103,35 +114,55 @@ def scan(
     ``many``, ``(count, call)``, calls ``call`` once the scan has found ``count`` files,
     while it goes on.
     """
-    root = os.path.abspath(root)
-    try:
-        st = os.stat(root)
-    except OSError as exc:
-        raise SourceUnreadable(root, exc.strerror or str(exc)) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SourceUnreadable(root, "not a directory")
-    top = LocalDir(root, "", st)
-    readable = _permission_check()
-    guard = TreeGuard()
-    stack = [top]
-    found = 0
-    while stack:
-        node = stack.pop()
+    walk = TreeScan(root, guard_links)
+    walk.run(many=many)
+    return walk.finish()
+
+
+class TreeScan:
+    """A scan under way: the tree found so far (:attr:`top`) and the folders still to
+    list (:attr:`stack`), listed by :meth:`run`. See :func:`scan`."""
+
+    def __init__(self, root: str, guard_links: bool = True) -> None:
+        root = os.path.abspath(root)
         try:
-            fd = os.open(node.path, os.O_RDONLY | os.O_DIRECTORY)
+            st = os.stat(root)
         except OSError as exc:
-            raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
-        try:
-            _scan_dir(node, fd, stack, readable, guard if guard_links else None)
-        finally:
-            os.close(fd)
-        if many is not None:
-            found += len(node.files)
-            if found >= many[0]:
-                many[1]()
-                many = None
-    guard.check()
-    return top
+            raise SourceUnreadable(root, exc.strerror or str(exc)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise SourceUnreadable(root, "not a directory")
+        self.top = LocalDir(root, "", st)
+        self.stack = [self.top]
+        self.guard: TreeGuard | None = TreeGuard() if guard_links else None
+        self._readable = _permission_check()
+
+    def run(
+        self, many: tuple[int, Callable[[], None]] | None = None, until: int | None = None
+    ) -> None:
+        """List folders until none is left, or until ``until`` are waiting to be."""
+        stack = self.stack
+        found = 0
+        while stack and (until is None or len(stack) < until):
+            node = stack.pop()
+            try:
+                fd = os.open(node.path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise SourceUnreadable(node.path, exc.strerror or str(exc)) from None
+            try:
+                _scan_dir(node, fd, stack, self._readable, self.guard)
+            finally:
+                os.close(fd)
+            if many is not None:
+                found += len(node.files)
+                if found >= many[0]:
+                    many[1]()
+                    many = None
+
+    def finish(self) -> LocalDir:
+        """The whole tree, once its symlinks are checked together (all listed by now)."""
+        if self.guard is not None:
+            self.guard.check()
+        return self.top
 
 
 def _scan_dir(
@@ -146,7 +177,7 @@ def _scan_dir(
     Listing by descriptor lets each entry be stat'ed relative to its folder (``fstatat``),
     not by a full path that the kernel walks again for every file.
     """
-    prefix = node.path if node.path.endswith("/") else node.path + "/"
+    prefix = node.prefix
     try:
         with os.scandir(fd) as it:
             entries = list(it)

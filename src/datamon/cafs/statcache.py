@@ -209,10 +209,12 @@ class StatCache:
                 continue
         return found
 
-    def has_folder(self, path: str) -> bool:
-        """Whether a folder row is recorded for ``path`` (with its trailing "/")."""
-        found = self._db.get().execute("SELECT 1 FROM folders WHERE path = ?", (path,))
-        return found.fetchone() is not None
+    def folder_files(self, path: str) -> int | None:
+        """How many files were below the folder ``path`` (with its trailing "/") when its
+        row was recorded; None if it has none."""
+        found = self._db.get().execute("SELECT folder FROM folders WHERE path = ?", (path,))
+        row = found.fetchone()
+        return None if row is None else _folder_decoder.decode(row[0]).files
 
     def has_files_below(self, path: str) -> bool:
         """Whether a file is recorded in the folder ``path`` (with its trailing "/") or in a
