@@ -171,6 +171,37 @@ def _fails(*_args: object) -> None:
     raise RuntimeError("the helper fails")
 
 
+def test_a_fork_refused_leaves_the_scan_to_this_process_and_no_pipe_open(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _tree(tmp_path / "src")
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(forked_scan.os, "fork", refused)
+    open_before = sorted(os.listdir("/proc/self/fd"))
+    with KeyedScan(str(src), time.time_ns(), files=SPLIT) as scanned:
+        assert not scanned.split
+        assert _content(scanned.root) == _content(scan(str(src)))
+    assert sorted(os.listdir("/proc/self/fd")) == open_before
+
+
+def test_symlinks_listed_here_when_the_helper_cannot_send_are_checked(
+    tmp_path: Path, forks: list[int], helpers: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _tree(tmp_path / "src")
+    with KeyedScan(str(src), time.time_ns(), files=SPLIT):
+        (theirs,) = helpers
+    # "l" stays in the tree, until "e -> .." appears where the helper looked, after it did.
+    os.symlink(os.path.relpath(theirs[0], src) + "/s1/e/../..", src / "l")
+    monkeypatch.setattr(forked_scan, "_pack", _fails)
+    with KeyedScan(str(src), time.time_ns(), files=SPLIT) as scanned:
+        os.symlink("..", os.path.join(theirs[0], "s1", "e"))
+        with pytest.raises(UnsafePath):
+            scanned.read_all()
+
+
 def test_what_the_helper_finds_wrong_is_refused_as_one_process_refuses_it(
     tmp_path: Path, forks: list[int], helpers: list[list[str]]
 ) -> None:

@@ -65,9 +65,13 @@ class KeyedScan:
                 walk.run(until=SPLIT_FOLDERS)
                 theirs = walk.stack[1::2]
                 if theirs and can_fork():
-                    self._helper = _Helper(walk, theirs, now)
-                    del walk.stack[1::2]
-                    log.debug("scanning %d folders in a helper process", len(theirs))
+                    try:
+                        self._helper = _Helper(walk, theirs, now)
+                    except OSError as exc:  # (no process to spare): scan alone
+                        log.debug("scanning in one process: %s", exc)
+                    else:
+                        del walk.stack[1::2]
+                        log.debug("scanning %d folders in a helper process", len(theirs))
             walk.run(many=many)
             self.root = walk.top
             self.keys = FolderKeys(self.root, now, self._helper)
@@ -130,7 +134,12 @@ class _Helper:
         self.read = False
         replies, out = os.pipe()
         orders, order = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (replies, out, orders, order):
+                os.close(fd)
+            raise
         if pid == 0:  # the helper
             os.close(replies)
             os.close(order)
@@ -158,7 +167,7 @@ class _Helper:
         ok, found = reply
         if not ok:
             log.debug("scanning here what the helper could not: %s", found)
-            self._list_here(self._walk.guard is not None)
+            self._list_here()  # (its symlinks are checked with the others after the keys)
             return
         keys, links = found
         guard = self._walk.guard
@@ -178,25 +187,19 @@ class _Helper:
             ok, packed = False, f"no reply ({exc})"
         if not ok:
             log.debug("scanning here what the helper could not send: %s", packed)
-            self._list_here(False)  # its symlinks are checked already
+            self._list_here()
+            self._walk.finish()  # the symlinks found now, which may not be those it sent
             return
         for node, content in zip(self._nodes, packed, strict=True):
             _unpack(node, content)
         self.read = True
 
-    def _list_here(self, guard_links: bool) -> None:
+    def _list_here(self) -> None:
         self.close()
         for node in self._nodes:
             node.files, node.links, node.dirs = [], [], []
-        walk = self._walk
-        guard = walk.guard
-        if not guard_links:
-            walk.guard = None
-        try:
-            walk.stack.extend(self._nodes)
-            walk.run()
-        finally:
-            walk.guard = guard
+        self._walk.stack.extend(self._nodes)
+        self._walk.run()
         self.read = True
 
     def close(self) -> None:
