@@ -87,9 +87,19 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
             os.waitpid(pid, os.WNOHANG)
 
 
-def test_the_helper_keys_its_folders_as_one_process_would(tmp_path: Path, forks: list[int]) -> None:
+def test_the_helper_keys_its_folders_as_one_process_would(
+    tmp_path: Path, forks: list[int], helpers: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = _tree(tmp_path / "src")
     now = time.time_ns()
+    replies: list[object] = []
+    real = forked_scan._receive
+
+    def receive(fd: int) -> Any:
+        replies.append(reply := real(fd))
+        return reply
+
+    monkeypatch.setattr(forked_scan, "_receive", receive)
     one = FolderKeys(scan(str(src)), now)
     with KeyedScan(str(src), now, files=SPLIT) as scanned:
         assert forks and scanned.split
@@ -104,7 +114,10 @@ def test_the_helper_keys_its_folders_as_one_process_would(tmp_path: Path, forks:
         # Unless the root is taken whole, the helper's folders must be read.
         assert not scanned.keys.elsewhere({id(scanned.root)})
         assert scanned.keys.elsewhere({})
+        assert len(replies) == 1  # the keys
         keys = scanned.read_all()
+        # Then each folder's content on its own: neither process holds all of it as bytes.
+        assert len(replies) == 1 + len(helpers[0])
         assert not scanned.split
         assert _content(scanned.root) == _content(scan(str(src)))
         assert _by_path(keys) == _by_path(one)

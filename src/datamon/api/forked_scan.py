@@ -182,16 +182,16 @@ class _Helper:
             return
         try:
             os.write(self._order, _READ_ALL)
-            ok, packed = _receive(self._replies)
+            for node in self._nodes:
+                ok, content = _receive(self._replies)
+                if not ok:
+                    raise EOFError(content)
+                _unpack(node, content)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            ok, packed = False, f"no reply ({exc})"
-        if not ok:
-            log.debug("scanning here what the helper could not send: %s", packed)
+            log.debug("scanning here what the helper could not send: %s", exc)
             self._list_here()
             self._walk.finish()  # the symlinks found now, which may not be those it sent
             return
-        for node, content in zip(self._nodes, packed, strict=True):
-            _unpack(node, content)
         self.read = True
 
     def _list_here(self) -> None:
@@ -234,7 +234,8 @@ def _serve(walk: TreeScan, nodes: list[LocalDir], now: int, out: int, orders: in
             reply = (False, f"{type(exc).__name__}: {exc}")
         _send(out, reply)
         if reply[0] and os.read(orders, 1) == _READ_ALL:
-            _send(out, (True, [_pack(node) for node in nodes]))
+            for node in nodes:  # one at a time: neither process holds all of it as bytes
+                _send(out, (True, _pack(node)))
     except BaseException:  # (a closed pipe, an interrupt): the other process goes on alone
         os._exit(1)
     os._exit(0)
