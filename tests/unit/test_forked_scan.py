@@ -21,8 +21,8 @@ from datamon.api.scan import LocalDir, scan
 from datamon.errors import UnsafePath
 from datamon.testing.workloads import describe_tree, random_bytes, write_tree
 
-# Files written just now are "racy" and have no key; these tests take them as settled.
 SPLIT = forked_scan.SPLIT_FILES  # files at the last upload: enough to be split
+# Files written just now are "racy" and have no key; these tests take them as settled.
 pytestmark = pytest.mark.usefixtures("settled")
 
 
