@@ -17,8 +17,8 @@ from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import pack_key
 from datamon.cafs.packer import SLACK, Buffer, PackWriter
 from datamon.cafs.reader import ChunkReader, windows
-from datamon.core.codecs import ChunkCodec
-from datamon.core.ids import digest
+from datamon.core.codecs import ChunkCodec, pack_msg
+from datamon.core.ids import digest, hexdigest
 from datamon.core.model import ChunkRef, PackIndex
 from datamon.testing.workloads import random_bytes, text_bytes
 
@@ -41,6 +41,26 @@ def test_every_chunk_reads_back_across_many_packs(tmp_path: Path) -> None:
     refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
     assert list(ChunkReader(store.index).read(refs)) == chunks
     assert writer.bytes_written == sum(store.blob.stat(pack_key(pack)).size for pack in packs)
+
+
+def test_a_pack_is_named_after_its_entries(tmp_path: Path) -> None:
+    """design §4.1: the pack id is the BLAKE3 of the MessagePack array of its entries, and
+    the index stored beside the pack holds those entries under that name."""
+    store = Store.open(str(tmp_path / "store"))
+    writer = PackWriter(store.index, 20_000, max_pending=1, uploaders=1)
+    codec = ChunkCodec()
+    for i in range(12):
+        raw = (random_bytes if i % 2 else text_bytes)(i, 9_000 + i)
+        writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+    packs = writer.close()
+    assert len(packs) >= 2
+    for pack in packs:
+        index = load_pack_index(store.blob, pack)
+        assert pack == hexdigest(pack_msg(index.entries))
+        assert pack == hexdigest(pack_msg(list(index.entries)))
+        end = max(e.offset + e.length for e in index.entries)
+        assert store.blob.stat(pack_key(pack)).size == end
+    assert len(set(packs)) == len(packs)
 
 
 def test_packs_are_recorded_in_the_index_a_few_at_a_time(
