@@ -157,7 +157,9 @@ def test_only_a_process_without_threads_may_fork() -> None:
     assert (found.returncode, found.stdout.split()) == (0, ["True", "False"]), found.stderr
 
 
-@pytest.mark.parametrize("where", ["before it replies", "in its reply", "in sending content"])
+@pytest.mark.parametrize(
+    "where", ["before it replies", "in its reply", "in sending content", "with a garbled reply"]
+)
 def test_a_helper_that_fails_leaves_the_scan_to_this_process(
     tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -171,6 +173,12 @@ def test_a_helper_that_fails_leaves_the_scan_to_this_process(
         monkeypatch.setattr(forked_scan, "_serve", dies)
     elif where == "in its reply":
         monkeypatch.setattr(forked_scan, "_links", _fails)
+    elif where == "with a garbled reply":
+
+        def garbles(fd: int, _message: object) -> None:
+            os.write(fd, forked_scan._LENGTH.pack(4) + b"\xffgar")
+
+        monkeypatch.setattr(forked_scan, "_send", garbles)
     else:
         monkeypatch.setattr(forked_scan, "_pack", _fails)
     with KeyedScan(str(src), now, files=SPLIT) as scanned:

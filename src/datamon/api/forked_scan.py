@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import signal
 import struct
 import sys
@@ -162,7 +161,7 @@ class _Helper:
         self._joined = True
         try:
             reply = _receive(self._replies)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        except (OSError, EOFError) as exc:
             reply = (False, f"no reply ({exc})")
         ok, found = reply
         if not ok:
@@ -187,7 +186,7 @@ class _Helper:
                 if not ok:
                     raise EOFError(content)
                 _unpack(node, content)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        except (OSError, EOFError) as exc:
             log.debug("scanning here what the helper could not send: %s", exc)
             self._list_here()
             self._walk.finish()  # the symlinks found now, which may not be those it sent
@@ -274,6 +273,8 @@ def _unpack(node: LocalDir, content: _Packed) -> None:
 
 
 def _send(fd: int, message: object) -> None:
+    import pickle  # here: only a split re-upload needs it, and every command imports this
+
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     with os.fdopen(fd, "wb", closefd=False) as out:
         out.write(_LENGTH.pack(len(data)))
@@ -281,8 +282,14 @@ def _send(fd: int, message: object) -> None:
 
 
 def _receive(fd: int) -> Any:
+    """The next message from the helper; EOFError if it ended or sent what does not decode."""
+    import pickle
+
     size = _LENGTH.unpack(_read(fd, _LENGTH.size))[0]
-    return pickle.loads(_read(fd, size))
+    try:
+        return pickle.loads(_read(fd, size))
+    except pickle.UnpicklingError as exc:
+        raise EOFError(f"a reply that does not decode ({exc})") from None
 
 
 def _read(fd: int, size: int) -> bytes:
