@@ -235,11 +235,11 @@ class PackWriter:
             self._futures.append(future)
 
     def _write(self, seq: int, buffer: Buffer, used: int, entries: list[PackEntry]) -> str:
-        # Named after its entries (design §4.1), not its bytes: hashing every byte stored
-        # again, after each chunk's own hash, cost a W2 upload 0.12 CPU-seconds here.
-        pack_id = hexdigest(pack_msg(entries))
         # The buffer is written as it is: a copy would double the memory of each pack.
         try:
+            # Named after its entries (design §4.1), not its bytes: hashing every byte
+            # stored again, after each chunk's own hash, cost a W2 upload 0.12 CPU-seconds.
+            pack_id = hexdigest(pack_msg(entries))
             with memoryview(buffer) as whole, whole[:used] as data:
                 # Write order: the pack, then its index, then (in the index copy) where to
                 # find its chunks.
