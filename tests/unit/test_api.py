@@ -1270,15 +1270,51 @@ def test_progress_is_reported(repo: Repository, src: Path, tmp_path: Path, autho
         assert advanced == result.bundle.size
 
 
-def test_downloads_from_local_disk_use_no_more_threads_than_cores(tmp_path: Path) -> None:
+def test_downloads_from_local_disk_use_a_thread_a_core_or_one_more_for_large_files(
+    tmp_path: Path,
+) -> None:
     cores = max(2, os.cpu_count() or 1)
     local = Store.open(str(tmp_path / "store"))
     assert download_module._workers(local, 64) == min(64, cores)
     assert download_module._workers(local, 1) == 1
+    # Large files' packs are read around the page cache: one thread more waits on the disk.
+    assert download_module._workers(local, 64, large=True) == min(64, cores + 1)
+    assert download_module._workers(local, cores, large=True) == cores
+    assert download_module._workers(local, 1, large=True) == 1
     # From an object store (here in memory), the asked concurrency hides request latency.
     remote = Store.open("memory://bench")
     assert download_module._workers(remote, 64) == 64
     assert download_module._workers(remote, 0) == 1
+
+
+@pytest.mark.parametrize(
+    ("sizes", "large"),
+    [([9 << 20, 1 << 10], True), ([1 << 10] * 3, False), ([9 << 20] + [1 << 20] * 10, False)],
+)
+def test_a_download_asks_for_a_thread_more_when_large_files_hold_most_bytes(
+    repo: Repository,
+    tmp_path: Path,
+    author: Author,
+    monkeypatch: pytest.MonkeyPatch,
+    sizes: list[int],
+    large: bool,
+) -> None:
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    for i, size in enumerate(sizes):
+        (folder / f"f{i}").write_bytes(random_bytes(i, size))
+    bid = repo.upload(str(folder), _opts(author)).bundle_id
+    asked: list[bool] = []
+    workers = download_module._workers
+
+    def recorded(store: Store, concurrency: int, large: bool = False) -> int:
+        asked.append(large)
+        return workers(store, concurrency, large)
+
+    monkeypatch.setattr(download_module, "_workers", recorded)
+    repo.download(bid, str(tmp_path / "dest"))
+    assert asked == [large]
+    assert describe_tree(tmp_path / "dest") == describe_tree(folder)
 
 
 def _segmented(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -22,7 +22,8 @@ concurrency_option = click.option(
     help=(
         "How many files are read or written at once. Uploads read and hash with at most one"
         " thread per core (at least 2), or as many worker processes for 2,000 small files"
-        " or more (1 turns them off); downloads from local disk use as many threads."
+        " or more (1 turns them off); downloads from local disk use as many threads, or one"
+        " more when most of the bytes are in files over 8 MiB."
     ),
 )
 
