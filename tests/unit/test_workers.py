@@ -286,10 +286,13 @@ def few_files_suffice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]
     real = EncoderPool.encode
 
     def counted(
-        self: EncoderPool, files: list[tuple[str, int]], compress: bool = True
+        self: EncoderPool,
+        files: list[tuple[str, int]],
+        compress: bool = True,
+        plain: bytes | None = None,
     ) -> workers.Encoded:
         groups.append((len(files), compress))
-        return real(self, files, compress)
+        return real(self, files, compress, plain)
 
     monkeypatch.setattr(EncoderPool, "encode", counted)
     return groups
@@ -396,9 +399,9 @@ groups = []
 real = EncoderPool.encode
 
 
-def counted(self, files, compress=True):
+def counted(self, files, compress=True, plain=None):
     groups.append(1)
-    return real(self, files, compress)
+    return real(self, files, compress, plain)
 
 
 EncoderPool.encode = counted

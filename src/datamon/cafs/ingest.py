@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
+from datamon.cafs.kinds import Kinds, chunk_marks, outcomes
 from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.statcache import Folder, Listed, StatCache
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool
@@ -117,6 +118,8 @@ class Ingester:
         # Of the chunks of the last group the workers returned, the share that were stored
         # already (by earlier uploads, or earlier in this one).
         self._stored_share = 0.0
+        # Which kinds of small files (by extension) this upload stores raw (cafs/kinds.py).
+        self._kinds = Kinds()
         self._local = threading.local()
         threads = workers or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datamon-chunk")
@@ -325,8 +328,11 @@ class Ingester:
         ids = [digest(raw) for raw in raws]
         sizes = [len(raw) for raw in raws]
         out, packs, store = self._place(files, counts, ids, sizes)
+        kinds, plain = self._kinds.plan([path for path, _st in files])
+        encoded = self._encode_new(store, ids, raws, sizes, chunk_marks(plain, counts))
+        self._learn(kinds, plain, counts, ids, encoded)
         # One call, so the group's chunks lie side by side in the pack, as they are read.
-        new = self.packer.add_many(self._encode_new(store, ids, raws, sizes))
+        new = self.packer.add_many(encoded)
         self._count(len(ids), sum(sizes), new, packs)
         return out
 
@@ -338,7 +344,9 @@ class Ingester:
         of stored data (from another folder, or with the stat cache gone) then compresses
         only its first groups (those sent before any came back)."""
         compress = self._stored_share < STORED_SHARE
-        with encoders.encode([(path, st.st_size) for path, st in files], compress) as got:
+        kinds, plain = self._kinds.plan([path for path, _st in files])
+        sized = [(path, st.st_size) for path, st in files]
+        with encoders.encode(sized, compress, plain) as got:
             out, packs, store = self._place(files, got.counts, got.ids, got.sizes)
             # add_many copies each payload out of the worker's slot before it is freed.
             if got.codecs is not None:
@@ -346,8 +354,11 @@ class Ingester:
                 new: list[tuple[bytes, int, Payload, int]] = [
                     (got.ids[k], codecs[k], got.payloads[k], got.sizes[k]) for k in store
                 ]
+                self._kinds.learn(kinds, plain, outcomes(got.counts, codecs))
             else:
-                new = self._encode_new(store, got.ids, got.payloads, got.sizes)
+                marks = chunk_marks(plain, got.counts)
+                new = self._encode_new(store, got.ids, got.payloads, got.sizes, marks)
+                self._learn(kinds, plain, got.counts, got.ids, new)
             added = self.packer.add_many(new)
         if got.ids:
             self._stored_share = 1 - added / len(got.ids)
@@ -360,16 +371,32 @@ class Ingester:
         ids: Sequence[bytes],
         raws: Sequence[Chunk],
         sizes: Sequence[int],
+        plain: bytes | None = None,
     ) -> list[tuple[bytes, int, Payload, int]]:
         """The chunks at positions ``store`` that the pack writer lacks too, compressed in
-        one call, for :meth:`PackWriter.add_many`."""
+        one call (but those ``plain`` marks, a byte a chunk, which stay raw), for
+        :meth:`PackWriter.add_many`."""
         seen = self.packer.seen
         missing = [k for k in store if not seen(ids[k])]
-        encoded = self._codec().encode_many([raws[k] for k in missing])
+        marks = None if plain is None else bytes([plain[k] for k in missing])
+        encoded = self._codec().encode_many([raws[k] for k in missing], marks)
         return [
             (ids[k], codec, payload, sizes[k])
             for k, (codec, payload) in zip(missing, encoded, strict=True)
         ]
+
+    def _learn(
+        self,
+        kinds: Sequence[str],
+        plain: bytes | None,
+        counts: Sequence[int],
+        ids: Sequence[bytes],
+        encoded: Sequence[tuple[bytes, int, Payload, int]],
+    ) -> None:
+        """Teach :attr:`_kinds` how the chunks of a group (``ids``) that this process
+        encoded were stored (``_encode_new``'s result; the others were stored already)."""
+        codec_of = {cid: codec for cid, codec, _payload, _size in encoded}
+        self._kinds.learn(kinds, plain, outcomes(counts, [codec_of.get(cid) for cid in ids]))
 
     def _place(
         self,

@@ -18,6 +18,7 @@ from typing import IO
 import msgspec
 
 from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.kinds import chunk_marks
 from datamon.core.codecs import ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import ChunkerParams
@@ -60,11 +61,14 @@ def _encode(
     sizes: list[int],
     slot: int,
     compress: bool,
+    plain: bytes | None = None,
 ) -> tuple[list[int], bytes, list[int], bytes | None, list[int] | list[bytes]]:
     """In a worker: the group's chunk counts per file, chunk ids (joined), raw sizes, codec
     bytes (None without ``compress``) and payload sizes; the payloads (the raw chunks
-    without ``compress``) are written, in order, to the slot. Files that grew since they
-    were stat'ed may not fit: the payloads are then returned instead of their sizes."""
+    without ``compress``) are written, in order, to the slot. With ``plain`` (a byte a
+    file), the chunks of the files marked 1 are stored raw without being compressed. Files
+    that grew since they were stat'ed may not fit: the payloads are then returned instead
+    of their sizes."""
     read = FastCDCChunker.read
     counts: list[int] = []
     ids: list[bytes] = []
@@ -79,7 +83,7 @@ def _encode(
     codecs: bytes | None = None
     payloads: Sequence[bytes | memoryview] = raws
     if compress:
-        encoded = codec.encode_many(raws)
+        encoded = codec.encode_many(raws, chunk_marks(plain, counts))
         codecs = bytes(codec_byte for codec_byte, _payload in encoded)
         payloads = [payload for _codec, payload in encoded]
     if sum(len(payload) for payload in payloads) > SLOT_BYTES:
@@ -111,9 +115,9 @@ def serve(source: IO[bytes], sink: IO[bytes], memfd: int) -> None:
 
     reply(READY)
     while (request := read_frame(source)) is not None:
-        paths, sizes, slot, compress = msgspec.msgpack.decode(request)
+        paths, sizes, slot, compress, plain = msgspec.msgpack.decode(request)
         try:
-            result = _encode(chunker, codec, shared, paths, sizes, slot, compress)
+            result = _encode(chunker, codec, shared, paths, sizes, slot, compress, plain)
         except OSError as exc:
             reply([OS_ERROR, exc.errno, exc.strerror, exc.filename])
             continue

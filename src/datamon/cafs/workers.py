@@ -254,13 +254,17 @@ class EncoderPool:
         except (OSError, EOFError, ValueError) as exc:
             raise OSError(f"worker processes did not start: {exc}") from None
 
-    def encode(self, files: Sequence[tuple[str, int]], compress: bool = True) -> Encoded:
+    def encode(
+        self, files: Sequence[tuple[str, int]], compress: bool = True, plain: bytes | None = None
+    ) -> Encoded:
         """Read, cut, hash and (with ``compress``) compress ``(path, size)`` small files
-        (their whole size at most :data:`SLOT_BYTES`); waits for a free slot and worker. An
-        unreadable file raises the ``OSError`` the worker met."""
+        (their whole size at most :data:`SLOT_BYTES`), but for those ``plain`` marks (a byte
+        a file, 1 to store the file raw); waits for a free slot and worker. An unreadable
+        file raises the ``OSError`` the worker met."""
         slot = self._free.get()
         try:
-            reply = self._call([[p for p, _s in files], [s for _p, s in files], slot, compress])
+            paths = [p for p, _s in files]
+            reply = self._call([paths, [s for _p, s in files], slot, compress, plain])
         except BaseException:
             self._free.put(slot)
             raise

@@ -154,30 +154,34 @@ class ChunkCodec:
         return CODEC_RAW, raw
 
     def encode_many(
-        self, raws: Sequence[bytes | memoryview]
+        self, raws: Sequence[bytes | memoryview], plain: bytes | None = None
     ) -> list[tuple[int, bytes | memoryview]]:
-        """:meth:`encode_parts` of each chunk, compressed in one call.
+        """:meth:`encode_parts` of each chunk, compressed in one call; with ``plain`` (a
+        byte a chunk), the chunks marked 1 are stored raw without being compressed.
 
         Compressing a group of small chunks at once releases the interpreter lock once for
         the group instead of once per chunk; the frames are the same bytes ``compress``
         gives.
         """
-        if not raws:
-            return []
+        which = range(len(raws)) if plain is None else [k for k, p in enumerate(plain) if not p]
+        if not which:
+            return [(CODEC_RAW, raw) for raw in raws]
         try:
-            batch: list[bytes | bytearray | memoryview] = [*raws]
+            batch: list[bytes | bytearray | memoryview] = [raws[k] for k in which]
             packed = self._compressor.multi_compress_to_buffer(batch, threads=1)
         except NotImplementedError:  # zstandard's CFFI backend has no batch call
-            return [self.encode_parts(raw) for raw in raws]
-        out: list[tuple[int, bytes | memoryview]] = []
-        for i, raw in enumerate(raws):
+            return [
+                (CODEC_RAW, raw) if plain is not None and plain[k] else self.encode_parts(raw)
+                for k, raw in enumerate(raws)
+            ]
+        out: list[tuple[int, bytes | memoryview]] = [(CODEC_RAW, raw) for raw in raws]
+        for i, k in enumerate(which):
+            raw = raws[k]
             size = len(raw)
             one = packed[i]
             if len(one) + (size >> _MIN_SAVING_SHIFT) < size:
                 # A segment of the batch's output buffer (the stubs omit its buffer protocol).
-                out.append((CODEC_ZSTD, memoryview(one)))  # type: ignore[arg-type]
-            else:
-                out.append((CODEC_RAW, raw))
+                out[k] = (CODEC_ZSTD, memoryview(one))  # type: ignore[arg-type]
         return out
 
     def decode(self, key: str, blob: bytes | memoryview, raw_size: int) -> bytes:

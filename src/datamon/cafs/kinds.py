@@ -1,0 +1,121 @@
+"""Which kinds of small files an upload finds incompressible, so as not to compress them.
+
+Files named alike tend to hold data alike: ``.jpg``, ``.parquet`` or ``.bin`` files of
+compressed or random bytes, ``.json`` or ``.csv`` text. A chunk over 16 KiB can be probed by
+compressing its start (design §4.5), but a small file is one short chunk: zstd would compress
+it whole only to store it raw (W2's 25,000 random files of 1-16 KiB: 0.5 CPU-seconds here,
+a tenth of the upload's CPU). So an upload learns, by the extension of each file's name,
+whether the files of that kind compress: once :data:`RAW_RUN` of them in a row were stored
+raw, it stores the next ones raw without compressing them, but for one in
+:data:`CHECK_EVERY`, which it still compresses; one of those saving space makes the kind's
+files compressed again (design §4.5). Files are learned from a group at a time: a group
+with one file of a kind stored compressed starts that kind's count again, whatever the
+order of its files. Data that would compress is never lost, only stored raw, and a chunk's
+id is the hash of its raw bytes either way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from datamon.core.codecs import CODEC_RAW
+
+# Files of one kind in a row stored raw before the kind's files are no longer compressed.
+RAW_RUN = 16
+# Of a kind's files not compressed, one in this many is compressed still, to check.
+CHECK_EVERY = 32
+
+
+def kind_of(path: str) -> str:
+    """The extension of the file's name, lowercased ("" for a name with none)."""
+    head, dot, ext = path.rpartition(".")
+    if not dot or "/" in ext or not head or head[-1] == "/":  # no dot, or only a leading one
+        return ""
+    return ext.lower()
+
+
+class Kinds:
+    """What one upload has learned of its kinds of files; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Files of each kind stored raw in a row, of those compressed.
+        self._raw_run: dict[str, int] = {}
+        # Files of each kind passed over since the last one compressed to check.
+        self._passed: dict[str, int] = {}
+
+    def plan(self, paths: Sequence[str]) -> tuple[list[str], bytes | None]:
+        """The kind of each file and which to store raw without compressing them: a byte a
+        file, 1 for raw; None if every file is to be compressed."""
+        kinds = [kind_of(path) for path in paths]
+        with self._lock:
+            raw_run = self._raw_run
+            if not any(raw_run.get(kind, 0) >= RAW_RUN for kind in set(kinds)):
+                return kinds, None
+            passed = self._passed
+            plain = bytearray(len(kinds))
+            for i, kind in enumerate(kinds):
+                if raw_run.get(kind, 0) >= RAW_RUN:
+                    n = passed.get(kind, 0) + 1
+                    if n < CHECK_EVERY:
+                        plain[i] = 1
+                    else:
+                        n = 0
+                    passed[kind] = n
+        return kinds, bytes(plain)
+
+    def learn(
+        self, kinds: Sequence[str], plain: bytes | None, stored_raw: Sequence[bool | None]
+    ) -> None:
+        """What became of the files :meth:`plan` gave: ``stored_raw[i]`` tells whether the
+        ``i``-th file's chunks were all stored raw, None if it had none; files ``plain``
+        kept raw tell nothing."""
+        stored: dict[str, int] = {}
+        compressed: set[str] = set()
+        for i, (kind, raw) in enumerate(zip(kinds, stored_raw, strict=True)):
+            if raw is None or (plain is not None and plain[i]):
+                continue
+            if raw:
+                stored[kind] = stored.get(kind, 0) + 1
+            else:
+                compressed.add(kind)
+        with self._lock:
+            raw_run = self._raw_run
+            for kind in compressed:
+                raw_run.pop(kind, None)
+            for kind, n in stored.items():
+                if kind not in compressed:
+                    raw_run[kind] = raw_run.get(kind, 0) + n
+
+
+def chunk_marks(plain: bytes | None, counts: Sequence[int]) -> bytes | None:
+    """``plain``'s byte a file as a byte a chunk, the ``i``-th file having ``counts[i]``."""
+    if plain is None or (len(plain) == sum(counts) and min(counts, default=1) == 1):
+        return plain  # (a chunk a file, the usual small file)
+    marks = bytearray()
+    for mark, count in zip(plain, counts, strict=True):
+        marks += b"\x01" * count if mark else b"\x00" * count
+    return bytes(marks)
+
+
+def outcomes(counts: Sequence[int], codecs: Sequence[int | None]) -> list[bool | None]:
+    """For each file (``counts[i]`` of the chunks), whether its chunks were stored raw, from
+    their codec bytes, None for a chunk not encoded: True if every chunk encoded was stored
+    raw, False if one was compressed, None if none was encoded."""
+    if len(counts) == len(codecs) and min(counts, default=1) == 1:  # a chunk a file
+        return [None if codec is None else codec == CODEC_RAW for codec in codecs]
+    out: list[bool | None] = []
+    k = 0
+    for count in counts:
+        seen: bool | None = None
+        for codec in codecs[k : k + count]:
+            if codec is None:
+                continue
+            if codec != CODEC_RAW:
+                seen = False
+                break
+            seen = True
+        out.append(seen)
+        k += count
+    return out
