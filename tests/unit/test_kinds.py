@@ -14,7 +14,15 @@ from datamon.api.repository import Repository
 from datamon.api.upload import UploadOptions
 from datamon.cafs import workers
 from datamon.cafs.chunker import FastCDCChunker
-from datamon.cafs.kinds import CHECK_EVERY, RAW_RUN, Kinds, chunk_marks, kind_of, outcomes
+from datamon.cafs.kinds import (
+    CHECK_EVERY,
+    LEARN_BYTES,
+    RAW_RUN,
+    Kinds,
+    chunk_marks,
+    kind_of,
+    outcomes,
+)
 from datamon.cafs.layout import pack_key
 from datamon.cafs.workers import EncoderPool
 from datamon.core.codecs import CODEC_RAW, CODEC_ZSTD, ChunkCodec
@@ -36,12 +44,21 @@ from datamon.testing.workloads import random_bytes, text_bytes
     ],
 )
 def test_a_file_s_kind_is_its_extension(path: str, kind: str) -> None:
-    assert kind_of(path) == kind
+    assert kind_of(path, LEARN_BYTES) == kind
+    assert kind_of(path, LEARN_BYTES - 1) is None  # too small to tell
 
 
-def _feed(kinds: Kinds, paths: list[str], raw: bool) -> bytes | None:
+def _sized(paths: list[str], size: int = 4096) -> list[tuple[str, int]]:
+    return [(path, size) for path in paths]
+
+
+def _plan(kinds: Kinds, paths: list[str]) -> bytes | None:
+    return kinds.plan(_sized(paths))[1]
+
+
+def _feed(kinds: Kinds, paths: list[str], raw: bool, size: int = 4096) -> bytes | None:
     """Plans a group of files and tells what became of them: all raw, or all compressed."""
-    found, plain = kinds.plan(paths)
+    found, plain = kinds.plan(_sized(paths, size))
     kinds.learn(found, plain, [raw] * len(paths))
     return plain
 
@@ -54,7 +71,7 @@ def test_a_kind_stored_raw_so_many_times_in_a_row_is_no_longer_compressed() -> N
     # Sixteen .bin files stored raw in a row (the compressed one came before them).
     assert _feed(kinds, [f"/d/g{i}.bin" for i in range(RAW_RUN)], raw=True) is None
     files = [f"/d/h{i}.bin" for i in range(3 * CHECK_EVERY)] + ["/d/t.json", "/d/README"]
-    _found, plain = kinds.plan(files)
+    _found, plain = kinds.plan(_sized(files))
     assert plain is not None
     # All the .bin files but one in CHECK_EVERY stay raw; other kinds are compressed.
     assert list(plain[-2:]) == [0, 0]
@@ -65,17 +82,17 @@ def test_a_kind_stored_raw_so_many_times_in_a_row_is_no_longer_compressed() -> N
 def test_a_checked_file_that_compresses_makes_its_kind_compressed_again() -> None:
     kinds = Kinds()
     _feed(kinds, [f"/d/g{i}.bin" for i in range(RAW_RUN)], raw=True)
-    found, plain = kinds.plan([f"/d/h{i}.bin" for i in range(CHECK_EVERY)])
+    found, plain = kinds.plan(_sized([f"/d/h{i}.bin" for i in range(CHECK_EVERY)]))
     assert plain is not None and list(plain) == [1] * (CHECK_EVERY - 1) + [0]
     # The one compressed saved space: the next files of the kind are compressed.
     kinds.learn(found, plain, [None] * (CHECK_EVERY - 1) + [False])
-    assert kinds.plan(["/d/i.bin", "/d/j.bin"])[1] is None
+    assert _plan(kinds, ["/d/i.bin", "/d/j.bin"]) is None
 
 
 def test_a_kind_that_compresses_now_and_then_is_always_compressed() -> None:
     kinds = Kinds()
     for i in range(10 * RAW_RUN):
-        found, plain = kinds.plan([f"/d/f{i}.dat"])
+        found, plain = kinds.plan(_sized([f"/d/f{i}.dat"]))
         assert plain is None
         # Raw fifteen times in sixteen: never sixteen in a row.
         kinds.learn(found, plain, [i % RAW_RUN != 0])
@@ -84,11 +101,22 @@ def test_a_kind_that_compresses_now_and_then_is_always_compressed() -> None:
 def test_files_without_chunks_or_kept_raw_teach_nothing() -> None:
     kinds = Kinds()
     _feed(kinds, [f"/d/g{i}.bin" for i in range(RAW_RUN - 1)], raw=True)
-    found, plain = kinds.plan(["/d/empty.bin"])
+    found, plain = kinds.plan(_sized(["/d/empty.bin"]))
     kinds.learn(found, plain, [None])
-    assert kinds.plan(["/d/next.bin"])[1] is None
+    assert _plan(kinds, ["/d/next.bin"]) is None
     _feed(kinds, ["/d/last.bin"], raw=True)
-    assert kinds.plan(["/d/next.bin"])[1] == b"\x01"
+    assert _plan(kinds, ["/d/next.bin"]) == b"\x01"
+
+
+def test_tiny_files_neither_teach_nor_are_kept_raw() -> None:
+    kinds = Kinds()
+    # Tiny JSON files, stored raw because a frame's own bytes outweigh what zstd saves,
+    # say nothing of the large ones.
+    _feed(kinds, [f"/d/t{i}.json" for i in range(3 * RAW_RUN)], raw=True, size=LEARN_BYTES - 1)
+    assert _plan(kinds, ["/d/large.json"]) is None
+    _feed(kinds, [f"/d/g{i}.json" for i in range(RAW_RUN)], raw=True)
+    found, plain = kinds.plan([("/d/tiny.json", 10), ("/d/large.json", 4096)])
+    assert found == [None, "json"] and plain == b"\x00\x01"
 
 
 def test_marks_and_outcomes_follow_files_of_several_chunks() -> None:
@@ -188,9 +216,9 @@ def test_an_upload_stops_compressing_a_kind_of_file_that_does_not_compress(
     bins, texts = [], []
     for i in range(200):  # twenty groups, in name order: a text file and a random one
         texts.append(src / f"f{i:03d}a.json")
-        texts[-1].write_bytes(text_bytes(100 + i, 500 + 20 * i))
+        texts[-1].write_bytes(text_bytes(100 + i, 600 + 20 * i))
         bins.append(src / f"f{i:03d}b.bin")
-        bins[-1].write_bytes(random_bytes(100 + i, 300 + 20 * i))
+        bins[-1].write_bytes(random_bytes(100 + i, 600 + 20 * i))
     store = Store.open(str(tmp_path / "store"))
     author = Author("Ada Lovelace", "ada@example.com")
     repo = Repository.create(store, "r", "d", author)

@@ -328,7 +328,7 @@ class Ingester:
         ids = [digest(raw) for raw in raws]
         sizes = [len(raw) for raw in raws]
         out, packs, store = self._place(files, counts, ids, sizes)
-        kinds, plain = self._kinds.plan([path for path, _st in files])
+        kinds, plain = self._kinds.plan([(path, st.st_size) for path, st in files])
         encoded = self._encode_new(store, ids, raws, sizes, chunk_marks(plain, counts))
         self._learn(kinds, plain, counts, ids, encoded)
         # One call, so the group's chunks lie side by side in the pack, as they are read.
@@ -344,8 +344,8 @@ class Ingester:
         of stored data (from another folder, or with the stat cache gone) then compresses
         only its first groups (those sent before any came back)."""
         compress = self._stored_share < STORED_SHARE
-        kinds, plain = self._kinds.plan([path for path, _st in files])
         sized = [(path, st.st_size) for path, st in files]
+        kinds, plain = self._kinds.plan(sized)
         with encoders.encode(sized, compress, plain) as got:
             out, packs, store = self._place(files, got.counts, got.ids, got.sizes)
             # add_many copies each payload out of the worker's slot before it is freed.
@@ -387,7 +387,7 @@ class Ingester:
 
     def _learn(
         self,
-        kinds: Sequence[str],
+        kinds: Sequence[str | None],
         plain: bytes | None,
         counts: Sequence[int],
         ids: Sequence[bytes],

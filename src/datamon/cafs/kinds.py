@@ -25,10 +25,16 @@ from datamon.core.codecs import CODEC_RAW
 RAW_RUN = 16
 # Of a kind's files not compressed, one in this many is compressed still, to check.
 CHECK_EVERY = 32
+# Smaller files neither teach nor are kept raw: a frame's own bytes keep most of them from
+# saving a 32nd, whatever their data, and compressing them costs little.
+LEARN_BYTES = 512
 
 
-def kind_of(path: str) -> str:
-    """The extension of the file's name, lowercased ("" for a name with none)."""
+def kind_of(path: str, size: int = LEARN_BYTES) -> str | None:
+    """The extension of the file's name, lowercased ("" for a name with none); None for a
+    file under :data:`LEARN_BYTES`."""
+    if size < LEARN_BYTES:
+        return None
     head, dot, ext = path.rpartition(".")
     if not dot or "/" in ext or not head or head[-1] == "/":  # no dot, or only a leading one
         return ""
@@ -45,18 +51,18 @@ class Kinds:
         # Files of each kind passed over since the last one compressed to check.
         self._passed: dict[str, int] = {}
 
-    def plan(self, paths: Sequence[str]) -> tuple[list[str], bytes | None]:
-        """The kind of each file and which to store raw without compressing them: a byte a
-        file, 1 for raw; None if every file is to be compressed."""
-        kinds = [kind_of(path) for path in paths]
+    def plan(self, files: Sequence[tuple[str, int]]) -> tuple[list[str | None], bytes | None]:
+        """The kind of each ``(path, size)`` file and which to store raw without compressing
+        them: a byte a file, 1 for raw; None if every file is to be compressed."""
+        kinds = [kind_of(path, size) for path, size in files]
         with self._lock:
             raw_run = self._raw_run
-            if not any(raw_run.get(kind, 0) >= RAW_RUN for kind in set(kinds)):
+            if not any(raw_run.get(kind, 0) >= RAW_RUN for kind in set(kinds) if kind is not None):
                 return kinds, None
             passed = self._passed
             plain = bytearray(len(kinds))
             for i, kind in enumerate(kinds):
-                if raw_run.get(kind, 0) >= RAW_RUN:
+                if kind is not None and raw_run.get(kind, 0) >= RAW_RUN:
                     n = passed.get(kind, 0) + 1
                     if n < CHECK_EVERY:
                         plain[i] = 1
@@ -66,7 +72,10 @@ class Kinds:
         return kinds, bytes(plain)
 
     def learn(
-        self, kinds: Sequence[str], plain: bytes | None, stored_raw: Sequence[bool | None]
+        self,
+        kinds: Sequence[str | None],
+        plain: bytes | None,
+        stored_raw: Sequence[bool | None],
     ) -> None:
         """What became of the files :meth:`plan` gave: ``stored_raw[i]`` tells whether the
         ``i``-th file's chunks were all stored raw, None if it had none; files ``plain``
@@ -74,7 +83,7 @@ class Kinds:
         stored: dict[str, int] = {}
         compressed: set[str] = set()
         for i, (kind, raw) in enumerate(zip(kinds, stored_raw, strict=True)):
-            if raw is None or (plain is not None and plain[i]):
+            if raw is None or kind is None or (plain is not None and plain[i]):
                 continue
             if raw:
                 stored[kind] = stored.get(kind, 0) + 1
