@@ -56,6 +56,31 @@ def test_random_data_is_probed_after_two_raw_chunks(
     )
 
 
+def test_a_file_s_later_batches_probe_from_their_first_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three batches of random data (one thread stores them, one after the other): only the
+    # file's first chunks are compressed whole, not the first two of every batch.
+    calls = _ingest(tmp_path, random_bytes(33, 3 * ingest_module.BATCH_BYTES), monkeypatch)
+    assert len(calls) > 3 * (PROBE_AFTER + 5)
+    assert all(kind == CODEC_RAW for _probe, kind in calls)
+    assert [probe for probe, _kind in calls] == [False] * PROBE_AFTER + [True] * (
+        len(calls) - PROBE_AFTER
+    )
+
+
+def test_text_in_a_later_batch_after_random_data_is_compressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random_bytes(34, 2 * ingest_module.BATCH_BYTES) + text_bytes(34, 3 << 20)
+    calls = _ingest(tmp_path, data, monkeypatch)
+    kinds = [kind for _probe, kind in calls]
+    first_text = kinds.index(next(k for k in kinds if k != CODEC_RAW))
+    assert calls[first_text][0] is True  # probed, as the random chunks before it
+    assert all(kind != CODEC_RAW for kind in kinds[first_text + 1 :])
+    assert not any(probe for probe, _kind in calls[first_text + 1 :])
+
+
 def test_text_after_random_data_is_compressed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,6 +53,17 @@ class IngestStats:
 
 
 @dataclass(slots=True)
+class _RawRun:
+    """Chunks of one file stored raw in a row, carried from batch to batch (design §4.5).
+
+    A file's batches are stored by several threads at once: a batch begins from the count
+    as the file's other batches have left it so far. A race only costs a chunk compressed
+    whole, or one probed."""
+
+    chunks: int = 0
+
+
+@dataclass(slots=True)
 class _Batch:
     refs: list[ChunkRef] = field(default_factory=list)
     new: int = 0
@@ -458,6 +469,7 @@ class Ingester:
         """The refs of a stream of chunks, the index packs and the queued chunks among them."""
         out = _Batch()
         pending: deque[Future[_Batch]] = deque()
+        raw_run = _RawRun()
 
         def take(batch: _Batch) -> None:
             self._collect(batch, out.refs)
@@ -467,7 +479,7 @@ class Ingester:
         with self._streams:
             try:
                 for batch in _batches(chunks):
-                    pending.append(self._pool.submit(self._store_batch, batch))
+                    pending.append(self._pool.submit(self._store_batch, batch, raw_run))
                     if len(pending) >= WINDOW:
                         take(pending.popleft().result())
                 while pending:
@@ -492,15 +504,15 @@ class Ingester:
             self.stats.bytes_read += sum(r.size for r in batch.refs)
             self.stats.packs_used |= batch.packs
 
-    def _store_batch(self, chunks: list[Chunk]) -> _Batch:
+    def _store_batch(self, chunks: list[Chunk], run: _RawRun) -> _Batch:
         out = _Batch()
         ids = [digest(raw) for raw in chunks]
         out.refs = [ChunkRef(cid, len(raw)) for cid, raw in zip(ids, chunks, strict=True)]
         where = self.index.lookup_many(ids)  # one query for the batch
         codec = self._codec()
-        # Chunks stored raw in a row: after PROBE_AFTER of them, each next chunk of this
-        # batch (one file's) is probed before it is compressed whole (design §4.5).
-        raw_run = 0
+        # Chunks of the file stored raw in a row: after PROBE_AFTER of them, each next chunk
+        # is probed before it is compressed whole (design §4.5).
+        raw_run = run.chunks
         new: list[tuple[bytes, int, Payload, int]] = []
         taken: set[bytes] = set()
         for cid, raw in zip(ids, chunks, strict=True):
@@ -514,6 +526,7 @@ class Ingester:
             out.queued.append(cid)
             kind, payload = codec.encode_parts(raw, probe=raw_run >= PROBE_AFTER)
             raw_run = raw_run + 1 if kind == CODEC_RAW else 0
+            run.chunks = raw_run
             taken.add(cid)
             new.append((cid, kind, payload, len(raw)))
         # The batch goes into the pack side by side, not a chunk at a time between another
