@@ -45,24 +45,18 @@ def _ingest(tmp_path: Path, data: bytes, monkeypatch: pytest.MonkeyPatch) -> lis
     return calls
 
 
-def test_random_data_is_probed_after_two_raw_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("seed", "size", "batches"),
+    [(31, 3 << 20, 1), (33, 3 * ingest_module.BATCH_BYTES, 3)],
+    ids=["one-batch", "three-batches"],
+)
+def test_random_data_is_probed_after_the_file_s_first_two_raw_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, size: int, batches: int
 ) -> None:
-    calls = _ingest(tmp_path, random_bytes(31, 3 << 20), monkeypatch)
-    assert len(calls) > PROBE_AFTER + 5
-    assert all(kind == CODEC_RAW for _probe, kind in calls)
-    assert [probe for probe, _kind in calls] == [False] * PROBE_AFTER + [True] * (
-        len(calls) - PROBE_AFTER
-    )
-
-
-def test_a_file_s_later_batches_probe_from_their_first_chunk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Three batches of random data (one thread stores them, one after the other): only the
-    # file's first chunks are compressed whole, not the first two of every batch.
-    calls = _ingest(tmp_path, random_bytes(33, 3 * ingest_module.BATCH_BYTES), monkeypatch)
-    assert len(calls) > 3 * (PROBE_AFTER + 5)
+    # Several batches (one thread stores them, one after the other): only the file's first
+    # chunks are compressed whole, not the first two of every batch.
+    calls = _ingest(tmp_path, random_bytes(seed, size), monkeypatch)
+    assert len(calls) > batches * (PROBE_AFTER + 5)
     assert all(kind == CODEC_RAW for _probe, kind in calls)
     assert [probe for probe, _kind in calls] == [False] * PROBE_AFTER + [True] * (
         len(calls) - PROBE_AFTER
