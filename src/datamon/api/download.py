@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from datamon.api.parallel import bounded_map, cpu_threads, size_groups
+from datamon.api.parallel import bounded_map, cpu_threads, interleave, size_groups
 from datamon.api.paths import TreeGuard
 from datamon.api.progress import NoProgress, Progress
 from datamon.api.store import Store
@@ -145,49 +145,24 @@ def _groups(files: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]
 def _interleaved(files: list[tuple[str, Entry]], index: ChunkIndex) -> list[tuple[str, Entry]]:
     """``files`` with those over :data:`GROUP_BYTES` (each written alone) in another order
     among themselves: files whose first chunk is stored compressed, whose writing waits on
-    the CPU, alternate with the others, whose writing waits on the disk, in proportion to
-    their bytes. The two then run side by side instead of one after the other: a download of
-    W1 (8 files of random bytes, then 8 of text, by name) kept one core busy while it read
-    the random files, then two while it decompressed the text. Small files stay in place.
+    the CPU, alternate with the others, whose writing waits on the disk (``interleave``).
+    A download of W1 (8 files of random bytes, then 8 of text, by name) kept one core busy
+    while it read the random files, then two while it decompressed the text.
     """
     at = [i for i, (_path, entry) in enumerate(files) if entry.size > GROUP_BYTES]
     if len(at) < 2:
         return files
-    first = index.lookup_many([files[i][1].chunks[0].id for i in at])
-    packed: list[tuple[str, Entry]] = []
-    plain: list[tuple[str, Entry]] = []
+    where = index.lookup_many([files[i][1].chunks[0].id for i in at])
+    packed: list[bool] = []
     for i in at:
         ref = files[i][1].chunks[0]
-        where = first.get(ref.id)
-        # A chunk stored raw takes its size and a codec byte.
-        (packed if where is not None and where.length <= ref.size else plain).append(files[i])
-    if not packed or not plain:
-        return files
-    out = list(files)
-    for i, item in zip(at, _proportional(packed, plain), strict=True):
-        out[i] = item
-    return out
+        loc = where.get(ref.id)
+        packed.append(loc is not None and loc.length <= ref.size)  # raw: size + codec byte
+    return interleave(files, at, packed, _entry_size)
 
 
-def _proportional(
-    a: list[tuple[str, Entry]], b: list[tuple[str, Entry]]
-) -> Iterator[tuple[str, Entry]]:
-    """The files of ``a`` and ``b``, each list in its order, merged so that at every point
-    about the same share of each list's bytes has been given."""
-    total_a = sum(entry.size for _path, entry in a)
-    total_b = sum(entry.size for _path, entry in b)
-    done_a = done_b = 0
-    i = j = 0
-    while i < len(a) or j < len(b):
-        # done_a / total_a <= done_b / total_b, without division.
-        if j == len(b) or (i < len(a) and done_a * total_b <= done_b * total_a):
-            done_a += a[i][1].size
-            yield a[i]
-            i += 1
-        else:
-            done_b += b[j][1].size
-            yield b[j]
-            j += 1
+def _entry_size(item: tuple[str, Entry]) -> int:
+    return item[1].size
 
 
 def _work(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -58,3 +58,39 @@ def size_groups(
             total = 0
     if group:
         yield group
+
+
+def interleave(
+    items: list[T], at: Sequence[int], first: Sequence[bool], size: Callable[[T], int]
+) -> list[T]:
+    """``items`` with those at the positions ``at`` in another order among themselves: the
+    ones marked in ``first`` alternate with the others, each in their order, so that at
+    every point about the same share of each side's bytes has come (the first side first).
+
+    For work of two kinds that wait on different things (the CPU, the disk): taken in
+    turn, they run side by side instead of one after the other. Items elsewhere stay put.
+    """
+    marked = [items[i] for i, flag in zip(at, first, strict=True) if flag]
+    others = [items[i] for i, flag in zip(at, first, strict=True) if not flag]
+    if not marked or not others:
+        return items
+    out = list(items)
+    for i, item in zip(at, _proportional(marked, others, size), strict=True):
+        out[i] = item
+    return out
+
+
+def _proportional(a: list[T], b: list[T], size: Callable[[T], int]) -> Iterator[T]:
+    total_a = sum(size(item) for item in a)
+    total_b = sum(size(item) for item in b)
+    done_a = done_b = i = j = 0
+    while i < len(a) or j < len(b):
+        # done_a / total_a <= done_b / total_b, without dividing.
+        if j == len(b) or (i < len(a) and done_a * total_b <= done_b * total_a):
+            done_a += size(a[i])
+            yield a[i]
+            i += 1
+        else:
+            done_b += size(b[j])
+            yield b[j]
+            j += 1

@@ -16,10 +16,11 @@ id is the hash of its raw bytes either way.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 
-from datamon.core.codecs import CODEC_RAW
+from datamon.core.codecs import CODEC_RAW, ChunkCodec
 
 # Files of one kind in a row stored raw before the kind's files are no longer compressed.
 RAW_RUN = 16
@@ -28,6 +29,10 @@ CHECK_EVERY = 32
 # Smaller files neither teach nor are kept raw: a frame's own bytes keep most of them from
 # saving a 32nd, whatever their data, and compressing them costs little.
 LEARN_BYTES = 512
+# Of large files, the first bytes read to tell whether a file compresses, and how many files
+# of a kind are read so; the kind's other files are taken to be like most of those.
+HEAD_BYTES = 16 << 10
+HEADS_A_KIND = 4
 
 
 def kind_of(path: str, size: int = LEARN_BYTES) -> str | None:
@@ -128,3 +133,39 @@ def outcomes(counts: Sequence[int], codecs: Sequence[int | None]) -> list[bool |
         out.append(seen)
         k += count
     return out
+
+
+def heads_compress(paths: Sequence[str], codec: ChunkCodec) -> list[bool]:
+    """Whether each file's first :data:`HEAD_BYTES` compress by the margin a stored chunk
+    must, read for the first :data:`HEADS_A_KIND` files of each kind; each other file is
+    taken to be like most of those of its kind (a tie: compressing). A file that cannot be
+    read counts as not compressing (reading it again, its upload reports why)."""
+    verdicts: dict[str, list[bool]] = {}
+    out: list[bool | None] = []
+    for path in paths:
+        kind = kind_of(path) or ""
+        seen = verdicts.setdefault(kind, [])
+        if len(seen) < HEADS_A_KIND:
+            seen.append(_head_compresses(path, codec))
+            out.append(seen[-1])
+        else:
+            out.append(None)
+    majority = {kind: 2 * sum(seen) >= len(seen) for kind, seen in verdicts.items()}
+    return [
+        majority[kind_of(path) or ""] if verdict is None else verdict
+        for path, verdict in zip(paths, out, strict=True)
+    ]
+
+
+def _head_compresses(path: str, codec: ChunkCodec) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, HEAD_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return codec.compresses(head)

@@ -144,14 +144,17 @@ class ChunkCodec:
         or random, that skips most of zstd's work (1.3 GB/s here) on a chunk it would
         store raw anyway.
         """
-        if probe and len(raw) > 2 * PROBE_BYTES:
-            sample = self._compressor.compress(raw[:PROBE_BYTES])
-            if len(sample) + (PROBE_BYTES >> _MIN_SAVING_SHIFT) >= PROBE_BYTES:
-                return CODEC_RAW, raw
+        if probe and len(raw) > 2 * PROBE_BYTES and not self.compresses(raw[:PROBE_BYTES]):
+            return CODEC_RAW, raw
         packed = self._compressor.compress(raw)
         if len(packed) + (len(raw) >> _MIN_SAVING_SHIFT) < len(raw):
             return CODEC_ZSTD, packed
         return CODEC_RAW, raw
+
+    def compresses(self, sample: bytes | memoryview) -> bool:
+        """Whether ``sample`` compresses by the margin a stored chunk must (a 32nd)."""
+        size = len(sample)
+        return len(self._compressor.compress(sample)) + (size >> _MIN_SAVING_SHIFT) < size
 
     def encode_many(
         self, raws: Sequence[bytes | memoryview], plain: bytes | None = None
