@@ -132,7 +132,8 @@ def test_heads_are_read_for_a_few_files_of_each_kind(
 ) -> None:
     files = {f"r{i}.bin": random_bytes(i, 40_000) for i in range(6)}
     files.update({f"t{i}.csv": text_bytes(i, 40_000) for i in range(6)})
-    # Text named like the random files: one of the four .bin files read, so they stay raw.
+    # Text named like the random files: of the four .bin files read, only it compresses, so
+    # the two .bin files not read are taken not to.
     files["r2.bin"] = text_bytes(99, 40_000)
     files["odd"] = text_bytes(7, 40_000)
     write_tree(tmp_path, files)
