@@ -681,10 +681,11 @@ def _interleaved(files: list[LocalFile], level: int) -> list[LocalFile]:
     """``files`` with those over :data:`GROUP_BYTES` (each ingested alone) in another order
     among themselves: files whose first bytes compress, whose ingestion waits on the CPU,
     alternate with the others, whose packs' writes wait on the disk (``interleave``). W1
-    (8 files of random bytes, then 8 of text, by name) kept 1.0-1.7 cores busy for its
-    first 0.6 s, reading the random files, and 1.9 from 0.4 s once interleaved; the whole
-    upload gains 0.1-0.15 s at the median, within this host's noise in some sets of runs
-    (bench/results/floor.md, 2026-12-01 afternoon).
+    (8 files of random bytes, then 8 of text, by name) kept 1.05-1.7 cores busy for its
+    first 0.8 s, while the random files' packs were written, and 1.8-1.9 from 0.4 s once
+    interleaved; whole uploads gained 0.12 and 0.16 s at the median in two sets of runs and
+    lost 0.07 and 0.11 s in two, within this host's noise (bench/results/floor.md,
+    2026-12-01 afternoon).
     """
     at = [i for i, f in enumerate(files) if f.st_size > GROUP_BYTES]
     if len(at) < 2:
