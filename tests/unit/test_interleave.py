@@ -28,6 +28,16 @@ def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(upload_module, "GROUP_BYTES", 64 << 10)
 
 
+def _two_kinds(src: Path, n: int, small: bool = False) -> None:
+    """``n`` large files of random bytes (``a*.bin``) and ``n`` of text (``b*.csv``) below
+    ``src``; with ``small``, two small files whose names sort before and after them."""
+    files = {f"a{i}.bin": random_bytes(i, LARGE) for i in range(n)}
+    files.update({f"b{i}.csv": text_bytes(i, LARGE) for i in range(n)})
+    if small:
+        files.update({"c.txt": b"small\n", "a-small.bin": random_bytes(9, 100)})
+    write_tree(src, files)
+
+
 def _files(repo: Repository, bundle_id: str) -> list[tuple[str, Entry]]:
     planned = download_module.plan(repo.store, repo.bundle(bundle_id))
     return [(path, entry) for path, entry in planned if entry.kind == Kind.FILE]
@@ -56,10 +66,7 @@ def test_large_files_stored_compressed_alternate_with_the_others(
     local_store: Store, author: Author, tmp_path: Path, small_groups: None
 ) -> None:
     src = tmp_path / "src"
-    files = {f"a{i}.bin": random_bytes(i, LARGE) for i in range(3)}
-    files.update({f"b{i}.csv": text_bytes(i, LARGE) for i in range(3)})
-    files.update({"c.txt": b"small\n", "a-small.bin": random_bytes(9, 100)})
-    write_tree(src, files)
+    _two_kinds(src, 3, small=True)
     repo, bid = _upload(local_store, author, src)
     before = _files(repo, bid)
     after = download_module._interleaved(before, repo.store.index)
@@ -109,9 +116,7 @@ def test_downloads_write_large_files_in_the_interleaved_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = tmp_path / "src"
-    files = {f"a{i}.bin": random_bytes(i, LARGE) for i in range(2)}
-    files.update({f"b{i}.csv": text_bytes(i, LARGE) for i in range(2)})
-    write_tree(src, files)
+    _two_kinds(src, 2)
     repo, bid = _upload(local_store, author, src)
     created: list[str] = []
     real = download_module._create
@@ -169,10 +174,7 @@ def test_an_upload_reads_large_files_that_compress_in_turn_with_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = tmp_path / "src"
-    files = {f"a{i}.bin": random_bytes(i, LARGE) for i in range(3)}
-    files.update({f"b{i}.csv": text_bytes(i, LARGE) for i in range(3)})
-    files.update({"c.txt": b"small\n", "a-small.bin": random_bytes(9, 100)})
-    write_tree(src, files)
+    _two_kinds(src, 3, small=True)
     order: list[str] = []
     real = Ingester.ingest_files
 
