@@ -4,8 +4,6 @@ makes, whatever the helper does, and no helper left behind."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,20 +139,6 @@ def test_a_small_tree_or_a_process_that_may_not_fork_is_scanned_in_one(
         assert not scanned.split
         assert _content(scanned.root) == _content(scan(str(src)))
     assert forks == []
-
-
-def test_only_a_process_without_threads_may_fork() -> None:
-    script = (
-        "import threading\n"
-        "from datamon.api.forked_scan import can_fork\n"
-        "alone = can_fork()\n"
-        "stop = threading.Event()\n"
-        "threading.Thread(target=stop.wait).start()\n"
-        "print(alone, can_fork())\n"
-        "stop.set()\n"
-    )
-    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert (found.returncode, found.stdout.split()) == (0, ["True", "False"]), found.stderr
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from datamon.api.repository import Repository
 from datamon.api.upload import UploadOptions
 from datamon.cafs import workers
 from datamon.cafs.chunker import FastCDCChunker
+from datamon.cafs.forking import ForkedChild
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool, WorkerFailed
 from datamon.core.codecs import CODEC_RAW, CODEC_ZSTD, ChunkCodec
 from datamon.core.ids import digest
@@ -37,9 +38,20 @@ def workers_run_here() -> None:
         pytest.skip("worker processes need Linux")
 
 
-@pytest.fixture
-def pool() -> Iterator[EncoderPool]:
+@pytest.fixture(autouse=True)
+def fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers start as fresh interpreters (``_BOOT``), as in a process with threads: the
+    tests that replace ``_BOOT`` need it. The tests of ``pool`` run both ways."""
+    monkeypatch.setattr(workers, "can_fork", lambda: False)
+
+
+@pytest.fixture(params=["forked", "spawned"])
+def pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[EncoderPool]:
+    # Forked here although pytest may run threads: a worker takes no lock of theirs.
+    monkeypatch.setattr(workers, "can_fork", lambda: request.param == "forked")
     started = EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
+    kind = ForkedChild if request.param == "forked" else subprocess.Popen
+    assert all(isinstance(worker.process, kind) for worker in started._workers)
     try:
         yield started
     finally:
@@ -261,6 +273,23 @@ def test_workers_start_in_a_process_holding_many_descriptors(tmp_path: Path) -> 
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_worker_holds_only_its_pipes_and_the_mapping(pool: EncoderPool) -> None:
+    # A worker holding the other's request pipe would keep it from seeing its input end.
+    pool.wait_ready()
+    for worker in pool._workers:
+        fds = [int(fd) for fd in os.listdir(f"/proc/{worker.process.pid}/fd")]
+        assert len([fd for fd in fds if fd > 2]) == 3
+
+
+def test_workers_stop_when_the_pool_closes(pool: EncoderPool, tmp_path: Path) -> None:
+    with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
+        assert got.ids == [digest(b"abc")]
+    processes = [worker.process for worker in pool._workers]
+    pool.close()
+    for process in processes:  # each sees the end of its requests, and exits
+        assert process.wait(timeout=30) in (0, -9)
+
+
 def test_a_killed_worker_is_reported(pool: EncoderPool, tmp_path: Path) -> None:
     files = _files(tmp_path, {"a": b"abc"})
     for worker in pool._workers:
@@ -386,9 +415,11 @@ def test_an_upload_reads_in_threads_when_workers_cannot_start(
 _SCRIPT = """
 from pathlib import Path
 import sys
+import threading
 from datamon import Author, Store, UploadOptions
 from datamon.api import upload
 from datamon.api.repository import Repository
+from datamon.cafs import workers
 from datamon.cafs.workers import EncoderPool
 
 # No `if __name__ == "__main__"`: run again by a worker, this would upload again.
@@ -405,15 +436,33 @@ def counted(self, files, compress=True, plain=None):
 
 
 EncoderPool.encode = counted
+kinds = []
+real_start = workers._start
+
+
+def start(*fds):
+    process = real_start(*fds)
+    kinds.append(type(process).__name__)
+    return process
+
+
+workers._start = start
+if sys.argv[4] == "thread":  # as a program running a thread of its own would
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
 store = Store.open(sys.argv[1])
 author = Author("Ada Lovelace", "ada@example.com")
 repo = Repository.create(store, "r", "d", author)
 result = repo.upload(sys.argv[2], UploadOptions("m", author))
-print(len(groups), result.bundle.files)
+print(len(groups), result.bundle.files, *kinds)
 """
 
 
-def test_a_script_without_a_main_guard_uploads_through_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("threads", "started"), [("none", "ForkedChild"), ("thread", "Popen")])
+def test_a_script_without_a_main_guard_uploads_through_workers(
+    tmp_path: Path, threads: str, started: str
+) -> None:
+    # Workers are forked by a process without other threads, else fresh interpreters.
     src = tmp_path / "src"
     _tree(src, 100)
     script = tmp_path / "pipeline.py"
@@ -421,16 +470,17 @@ def test_a_script_without_a_main_guard_uploads_through_workers(tmp_path: Path) -
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(Path(workers.__file__).parents[2])}
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store"), str(src), str(runs)],
+        [sys.executable, str(script), str(tmp_path / "store"), str(src), str(runs), threads],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
         check=True,
     )
-    groups, files = map(int, done.stdout.split())
-    assert groups >= 1  # read in workers
-    assert files == 100
+    groups, files, *kinds = done.stdout.split()
+    assert int(groups) >= 1  # read in workers
+    assert int(files) == 100
+    assert kinds == [started, started]
     assert runs.read_text() == "run\n"  # and the script ran once
 
 

@@ -17,13 +17,13 @@ import logging
 import os
 import signal
 import struct
-import sys
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, NoReturn
 
 from datamon.api.folders import FolderKeys
 from datamon.api.scan import LocalDir, LocalFile, LocalLink, TreeScan
+from datamon.cafs.forking import can_fork
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,6 @@ class KeyedScan:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def can_fork() -> bool:
-    """Whether this process may fork a helper: on Linux, with no other thread (a forked
-    child of a threaded process may find a lock held for ever)."""
-    if sys.platform != "linux" or not hasattr(os, "fork"):
-        return False
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
 
 
 class _Helper:
