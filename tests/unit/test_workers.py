@@ -281,6 +281,17 @@ def test_a_worker_holds_only_its_pipes_and_the_mapping(pool: EncoderPool) -> Non
         assert len([fd for fd in fds if fd > 2]) == 3
 
 
+def test_a_worker_ignores_ctrl_c(pool: EncoderPool, tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group; the upload ends its workers itself.
+    pool.wait_ready()
+    for worker in pool._workers:
+        os.kill(worker.process.pid, signal.SIGINT)
+    with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
+        assert got.ids == [digest(b"abc")]
+    time.sleep(0.2)
+    assert [worker.process.poll() for worker in pool._workers] == [None, None]
+
+
 def test_workers_stop_when_the_pool_closes(pool: EncoderPool, tmp_path: Path) -> None:
     with pool.encode(_files(tmp_path, {"a": b"abc"})) as got:
         assert got.ids == [digest(b"abc")]

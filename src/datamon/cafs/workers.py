@@ -368,15 +368,23 @@ def _start(requests: int, replies: int, memfd: int) -> _Process:
 
 
 def _fork(requests: int, replies: int, memfd: int) -> ForkedChild:
-    pid = os.fork()
+    # Ctrl-C is held back across the fork: the child ignores it before it may arrive there.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return ForkedChild(pid)
     code = 1  # the child: it never returns from here
     try:
-        # What it inherited stays put: the collector does not walk it (nor copy its pages).
-        gc.freeze()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # What it inherited stays put: the collector does not walk it (nor copy its pages).
+        gc.freeze()
         close_all_but({requests, replies, memfd})
         worker_loop.main(requests, replies, memfd)
         code = 0
