@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             meta["versions"] = asked.result()
         # The data just written (5 GiB for W5 alone) would otherwise go to the disk during the
         # first runs, and slow the tool that runs first in each: Datamon's first W1 download
-        # took 5.16 and 5.79 s in two runs, 1.38-2.87 s in the next ones.
+        # took 5.16 and 5.79 s in two runs, 1.38-2.87 s in the next ones. (After a full run's
+        # generation it still took 5.46 s: floor.md, "The first W1 download, again".)
         synced = time.perf_counter()
         os.sync()
         log(f"wrote the generated data to the disk in {time.perf_counter() - synced:.1f} s")
