@@ -346,14 +346,31 @@ def _upload(tmp_path: Path, src: Path) -> tuple[Store, Repository, str]:
     return store, repo, result.bundle_id
 
 
+@pytest.mark.parametrize("forked", [True, False])
 def test_an_upload_of_many_small_files_reads_them_in_workers(
-    tmp_path: Path, few_files_suffice: list[tuple[int, bool]], settled: None
+    tmp_path: Path,
+    few_files_suffice: list[tuple[int, bool]],
+    settled: None,
+    monkeypatch: pytest.MonkeyPatch,
+    forked: bool,
 ) -> None:
+    monkeypatch.setattr(workers, "can_fork", lambda: forked)
+    started: list[object] = []
+    real_start = workers._start
+
+    def start(requests: int, replies: int, memfd: int) -> Any:
+        process = real_start(requests, replies, memfd)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(workers, "_start", start)
     src = tmp_path / "src"
     _tree(src, 300)
     (src / "large.bin").write_bytes(random_bytes(9, 3 << 20))  # read in a thread
     _store, repo, bid = _upload(tmp_path, src)
     assert sum(n for n, _compress in few_files_suffice) == 300
+    kind = ForkedChild if forked else subprocess.Popen
+    assert len(started) == 2 and all(isinstance(p, kind) for p in started)
     repo.download(bid, str(tmp_path / "dest"))
     for path in src.rglob("*"):
         if path.is_file():
