@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from datamon.cafs.forking import ForkedChild, can_fork, close_all_but
+from datamon.cafs.forking import ForkedChild, can_fork, close_all_but, resident_bytes
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forking helpers: Linux")
 
@@ -117,3 +117,14 @@ def test_only_a_process_without_threads_may_fork() -> None:
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert found.stdout.split() == ["True", "False"], found.stderr
     assert isinstance(can_fork(), bool)
+
+
+def test_resident_memory_counts_pages_written() -> None:
+    before = resident_bytes()
+    assert before is not None and before > 0
+    held = bytearray(64 << 20)
+    for at in range(0, len(held), 4096):  # (a page left unwritten is not resident)
+        held[at] = 1
+    after = resident_bytes()
+    assert after is not None and after - before >= 60 << 20
+    del held

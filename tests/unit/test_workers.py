@@ -486,6 +486,19 @@ print(len(groups), result.bundle.files, *kinds)
 """
 
 
+def test_a_process_holding_much_memory_starts_fresh_interpreters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers, "can_fork", lambda: True)
+    monkeypatch.setattr(workers, "FORK_RESIDENT", 1 << 20)  # less than any interpreter holds
+    pool = EncoderPool(ChunkerParams(), 1, workers=1, slots=2)
+    try:
+        assert isinstance(pool._workers[0].process, subprocess.Popen)
+        pool.wait_ready()
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize(("threads", "started"), [("none", "ForkedChild"), ("thread", "Popen")])
 def test_a_script_without_a_main_guard_uploads_through_workers(
     tmp_path: Path, threads: str, started: str

@@ -23,6 +23,18 @@ def can_fork() -> bool:
         return False
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory (None where ``/proc`` does not say).
+
+    A forked child shares its parent's pages until one of them writes a page, which is then
+    copied: a parent with a large heap that it goes on writing pays for those copies."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def close_all_but(keep: set[int]) -> None:
     """In a forked child: close every descriptor above 2 but ``keep``, so that the child
     holds no end of a pipe its parent gave to another process (whose reader would then

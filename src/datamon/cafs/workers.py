@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 
 from datamon.cafs import worker_loop
-from datamon.cafs.forking import ForkedChild, can_fork, close_all_but
+from datamon.cafs.forking import ForkedChild, can_fork, close_all_but, resident_bytes
 from datamon.cafs.worker_loop import OS_ERROR, READY, SLOT_BYTES, frame, read_frame
 from datamon.core.ids import DIGEST_SIZE
 from datamon.core.model import ChunkerParams
@@ -347,6 +347,10 @@ _BOOT = (
 # How long a worker may take to start (an interpreter and a few imports: 0.1 s here).
 START_SECONDS = 60
 _Process = subprocess.Popen[bytes] | ForkedChild
+# A process holding more memory than this starts its workers as fresh interpreters: the pages
+# it writes while they run, shared with them, would each be copied (an upload from a program
+# holding a large dataset in memory). A W2 upload from the command line forks at 26 MiB.
+FORK_RESIDENT = 256 << 20
 
 
 def _start(requests: int, replies: int, memfd: int) -> _Process:
@@ -354,12 +358,14 @@ def _start(requests: int, replies: int, memfd: int) -> _Process:
     from this one while it has no other thread (an upload's first workers start during its
     scan, before any), else a fresh interpreter.
 
+    A process holding more than :data:`FORK_RESIDENT` also starts fresh interpreters.
     A fresh interpreter costs about 0.1 CPU-second to start and import what it needs, here,
     taken from the scan it runs beside; a forked one has all of it already. W2 uploads, 30
     alternating pairs: forked faster in 25, medians of 2.55-2.58 s against 2.71-2.89 s by set
     (bench/results/floor.md, "worker processes forked").
     """
-    if can_fork():
+    resident = resident_bytes()
+    if can_fork() and resident is not None and resident <= FORK_RESIDENT:
         try:
             return _fork(requests, replies, memfd)
         except OSError:  # (no process to spare now): a fresh one may still start later
