@@ -45,10 +45,16 @@ def fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers, "can_fork", lambda: False)
 
 
+def _fork_workers(monkeypatch: pytest.MonkeyPatch, forked: bool) -> None:
+    """Workers forked, or fresh interpreters. Forked here although pytest may run threads
+    (a worker takes no lock of theirs) and holds more memory than an upload forks from."""
+    monkeypatch.setattr(workers, "can_fork", lambda: forked)
+    monkeypatch.setattr(workers, "FORK_RESIDENT", 1 << 50)
+
+
 @pytest.fixture(params=["forked", "spawned"])
 def pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[EncoderPool]:
-    # Forked here although pytest may run threads: a worker takes no lock of theirs.
-    monkeypatch.setattr(workers, "can_fork", lambda: request.param == "forked")
+    _fork_workers(monkeypatch, request.param == "forked")
     started = EncoderPool(ChunkerParams(), 1, workers=2, slots=2)
     kind = ForkedChild if request.param == "forked" else subprocess.Popen
     assert all(isinstance(worker.process, kind) for worker in started._workers)
@@ -354,7 +360,7 @@ def test_an_upload_of_many_small_files_reads_them_in_workers(
     monkeypatch: pytest.MonkeyPatch,
     forked: bool,
 ) -> None:
-    monkeypatch.setattr(workers, "can_fork", lambda: forked)
+    _fork_workers(monkeypatch, forked)
     started: list[object] = []
     real_start = workers._start
 
