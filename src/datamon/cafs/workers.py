@@ -364,8 +364,7 @@ def _start(requests: int, replies: int, memfd: int) -> _Process:
     alternating pairs: forked faster in 25, medians of 2.55-2.58 s against 2.71-2.89 s by set
     (bench/results/floor.md, "worker processes forked").
     """
-    resident = resident_bytes()
-    if can_fork() and resident is not None and resident <= FORK_RESIDENT:
+    if can_fork() and (resident := resident_bytes()) is not None and resident <= FORK_RESIDENT:
         try:
             return _fork(requests, replies, memfd)
         except OSError:  # (no process to spare now): a fresh one may still start later
