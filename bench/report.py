@@ -7,7 +7,7 @@ import math
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +62,17 @@ class Medians:
                 if v is not None:
                     values[key].setdefault(name, []).append(v)
         self.runs = {k: max((len(v) for v in f.values()), default=0) for k, f in values.items()}
+        self.samples = values  # every run's figure, in the order of the runs
         self.values = {
             k: {n: statistics.median(v) for n, v in f.items()} for k, f in values.items()
         }
 
     def get(self, workload: str, step: str, tool: str, figure: str) -> float | None:
         return self.values.get((workload, step, tool), {}).get(figure)
+
+    def each(self, workload: str, step: str, tool: str, figure: str) -> list[float]:
+        """The figure of every run, in run order."""
+        return self.samples.get((workload, step, tool), {}).get(figure, [])
 
     def ratio(self, workload: str, step: str, figure: str, peer: str) -> float | None:
         ours = self.get(workload, step, "datamon", figure)
@@ -95,15 +100,41 @@ class Medians:
 
 # --- targets (issue 3) -----------------------------------------------------------------------
 @dataclass(frozen=True)
+class Measure:
+    """What a target checks: Datamon's median of ``figure``, or its ratio to ``peer``'s."""
+
+    workload: str
+    step: str
+    figure: str
+    peer: str | None = None
+
+    def value(self, m: Medians) -> float | None:
+        if self.peer is None:
+            return m.get(self.workload, self.step, "datamon", self.figure)
+        return m.ratio(self.workload, self.step, self.figure, self.peer)
+
+    def runs(self, m: Medians) -> str:
+        """Every run's figure behind the median, Datamon's (then the peer's): how far from
+        its line each run fell."""
+        tools = ("datamon",) if self.peer is None else ("datamon", self.peer)
+        parts = []
+        for tool in tools:
+            found = m.each(self.workload, self.step, tool, self.figure)
+            if found:
+                parts.append(f"{tool} " + ", ".join(fmt(self.figure, v) for v in found))
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class Target:
     text: str
-    value: Callable[[Medians], float | None]
+    measure: Measure
     op: str  # "<=" or ">="
     limit: float
     unit: str = "x"
 
     def check(self, m: Medians) -> dict[str, Any]:
-        v = self.value(m)
+        v = self.measure.value(m)
         if v is None or math.isnan(v):
             status = "n/a"
         elif self.op == "<=":
@@ -111,15 +142,15 @@ class Target:
         else:
             status = "PASS" if v >= self.limit else "FAIL"
         return {"target": self.text, "value": v, "op": self.op, "limit": self.limit,
-                "unit": self.unit, "status": status}  # fmt: skip
+                "unit": self.unit, "status": status, "runs": self.measure.runs(m)}  # fmt: skip
 
 
-def _r(workload: str, step: str, figure: str, peer: str) -> Callable[[Medians], float | None]:
-    return lambda m: m.ratio(workload, step, figure, peer)
+def _r(workload: str, step: str, figure: str, peer: str) -> Measure:
+    return Measure(workload, step, figure, peer)
 
 
-def _v(workload: str, step: str, figure: str) -> Callable[[Medians], float | None]:
-    return lambda m: m.get(workload, step, "datamon", figure)
+def _v(workload: str, step: str, figure: str) -> Measure:
+    return Measure(workload, step, figure)
 
 
 TARGETS = (
@@ -282,6 +313,28 @@ def write(
     return path
 
 
+def rewrite(out_dir: Path) -> Path:
+    """Write ``latest.md`` (and the verdicts in ``latest.json``) again from the runs that
+    ``latest.json`` holds, as this module now reports them; the chart is left as it is.
+    Lines that follow the report's title and precede its "Command:" line (a note added by
+    hand) are kept."""
+    data = json.loads((out_dir / "latest.json").read_text())
+    records = [Record(**r) for r in data["records"]]
+    m = Medians(records)
+    targets = [t.check(m) for t in TARGETS]
+    data["targets"] = targets
+    (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    path = out_dir / "latest.md"
+    old = path.read_text().splitlines() if path.exists() else []
+    command = [i for i, line in enumerate(old) if line.startswith("Command: ")]
+    kept = old[1 : command[0]] if command else []
+    md = markdown(data["meta"], m, targets, data["errors"], data["notes"]).splitlines()
+    start = next(i for i, line in enumerate(md) if line.startswith("Command: "))
+    lines = md[:1] + kept + md[start:] if kept else md
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def probe_table(probes: list[dict[str, Any]]) -> list[str]:
     """The machine's speed at the start, before each workload and at the end (see
     ``measure.speed_probe``): memory copy and in-cache hashing moved 2-3x between hours here,
@@ -377,8 +430,14 @@ def markdown(
             "issue's verdict (which needs a full run).",
             "",
         ]
-    out += ["| target | measured | status |", "|---|---|---|"]
-    out += [f"| {t['target']} | {fmt_target_value(t)} | {t['status']} |" for t in targets]
+    out += [
+        "| target | measured | status | each run (Datamon; the peer), as in the tables below |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {t['target']} | {fmt_target_value(t)} | {t['status']} | {t.get('runs', '')} |"
+        for t in targets
+    ]
     out += ["", "## Results (medians)", ""]
     for workload in m.workloads():
         out += [f"### {workload}", "", *results_table(m, workload), ""]
@@ -390,3 +449,13 @@ def markdown(
             out.append(f"- {e['workload']} / {e['tool']} (run {e['run']}): {detail}")
         out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write a results folder's latest.md again from its latest.json."
+    )
+    parser.add_argument("folder", type=Path, help="a folder holding latest.json")
+    print(rewrite(parser.parse_args().folder))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,50 @@ def test_w1_upload_target_uses_the_medians_of_both_tools(
 
     faster = report.Medians(_upload_runs(scenarios, [2.9, 3.0, 2.8], [6.0, 6.4, 5.0]))
     assert report.TARGETS[0].check(faster)["status"] == "PASS"
+
+
+def test_targets_show_every_run_behind_their_median(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    report, scenarios = bench
+    records = _upload_runs(scenarios, [3.3, 2.9, 3.1], [6.0, 6.4, 5.0])
+    records += [
+        scenarios.Record("W2", "upload", "datamon", run, wall_s=2.5, extra={"files_per_s": rate})
+        for run, rate in enumerate([19_380.0, 18_939.0, 20_100.0])
+    ]
+    medians = report.Medians(records)
+    verdicts = {t["target"]: t for t in (t.check(medians) for t in report.TARGETS)}
+    w1 = verdicts["W1 upload <= 0.5x DVC add+push"]
+    assert w1["runs"] == "datamon 3.300, 2.900, 3.100; dvc 6.000, 6.400, 5.000"
+    rate = verdicts["W2 upload >= 20,000 files/s"]
+    assert rate["status"] == "FAIL"  # the median, 19,380
+    assert rate["runs"] == "datamon 19,380, 18,939, 20,100"
+    assert verdicts["W2 upload <= 0.8x restic"]["runs"] == "datamon 2.500, 2.500, 2.500"
+    text = report.markdown(_meta(["W1", "W2"]), medians, list(verdicts.values()), [], [])
+    row = "| W2 upload >= 20,000 files/s | 19,380 f/s | FAIL | datamon 19,380, 18,939, 20,100 |"
+    assert row in text
+
+
+def test_a_report_is_written_again_from_its_runs_keeping_a_note_added_by_hand(
+    bench: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    report, scenarios = bench
+    records = _upload_runs(scenarios, [3.3, 2.9, 3.1], [6.0, 6.4, 5.0])
+    meta = {**_meta(["W1"]), "probes": []}
+    data = {"meta": meta, "targets": [], "records": [r.to_json() for r in records]}
+    (tmp_path / "latest.json").write_text(json.dumps({**data, "errors": [], "notes": []}))
+    medians = report.Medians(records)
+    before = report.markdown(meta, medians, [], [], []).splitlines()
+    before[1:1] = ["", "A note on this run."]
+    (tmp_path / "latest.md").write_text("\n".join(before) + "\n")
+
+    report.rewrite(tmp_path)
+    text = (tmp_path / "latest.md").read_text()
+    assert text.splitlines()[:3] == [before[0], "", "A note on this run."]
+    assert text.count("A note on this run.") == 1
+    assert "| W1 upload <= 0.5x DVC add+push | 0.52x | FAIL | datamon 3.300, 2.900, 3.100" in text
+    verdicts = json.loads((tmp_path / "latest.json").read_text())["targets"]
+    assert verdicts[0]["runs"] == "datamon 3.300, 2.900, 3.100; dvc 6.000, 6.400, 5.000"
 
 
 def test_heading_names_the_workloads_of_a_partial_run(
