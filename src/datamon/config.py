@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from datamon.errors import ConfigError
 CONFIG_ENV = "DATAMON_CONFIG"
 STORE_ENV = "DATAMON_STORE"
 CACHE_ENV = "DATAMON_CACHE_DIR"
+# A bucket name alone, without a scheme or a path: how the original Datamon's config file named
+# its Google Cloud Storage buckets (``metadata: datamon-meta-data``).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 
 def config_path() -> Path:
@@ -52,13 +56,27 @@ class Config:
 
     @property
     def metadata_location(self) -> str:
-        return os.environ.get(STORE_ENV) or self.metadata or self.store or default_store()
+        metadata = bucket_location(self.metadata)
+        return os.environ.get(STORE_ENV) or metadata or self.store or default_store()
 
     @property
     def blob_location(self) -> str:
         if os.environ.get(STORE_ENV):
             return os.environ[STORE_ENV]
-        return self.blob or self.store or self.metadata or default_store()
+        blob = bucket_location(self.blob)
+        return blob or self.store or bucket_location(self.metadata) or default_store()
+
+    def store_options(self, metadata: str) -> dict[str, str]:
+        """The object-store options for a store whose metadata is at ``metadata``: the
+        config's, with ``credential`` as the service-account file of a GCS store."""
+        options = dict(self.options)
+        if self.credential and metadata.startswith("gs://"):
+            if not Path(self.credential).expanduser().is_file():
+                raise ConfigError(
+                    f"config file {self.path}: no credential file at {self.credential}"
+                )
+            options.setdefault("service_account", str(Path(self.credential).expanduser()))
+        return options
 
     def to_yaml(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k != "path" and v}
@@ -72,6 +90,13 @@ class Config:
         os.replace(tmp, target)
         self.path = target
         return target
+
+
+def bucket_location(location: str) -> str:
+    """``location``, or ``gs://NAME`` for a bare bucket name (lowercase letters, digits,
+    ``.``, ``_`` and ``-``, no ``/``), as the original Datamon's ``metadata`` and ``blob``
+    keys gave them. A local folder of such a name is written ``./NAME``."""
+    return f"gs://{location}" if _BUCKET.fullmatch(location) else location
 
 
 _FIELDS = {"name", "email", "credential", "store", "metadata", "blob", "options"}

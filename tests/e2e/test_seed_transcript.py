@@ -147,6 +147,13 @@ def test_seed_cli_guide(
     )  # fmt: skip
     assert snapshot(single)["run.sh"] == snapshot(tree)["run.sh"]
     assert (single / "run.sh").stat().st_mode & 0o777 == 0o755
+    # The tech talk's form, without --destination: into the current folder.
+    here = dm(
+        "bundle", "download", "file", "--file", "data/nested/deep.bin", "--repo", REPO,
+        "--bundle", bid,
+    )  # fmt: skip
+    assert (dm.cwd / "data" / "nested" / "deep.bin").read_bytes() == got.read_bytes()
+    assert stdout_lines(here) == ["Downloaded data/nested/deep.bin to ./data/nested/deep.bin"]
 
     # Set a label: both labels now name the bundle.
     dm("label", "set", "--repo", REPO, "--label", "anotherlabel", "--bundle", bid)
@@ -179,6 +186,9 @@ def test_seed_cli_guide(
         ["anotherlabel", bid2],
         ["init", bid2],
     ]
+
+    # "try the version verb in the wrapped binary"
+    assert re.fullmatch(r"datamon, version \S+\n", dm("version").stdout)
 
     # The S3 store holds everything: nothing went to the default local store.
     assert dm.default_store.exists() == (backend == "local")

@@ -215,6 +215,25 @@ def test_bad_requests_fail_cleanly(cli: Cli, tmp_path: Path) -> None:
     )
 
 
+def test_seed_sidecar_mount_keeps_chunks_in_its_destination(cli: Cli, tmp_path: Path) -> None:
+    """The seed's sidecar: ``bundle mount --repo R --destination /tmp --mount M`` mounts the
+    head of the main branch and keeps what it fetched below its destination."""
+    mnt, dest = tmp_path / "mnt", tmp_path / "dest"
+    mnt.mkdir()
+    (dest / "ab").mkdir(parents=True)  # a folder of the user's, named as old cache folders were
+    args = ["bundle", "mount", "--repo", "data", "--mount", str(mnt)]
+    both = cli.run(*args, "--destination", str(dest), "--stream", check=False)
+    assert both.returncode == 2 and "--destination" in both.stderr
+    done = cli.run(*args, "--destination", str(dest), "--daemonize")
+    assert f"Mounted bundle {_head(cli)} of repo data" in done.stdout
+    assert (mnt / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
+    cli.run("bundle", "unmount", str(mnt))
+    segments = list((dest / ".datamon-chunks" / "segments").iterdir())
+    assert segments and sum(f.stat().st_size for f in segments) >= 3 << 20
+    assert (dest / "ab").is_dir()
+    assert not list((tmp_path / "cache").rglob("segments"))
+
+
 OPS = """
 echo created > new.txt
 echo changed > a.txt

@@ -9,8 +9,15 @@ import click
 from datamon.api.upload import DEFAULT_BRANCH, UploadOptions
 from datamon.cli.context import AppContext, pass_app
 from datamon.cli.heap import keep_freed_heap
-from datamon.cli.options import concurrency_option, json_option, ref_options, repo_option, resolve
-from datamon.cli.output import echo_lines, emit_json, line, lines, progress, timestamp
+from datamon.cli.options import (
+    concurrency_option,
+    json_option,
+    ref_options,
+    repo_option,
+    required,
+    resolve,
+)
+from datamon.cli.output import count, echo_lines, emit_json, line, lines, progress, timestamp
 from datamon.core.model import Bundle
 from datamon.errors import DatamonError
 
@@ -26,12 +33,6 @@ def bundle_row(bid: str, b: Bundle) -> dict[str, object]:
         "size": b.size,
         "branch": b.branch,
     }
-
-
-def _require(value: str | None, flag: str) -> str:
-    if not value:
-        raise click.UsageError(f"missing option {flag}")
-    return value
 
 
 @click.group()
@@ -124,7 +125,7 @@ def list_(ctx: click.Context, repo: str | None, as_json: bool) -> None:
     if ctx.invoked_subcommand:
         return
     app: AppContext = ctx.find_object(AppContext)  # type: ignore[assignment]
-    bundles = app.repo(_require(repo, "--repo")).bundles()
+    bundles = app.repo(required(repo, "--repo")).bundles()
     if as_json:
         emit_json([bundle_row(bid, b) for bid, b in bundles])
         return
@@ -203,19 +204,25 @@ def download(
     if ctx.invoked_subcommand:
         return
     app: AppContext = ctx.find_object(AppContext)  # type: ignore[assignment]
-    r = app.repo(_require(repo, "--repo"))
-    dest = _require(destination, "--destination")
+    r = app.repo(required(repo, "--repo"))
+    dest = required(destination, "--destination")
     bid = resolve(r, bundle, label, branch)
     keep_freed_heap()
     result = r.download(bid, dest, name_filter, concurrency, progress())
-    click.echo(f"Downloaded {result.files} files ({result.bytes} bytes) of bundle {bid} to {dest}")
+    got = f"{count(result.files, 'file')} ({result.bytes} bytes)"
+    click.echo(f"Downloaded {got} of bundle {bid} to {dest}")
 
 
 @download.command("file")
 @click.option("--file", "path", required=True, help="Path of the file inside the bundle.")
 @repo_option
 @ref_options
-@click.option("--destination", required=True, type=click.Path(), help="Folder to write into.")
+@click.option(
+    "--destination",
+    default=".",
+    type=click.Path(),
+    help="Folder to write into.  [default: the current folder]",
+)
 @pass_app
 def download_file(
     app: AppContext,

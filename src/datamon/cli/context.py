@@ -39,12 +39,9 @@ class AppContext:
         if self._store is None:
             self.announce()
             cfg = self.config
-            options = dict(cfg.options)
             meta = self.store_override or cfg.metadata_location
             blob = self.store_override or cfg.blob_location
-            if cfg.credential and meta.startswith("gs://"):
-                options.setdefault("service_account", cfg.credential)
-            self._store = Store.open(meta, blob, options)
+            self._store = Store.open(meta, blob, cfg.store_options(meta))
         return self._store
 
     @property

@@ -12,7 +12,7 @@ import click
 from datamon.api.repository import Repository
 from datamon.api.upload import UploadOptions
 from datamon.cli.context import AppContext, pass_app
-from datamon.cli.output import line, timestamp
+from datamon.cli.output import count, line, timestamp
 from datamon.config import Config
 from datamon.core.model import Author
 
@@ -76,8 +76,10 @@ def demo(app: AppContext) -> None:
             line(ref.name, ref.bundle, timestamp(ref.timestamp))
         target = os.path.join(work, "download")
         click.echo(f"$ datamon bundle download --repo {name} --destination {target} --label init")
-        got = repo.download(repo.resolve(label="init"), target)
-        click.echo(f"Downloaded {got.files} files ({got.bytes} bytes)")
+        init = repo.resolve(label="init")
+        got = repo.download(init, target)
+        done = f"{count(got.files, 'file')} ({got.bytes} bytes)"
+        click.echo(f"Downloaded {done} of bundle {init} to {target}")
         click.echo(f"$ datamon bundle verify --repo {name} --label init")
         report = repo.verify(result.bundle_id)
         changes = list(repo.diff_local(result.bundle_id, target))

@@ -55,6 +55,17 @@ def cli(ctx: click.Context, debug: bool, store_override: str | None) -> None:
     )
 
 
+@cli.command("version")
+def version() -> None:
+    """Print Datamon's version (as `datamon --version` does).
+
+    \b
+    Example:
+      datamon version
+    """
+    click.echo(f"datamon, version {__version__}")
+
+
 for command in (config, repo, bundle, label, branch, demo, run_group, chain):
     cli.add_command(command)
 # Bundle commands that live in their own modules (they pull in FUSE and pipeline code lazily).

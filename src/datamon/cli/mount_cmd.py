@@ -9,15 +9,19 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from datamon.api.upload import DEFAULT_BRANCH
 from datamon.cli.context import AppContext, pass_app
-from datamon.cli.options import resolve
+from datamon.cli.options import required, resolve
 from datamon.config import cache_dir
 
+# The folder of a mount's chunk cache inside its --destination: the cache removes folders of
+# its own earlier layout from the folder it is given, so it never gets a user's folder.
+CHUNKS = ".datamon-chunks"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -34,12 +38,6 @@ def _app(ctx: click.Context) -> AppContext:
     return app
 
 
-def _need(value: str | None, flag: str) -> str:
-    if not value:
-        raise click.UsageError(f"missing option {flag}")
-    return value
-
-
 def _check_cache() -> None:
     """Before the store is opened: opening it writes its index under the cache folder."""
     from datamon.fuse import check_writable
@@ -47,13 +45,15 @@ def _check_cache() -> None:
     check_writable(cache_dir(), "cache folder")
 
 
-def _prepare(app: AppContext, mountpoint: str, stream: bool) -> str:
+def _prepare(app: AppContext, mountpoint: str, stream: bool, chunks: str | None = None) -> str:
     """Every check that can fail before anything is mounted or written."""
     from datamon.fuse import check_mountpoint, check_writable
 
     real = check_mountpoint(mountpoint)
     if not stream:
-        check_writable(app.store.cache_dir / "chunks", "chunk cache folder")
+        check_writable(
+            Path(chunks) if chunks else app.store.cache_dir / "chunks", "chunk cache folder"
+        )
     return real
 
 
@@ -86,10 +86,12 @@ def _daemonize(app: AppContext, mountpoint: str, args: list[str]) -> None:
     click.echo(f"Mount process {process.pid} serves {mountpoint}; log: {state.log}", err=True)
 
 
-def _options(cache_size: str, prefetch: int, stream: bool) -> Any:
+def _options(cache_size: str, prefetch: int, stream: bool, chunks: str | None = None) -> Any:
     from datamon.fuse import MountOptions
 
-    return MountOptions(prefetch=prefetch, cache_size=parse_size(cache_size), stream=stream)
+    return MountOptions(
+        prefetch=prefetch, cache_size=parse_size(cache_size), stream=stream, chunks=chunks
+    )
 
 
 @click.group("mount", invoke_without_command=True)
@@ -99,6 +101,13 @@ def _options(cache_size: str, prefetch: int, stream: bool) -> Any:
 @click.option("--branch", default=None, help="Mount the head of this branch.")
 @click.option("--mount", "mountpoint", default=None, type=str, help="Empty folder.")
 @click.option("--stream", is_flag=True, help="Keep no chunks in the local disk cache.")
+@click.option(
+    "--destination",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Keep the fetched chunks (the disk chunk cache) in this folder's .datamon-chunks."
+    "  [default: the cache folder's, shared by mounts]",
+)
 @click.option(
     "--cache-size",
     default="1G",
@@ -122,13 +131,15 @@ def mount(
     branch: str | None,
     mountpoint: str | None,
     stream: bool,
+    destination: str | None,
     cache_size: str,
     prefetch: int,
     daemonize: bool,
 ) -> None:
     """Mount a bundle read-only; files are fetched lazily as they are read.
 
-    Runs until unmounted (or Ctrl-C); with --daemonize it returns once the mount is ready.
+    Without --bundle, --label or --branch, mounts the head of the main branch. Runs until
+    unmounted (or Ctrl-C); with --daemonize it returns once the mount is ready.
 
     \b
     Example:
@@ -137,17 +148,22 @@ def mount(
     """
     if ctx.invoked_subcommand:
         return
+    if stream and destination:
+        raise click.UsageError("--stream keeps no chunks on disk: --destination has no use")
     app = _app(ctx)
     _check_cache()
-    r = app.repo(_need(repo, "--repo"))
-    where = _need(mountpoint, "--mount")
-    options = _options(cache_size, prefetch, stream)
-    real = _prepare(app, where, stream)
-    bid = resolve(r, bundle, label, branch)
+    r = app.repo(required(repo, "--repo"))
+    where = required(mountpoint, "--mount")
+    chunks = os.path.join(os.path.abspath(destination), CHUNKS) if destination else None
+    options = _options(cache_size, prefetch, stream, chunks)
+    real = _prepare(app, where, stream, chunks)
+    bid = resolve(r, bundle, label, branch, default_branch=DEFAULT_BRANCH)
     if daemonize:
         args = ["bundle", "mount", "--repo", r.name, "--bundle", bid, "--mount", real]
         args += ["--cache-size", cache_size, "--prefetch", str(prefetch)]
-        _daemonize(app, real, [*args, *(["--stream"] if stream else [])])
+        args += ["--stream"] if stream else []
+        args += ["--destination", os.path.dirname(chunks)] if chunks else []
+        _daemonize(app, real, args)
         click.echo(f"Mounted bundle {bid} of repo {r.name} at {real}")
         return
     from datamon.fuse import serve_readonly

@@ -36,8 +36,26 @@ def ref_options(f: F) -> F:
     return f
 
 
-def resolve(repo: Repository, bundle: str | None, label: str | None, branch: str | None) -> str:
+def resolve(
+    repo: Repository,
+    bundle: str | None,
+    label: str | None,
+    branch: str | None,
+    default_branch: str | None = None,
+) -> str:
+    """The bundle the one given of ``--bundle``, ``--label`` and ``--branch`` names, or the
+    head of ``default_branch`` when none is given and the command has one."""
     given = [x for x in (bundle, label, branch) if x]
+    if not given and default_branch is not None:
+        return repo.resolve(branch=default_branch)
     if len(given) != 1:
         raise click.UsageError("give exactly one of --bundle, --label or --branch")
     return repo.resolve(bundle=bundle, label=label, branch=branch)
+
+
+def required(value: str | None, flag: str) -> str:
+    """The value of an option a group needs when it runs itself, which click cannot mark
+    required because the group's subcommands do not take it; worded as click words it."""
+    if not value:
+        raise click.UsageError(f"Missing option '{flag}'.")
+    return value

@@ -28,6 +28,11 @@ BATCH_LINES = 1024
 BATCH_SECONDS = 0.1
 
 
+def count(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def line(*fields: object) -> None:
     click.echo(_row(fields))
 

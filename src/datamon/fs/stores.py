@@ -44,10 +44,8 @@ class StoreSpec:
         if store:
             return cls(store, blob or store, dict(options or {}), cache_path)
         config = load_config()
-        merged = dict(config.options)
         meta = config.metadata_location
-        if config.credential and meta.startswith("gs://"):
-            merged.setdefault("service_account", config.credential)
+        merged = config.store_options(meta)
         merged.update(options or {})
         return cls(meta, blob or config.blob_location, merged, cache_path)
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from datamon.api.store import Store
@@ -53,7 +54,8 @@ MIN_MEMORY = 16 << 20
 @dataclass(frozen=True)
 class MountOptions:
     """How a mount reads: ``prefetch`` chunks ahead on sequential reads, a disk chunk cache
-    of ``cache_size`` bytes (none with ``stream``), at most ``memory`` bytes of chunks held.
+    of ``cache_size`` bytes (none with ``stream``) in the folder ``chunks`` (by default
+    ``chunks`` in the store's cache folder), at most ``memory`` bytes of chunks held.
 
     Without ``memory``, the chunks held follow the cache size: a quarter of it, between
     16 MiB and 128 MiB, so a smaller ``--cache-size`` makes a smaller mount process.
@@ -64,6 +66,7 @@ class MountOptions:
     stream: bool = False
     memory: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+    chunks: str | None = None
 
     @property
     def memory_bound(self) -> int:
@@ -78,7 +81,8 @@ class Reading:
     def __init__(self, store: Store, repo: str, options: MountOptions) -> None:
         cache = None
         if options.cache_size > 0 and not options.stream:
-            cache = ChunkCache(store.cache_dir / "chunks", options.cache_size)
+            folder = Path(options.chunks) if options.chunks else store.cache_dir / "chunks"
+            cache = ChunkCache(folder, options.cache_size)
         self.store = store
         self.repo = repo
         self.trees = TreeCache(store.trees)

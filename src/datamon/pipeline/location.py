@@ -40,12 +40,9 @@ class StoreLocation:
     @classmethod
     def from_config(cls, config: Config, override: str | None = None) -> StoreLocation:
         """The location the CLI opens: ``--store`` or the config file (as ``AppContext``)."""
-        options = dict(config.options)
         meta = override or config.metadata_location
         blob = override or config.blob_location
-        if config.credential and meta.startswith("gs://"):
-            options.setdefault("service_account", config.credential)
-        return cls.of(meta, blob, options)
+        return cls.of(meta, blob, config.store_options(meta))
 
     @classmethod
     def of_store(cls, store: Store) -> StoreLocation:
