@@ -11,6 +11,7 @@ from typing import Protocol
 
 import pyfastcdc
 
+from datamon.cafs.sources import check_regular, named, open_source
 from datamon.core.model import ChunkerParams
 from datamon.errors import ConfigError
 
@@ -124,8 +125,17 @@ class FastCDCChunker:
 
     @staticmethod
     def open(path: str) -> io.FileIO:
-        # Unbuffered: blocks are read straight into the chunker's buffers.
-        return open(path, "rb", buffering=0)
+        """A large file for :meth:`chunks`, checked to be the regular file the scan found.
+
+        Unbuffered: blocks are read straight into the chunker's buffers.
+        """
+        fd = open_source(path)
+        try:
+            check_regular(fd, path)
+        except OSError:
+            os.close(fd)
+            raise
+        return io.FileIO(fd, "rb", closefd=True)
 
     @staticmethod
     def read(path: str, size: int) -> bytes:
@@ -137,10 +147,14 @@ class FastCDCChunker:
         read to see the end: the file as the stat saw it (W2: 50,000 system calls fewer, each
         a hand-over of the interpreter lock between the ingesting threads).
         """
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_source(path)
         try:
             data = os.read(fd, size + 1)
-            if len(data) == size or not data:
+            if len(data) == size:
+                return data
+            # Not the size the scan saw: a file that changed since, or no longer a file.
+            check_regular(fd, path)
+            if not data:
                 return data
             # Network and FUSE file systems may return less than asked before the end:
             # only an empty read is the end.
@@ -148,5 +162,7 @@ class FastCDCChunker:
             while more := os.read(fd, _STREAM_BUFFER):
                 parts.append(more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        except OSError as exc:
+            raise named(exc, path) from None
         finally:
             os.close(fd)

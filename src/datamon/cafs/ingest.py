@@ -22,6 +22,7 @@ from datamon.cafs.chunker import Chunk, FastCDCChunker
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.kinds import Kinds, chunk_marks, outcomes
 from datamon.cafs.packer import PackWriter, Payload
+from datamon.cafs.sources import named
 from datamon.cafs.statcache import Folder, Listed, StatCache
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
@@ -171,8 +172,11 @@ class Ingester:
         where = self._ingest_small(small) if small else {}
         for path, st in fresh:
             if st.st_size > SMALL_FILE:
-                with self.chunker.open(path) as stream:
-                    got = self._ingest_stream(self.chunker.chunks(stream))
+                try:
+                    with self.chunker.open(path) as stream:
+                        got = self._ingest_stream(self.chunker.chunks(stream))
+                except OSError as exc:
+                    raise named(exc, path) from None
                 packs = frozenset(got.packs) if got.packs else _NO_PACKS
                 where[path] = (tuple(got.refs), packs, tuple(got.queued))
         if self.stat_cache is not None and fresh:

@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+from datamon.cafs.sources import open_source
 from datamon.core.codecs import CODEC_RAW, ChunkCodec
 
 # Files of one kind in a row stored raw before the kind's files are no longer compressed.
@@ -159,7 +160,7 @@ def heads_compress(paths: Sequence[str], codec: ChunkCodec) -> list[bool]:
 
 def _head_compresses(path: str, codec: ChunkCodec) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_source(path)
     except OSError:
         return False
     try:
