@@ -217,6 +217,21 @@ class DestinationNotEmpty(DatamonError):
         return f"destination is not empty: {self.path}"
 
 
+class LocalStateError(DatamonError):
+    """A file of local state (the chunk index, the stat cache) cannot be opened or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"cannot use the local cache {self.path}: {self.reason} (check its permissions, "
+            "or set DATAMON_CACHE_DIR to a folder of your own)"
+        )
+
+
 class SourceUnreadable(DatamonError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(path, reason)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from datamon.cafs import sqlitedb
-from datamon.cafs.sqlitedb import LocalDB, insert_rows
+from datamon.cafs.sqlitedb import LocalDB, insert_rows, transaction
+from datamon.errors import LocalStateError
 
 OPENERS = 8
 ROUNDS = 150
@@ -79,3 +80,25 @@ def test_rows_inserted_many_to_a_statement_keep_to_the_librarys_limit(tmp_path: 
     insert_rows(db, "INSERT INTO t", 2, rows)  # 3 rows a statement, not 16,000
     assert db.execute("SELECT * FROM t ORDER BY k").fetchall() == rows
     db.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_local_state_error(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"not a database, but sixteen bytes or more of something else" * 100)
+    db = LocalDB(path, "NORMAL")
+    with pytest.raises(LocalStateError, match=r"cannot use the local cache .*index\.sqlite"):
+        db.get()
+
+
+def test_a_failed_transaction_is_rolled_back_and_names_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    local = LocalDB(path, "NORMAL")
+    local.ensure_schema(1, "CREATE TABLE t (k INTEGER PRIMARY KEY)", ["t"])
+    db = local.get()
+    with pytest.raises(LocalStateError, match=str(path)) as caught, transaction(db) as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        tx.execute("INSERT INTO t VALUES (1)")  # the key again
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    assert not db.in_transaction
+    assert db.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+    local.close()

@@ -39,8 +39,11 @@ from datamon.cafs.reader import ChunkReader, windows
 from datamon.cafs.sqlitedb import insert_rows, transaction
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
+from datamon.errors import LocalStateError
 
 log = logging.getLogger(__name__)
+# Errors of the index: SQLite's own, and those its transactions translate (``sqlitedb``).
+_DB_ERRORS = (sqlite3.Error, LocalStateError)
 
 FORMAT = 1
 DEFAULT_CACHE_SIZE = 1 << 30
@@ -110,7 +113,7 @@ class ChunkCache:
                 self._read_many(cids, found)
             except _Unusable as exc:
                 self._disable(exc)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, *_DB_ERRORS) as exc:
                 log.debug("chunk cache %s read failed: %s", self.folder, exc)
         hits = sum(1 for data in found if data is not None)
         with self._lock:
@@ -210,7 +213,7 @@ class ChunkCache:
                 self._append(batch)
             except _Unusable as exc:
                 self._disable(exc)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, *_DB_ERRORS) as exc:
                 if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
                     self._disable(exc)
                 else:
@@ -356,7 +359,7 @@ class ChunkCache:
             self._prepare(db)
         except OSError as exc:
             raise _Unusable(f"not writable ({exc})") from exc
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             raise _Unusable(f"not writable ({exc})") from exc
         self._local.db, self._local.pid = db, os.getpid()
         return db

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from datamon.errors import LocalStateError
+
 # Seconds a connection waits for another one's lock, in the busy handler and in _use_wal.
 TIMEOUT = 60.0
 # Parameters in one statement of insert_rows, at most: fewer if the library allows fewer
@@ -63,9 +65,20 @@ def transaction(db: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[sql
     try:
         yield db
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        if db.in_transaction:  # (SQLite may have rolled back already, on a full disk)
+            db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise LocalStateError(_file_of(db), str(exc)) from exc
         raise
+
+
+def _file_of(db: sqlite3.Connection) -> str:
+    """The file of ``db``'s main database."""
+    for _seq, name, file in db.execute("PRAGMA database_list"):
+        if name == "main":
+            return str(file)
+    return "(in memory)"
 
 
 class LocalDB:
@@ -85,8 +98,12 @@ class LocalDB:
             db = sqlite3.connect(
                 self.path, timeout=TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            _use_wal(db)
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            try:
+                _use_wal(db)
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
+            except sqlite3.Error as exc:
+                db.close()
+                raise LocalStateError(str(self.path), str(exc)) from exc
             self._local.db = db
             with self._lock:
                 self._all.append(db)
@@ -100,16 +117,19 @@ class LocalDB:
         version is set in the transaction that makes the tables.
         """
         db = self.get()
-        if _user_version(db) == version:
-            return
-        with transaction(db):
-            if _user_version(db) != version:  # unless another process did it meanwhile
-                for table in tables:
-                    db.execute(f"DROP TABLE IF EXISTS {table}")
-                db.execute(f"PRAGMA user_version = {version}")
-            for statement in schema.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        try:
+            if _user_version(db) == version:
+                return
+            with transaction(db):
+                if _user_version(db) != version:  # unless another process did it meanwhile
+                    for table in tables:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
+                    db.execute(f"PRAGMA user_version = {version}")
+                for statement in schema.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+        except sqlite3.Error as exc:
+            raise LocalStateError(str(self.path), str(exc)) from exc
 
     def release(self) -> None:
         """Close this thread's connection, if it has one: for a thread that ends while the
