@@ -232,6 +232,17 @@ class LocalStateError(DatamonError):
         )
 
 
+class DestinationBusy(DatamonError):
+    """Another download or update is writing into the folder."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"another download or update is writing into {self.path}"
+
+
 class SourceUnreadable(DatamonError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(path, reason)

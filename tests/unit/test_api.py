@@ -32,6 +32,7 @@ from datamon.core.model import (
     StoreConfig,
 )
 from datamon.errors import (
+    AccessDenied,
     AmbiguousId,
     BranchExists,
     BranchNotFound,
@@ -810,6 +811,20 @@ def test_verify_detects_corrupted_pack(damaged_setup: tuple[Repository, str, Pat
     assert problem.startswith("f2.bin: ")
     assert chunk in problem
     assert "packs/" in problem
+
+
+def test_verify_raises_what_is_no_damage(
+    damaged_setup: tuple[Repository, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused reads say nothing about the bundle: not reported as damage, but raised."""
+    repo, bid, _src = damaged_setup
+
+    def refused(*_args: object, **_kw: object) -> bytes:
+        raise AccessDenied("packs/..", "permission denied")
+
+    monkeypatch.setattr(repo.store.blob, "get_range_view", refused)
+    with pytest.raises(AccessDenied):
+        repo.verify(bid)
 
 
 def test_verify_reports_every_file_with_a_damaged_chunk(

@@ -372,3 +372,13 @@ def test_a_probed_chunk_whose_prefix_compresses_is_compressed_whole() -> None:
         codec.decode("k", b"".join([bytes([CODEC_ZSTD]), codec.encode_parts(raw)[1]]), len(raw))
         == raw
     )
+
+
+def test_a_damaged_header_digest_is_named_with_both_hashes() -> None:
+    payload = b"a tree's payload"
+    frame = bytearray(encode_frame(payload)[1])
+    frame[20] ^= 0xFF  # in the stored digest; the payload is whole
+    with pytest.raises(ChecksumMismatch) as caught:
+        decode_frame("trees/ab/x", bytes(frame), expected=digest(payload))
+    assert caught.value.expected != caught.value.actual
+    assert caught.value.actual == digest(payload).hex()

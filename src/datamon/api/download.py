@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import itertools
 import os
 import re
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from datamon.api.parallel import bounded_map, cpu_threads, interleave, size_groups
@@ -18,7 +21,7 @@ from datamon.api.store import Store
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.reader import windows
 from datamon.core.model import Bundle, ChunkRef, Entry, Kind
-from datamon.errors import CorruptObject, DestinationNotEmpty, InvalidArgument
+from datamon.errors import CorruptObject, DestinationBusy, DestinationNotEmpty, InvalidArgument
 
 GROUP_FILES = 256
 GROUP_BYTES = 8 << 20
@@ -62,6 +65,30 @@ def prepare_destination(destination: str) -> None:
         os.makedirs(destination, exist_ok=True)
     except OSError as exc:
         raise InvalidArgument(f"cannot create destination {destination}: {exc.strerror}") from None
+
+
+# A file system without advisory locks on folders: a download then holds nothing.
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+@contextmanager
+def claimed(folder: str) -> Iterator[None]:
+    """Hold ``folder`` for this process while it writes there: another download or update
+    into it fails at once (:class:`DestinationBusy`) instead of writing the same files and
+    then, failing, removing what the first one wrote. An advisory lock (``flock``) on the
+    folder itself, so nothing is added to it; released when the process ends, however."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DestinationBusy(folder) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_entries(

@@ -121,14 +121,17 @@ class Repository:
         bundle = self.bundle(bid)
         entries = _download.plan(self.store, bundle, name_filter)
         _download.prepare_destination(destination)
-        try:
-            return _download.write_entries(
-                self.store, bundle, destination, entries, concurrency, progress
-            )
-        except BaseException:
-            # The destination was empty: leave it so, and a retry can start afresh.
-            _download.empty_folder(destination)
-            raise
+        with _download.claimed(destination):
+            if os.listdir(destination):  # (written meanwhile by something else)
+                raise DestinationNotEmpty(destination)
+            try:
+                return _download.write_entries(
+                    self.store, bundle, destination, entries, concurrency, progress
+                )
+            except BaseException:
+                # The destination was empty: leave it so, and a retry can start afresh.
+                _download.empty_folder(destination)
+                raise
 
     def download_file(self, bid: str, path: str, destination: str) -> str:
         """Write one file (or folder) of the bundle to ``destination/path``; returns where."""
@@ -138,10 +141,20 @@ class Repository:
         if clean not in entries:
             raise PathNotInBundle(path, f"bundle {bid}")
         target = os.path.join(destination, clean)
+        _no_symlink_above(destination, clean)
         if os.path.lexists(target):
             raise DestinationNotEmpty(target)
+        made = _first_missing(destination, clean)
         below = [(p, e) for p, e in entries.items() if p == clean or p.startswith(clean + "/")]
-        _download.write_entries(self.store, bundle, destination, below, _upload.DEFAULT_CONCURRENCY)
+        try:
+            _download.write_entries(
+                self.store, bundle, destination, below, _upload.DEFAULT_CONCURRENCY
+            )
+        except BaseException:
+            # Nothing of it is left half-written to look whole, or to stop a retry.
+            if made is not None:
+                _remove(destination, made)
+            raise
         return target
 
     def diff(self, old: str, new: str) -> Iterator[_diff.Change]:
@@ -159,6 +172,10 @@ class Repository:
         created (empty ones too) and given its modes and times.
         """
         bundle = self.bundle(bid)
+        with _download.claimed(folder):
+            return self._update(bundle, folder, progress)
+
+    def _update(self, bundle: Bundle, folder: str, progress: Progress | None) -> list[_diff.Change]:
         entries = dict(_download.plan(self.store, bundle))
         changes = list(_diff.diff_local(self.store, bytes.fromhex(bundle.tree), folder))
         wanted: list[tuple[str, Entry]] = []
@@ -244,12 +261,28 @@ def _info(path: str, entry: Entry) -> FileInfo:
     return FileInfo(path, entry.kind, entry.size, entry.mode, entry.mtime_ns, entry.target, content)
 
 
-def _remove(folder: str, rel: str) -> None:
-    """Remove ``folder/rel``, never following a symlink on the way there."""
+def _no_symlink_above(folder: str, rel: str) -> None:
+    """UnsafePath if a folder on the way from ``folder`` to ``folder/rel`` is a symlink,
+    through which ``rel`` would be written or removed outside ``folder``."""
     parts = rel.split("/")
     for i in range(1, len(parts)):
         if os.path.islink(os.path.join(folder, *parts[:i])):
             raise UnsafePath(rel, "a local symlink stands in its path")
+
+
+def _first_missing(folder: str, rel: str) -> str | None:
+    """The shortest leading part of ``rel`` that does not exist below ``folder`` yet."""
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        if not os.path.lexists(os.path.join(folder, *parts[:i])):
+            return "/".join(parts[:i])
+    return None
+
+
+def _remove(folder: str, rel: str) -> None:
+    """Remove ``folder/rel``, never following a symlink on the way there."""
+    _no_symlink_above(folder, rel)
+    parts = rel.split("/")
     path = os.path.join(folder, *parts)
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)

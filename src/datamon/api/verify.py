@@ -9,7 +9,11 @@ from datamon.api.store import Store
 from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import pack_key
 from datamon.core.model import Bundle, ChunkRef, Kind
-from datamon.errors import DatamonError
+from datamon.errors import IntegrityError, ObjectNotFound
+
+# What verify reports as damage: objects missing, or not what their names say. Anything else
+# (access refused, the store unreachable) is no finding about the bundle: it is raised.
+DAMAGE = (IntegrityError, ObjectNotFound)
 
 
 @dataclass
@@ -30,7 +34,8 @@ def verify_bundle(
     progress: Progress | None = None,
     checked: set[bytes] | None = None,
 ) -> VerifyReport:
-    """Check every tree and every chunk once; damage is reported per file, not raised."""
+    """Check every tree and every chunk once; damage is reported per file, not raised, and
+    an error that says nothing of the bundle (the store unreachable, access refused) is."""
     progress = progress or NoProgress()
     report = VerifyReport()
     seen = checked if checked is not None else set()
@@ -40,11 +45,11 @@ def verify_bundle(
             store.index.record(load_pack_index(store.blob, pack_id))
             if not store.blob.exists(pack_key(pack_id)):
                 report.problems.append(f"pack {pack_id}: missing from the store")
-        except DatamonError as exc:
+        except DAMAGE as exc:
             report.problems.append(f"pack index {pack_id}: {exc}")
     try:
         entries = list(store.trees.walk(bytes.fromhex(bundle.tree)))
-    except DatamonError as exc:
+    except DAMAGE as exc:
         report.problems.append(f"tree: {exc}")
         return report
     progress.start("verifying", sum(e.size for _p, e in entries if e.kind == Kind.FILE))
@@ -78,7 +83,7 @@ def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[b
         for data in store.reader.stream(refs):
             chunks += 1
             size += len(data)
-    except DatamonError:
+    except DAMAGE:
         pass
     else:
         report.chunks += chunks
@@ -89,5 +94,5 @@ def _check(store: Store, refs: list[ChunkRef], report: VerifyReport, bad: dict[b
             for data in store.reader.stream([ref]):
                 report.chunks += 1
                 report.bytes += len(data)
-        except DatamonError as exc:
+        except DAMAGE as exc:
             bad[ref.id] = str(exc)
