@@ -102,6 +102,13 @@ def bucket_location(location: str) -> str:
 _FIELDS = {"name", "email", "credential", "store", "metadata", "blob", "options"}
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several lines about a parse error, as one: what, and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def load_config(path: Path | None = None) -> Config:
     """The configuration at ``path`` (default :func:`config_path`); empty if there is none."""
     target = path or config_path()
@@ -109,8 +116,10 @@ def load_config(path: Path | None = None) -> Config:
         return Config(path=target)
     try:
         data: Any = yaml.safe_load(target.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read config file {target}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {target} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {target} is not a mapping")
     unknown = set(data) - _FIELDS

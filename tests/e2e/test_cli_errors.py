@@ -95,6 +95,10 @@ CASES: dict[str, Case] = {
     "invalid-label-name": Case(
         lambda p, t: ["label", "set", "--repo", REPO, "--label", "bad name", "--bundle", p.bid],
         ("invalid label name", "bad name")),
+    "empty-label-on-upload": Case(
+        lambda p, t: ["bundle", "upload", "--path", p.tree, "--message", "m", "--repo", REPO,
+                      "--label", ""],
+        ("invalid label name",)),
     "invalid-name-filter": Case(
         lambda p, t: ["bundle", "download", "--repo", REPO, "--label", "init",
                       "--name-filter", "[", "--destination", t / "d"],
@@ -215,3 +219,17 @@ def test_demo_runs_on_a_fresh_home(datamon: Datamon) -> None:
     assert any(UPLOADED.match(text) for text in stdout_lines(result)), result.stdout
     assert not [ln for ln in stderr_lines(result) if ln.startswith("error")]
     assert (datamon.default_store / "config.json").is_file()
+
+
+def test_a_group_without_a_command_prints_its_help(datamon: Datamon) -> None:
+    done = datamon("bundle", check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("Usage: datamon bundle [OPTIONS] COMMAND")
+    assert "error:" not in done.stderr
+
+
+def test_a_config_file_that_is_not_yaml_is_one_error_line(datamon: Datamon) -> None:
+    datamon.config_file.parent.mkdir(parents=True, exist_ok=True)
+    datamon.config_file.write_text("name: a\nemail: [x\n")
+    done = datamon("repo", "list", check=False)
+    assert_clean_error(done, "is not valid YAML", "line 3")

@@ -1406,3 +1406,9 @@ def test_a_segment_whose_chunk_is_not_the_size_its_tree_says_fails(
     with pytest.raises(CorruptObject, match="bytes, not"):
         repo.download(bid, str(tmp_path / "dest"), concurrency=2)
     assert not (tmp_path / "dest" / "big.bin").exists()
+
+
+def test_an_empty_label_is_refused_not_ignored(repo: Repository, src: Path, author: Author) -> None:
+    with pytest.raises(InvalidName):
+        repo.upload(str(src), _opts(author, label=""))
+    assert repo.bundles() == []

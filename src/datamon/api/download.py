@@ -262,15 +262,21 @@ class _Segment:
     def write(self, store: Store) -> int:
         fd = self.file.fd
         offset = self.offset
-        for ref, data in zip(self.refs, store.reader.stream(self.refs), strict=True):
-            if len(data) != ref.size:
-                # The next segment starts where this one's sizes say it ends.
-                raise CorruptObject(f"chunk {ref.id.hex()}", f"{len(data)} bytes, not {ref.size}")
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
+        try:
+            for ref, data in zip(self.refs, store.reader.stream(self.refs), strict=True):
+                if len(data) != ref.size:
+                    # The next segment starts where this one's sizes say it ends.
+                    raise CorruptObject(
+                        f"chunk {ref.id.hex()}", f"{len(data)} bytes, not {ref.size}"
+                    )
+                view = memoryview(data)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view = view[written:]
+                    offset += written
+        except Exception as exc:
+            exc.add_note(f"writing {self.file.target}")
+            raise
         self.file.done()
         return offset - self.offset
 
@@ -291,9 +297,11 @@ def write_file(entry: Entry, target: str, chunks: Iterable[bytes | memoryview]) 
             while view:
                 view = view[os.write(fd, view) :]
         _finish(fd, entry)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         os.unlink(target)
+        if isinstance(exc, Exception):
+            exc.add_note(f"writing {target}")
         raise
     os.close(fd)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -173,7 +174,15 @@ class Repository:
         """
         bundle = self.bundle(bid)
         with _download.claimed(folder):
-            return self._update(bundle, folder, progress)
+            # A downloaded folder has the bundle's modes: some may forbid writing in them
+            # (0o555). Opened to their owner, they get the bundle's modes again at the end;
+            # the top folder, not the bundle's, gets its own back.
+            top = os.stat(folder).st_mode
+            _open_folders(folder)
+            try:
+                return self._update(bundle, folder, progress)
+            finally:
+                os.chmod(folder, stat.S_IMODE(top))
 
     def _update(self, bundle: Bundle, folder: str, progress: Progress | None) -> list[_diff.Change]:
         entries = dict(_download.plan(self.store, bundle))
@@ -277,6 +286,15 @@ def _first_missing(folder: str, rel: str) -> str | None:
         if not os.path.lexists(os.path.join(folder, *parts[:i])):
             return "/".join(parts[:i])
     return None
+
+
+def _open_folders(folder: str) -> None:
+    """Let the owner write in ``folder`` and every folder below it (not through symlinks)."""
+    wanted = stat.S_IRWXU
+    for root, _dirs, _files in os.walk(folder):
+        mode = os.lstat(root).st_mode
+        if mode & wanted != wanted:
+            os.chmod(root, stat.S_IMODE(mode) | wanted)
 
 
 def _remove(folder: str, rel: str) -> None:

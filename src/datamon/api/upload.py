@@ -184,7 +184,7 @@ class _Batch:
 def _check(store: Store, repo: str, options: UploadOptions) -> None:
     store.repos.get(repo)
     check_name("branch", options.branch)
-    if options.label:
+    if options.label is not None:
         check_name("label", options.label)
 
 

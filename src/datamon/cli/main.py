@@ -81,6 +81,11 @@ def run(group: click.Group, args: list[str] | None = None) -> int:
         group.main(args=argv, prog_name="datamon", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group run without a command: its help, as ``--help`` prints it, and the usage
+        # error's exit code.
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "datamon"
         click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -94,14 +99,15 @@ def run(group: click.Group, args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
-    except DatamonError as exc:
+    except (DatamonError, OSError) as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_ERROR
-    except OSError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {message(exc)}", err=True)
         return EXIT_ERROR
     return 0
+
+
+def message(exc: BaseException) -> str:
+    """The error's own text, then where it happened (its notes: ``writing big.bin``)."""
+    notes = getattr(exc, "__notes__", None)
+    return f"{exc} ({'; '.join(notes)})" if notes else str(exc)
