@@ -479,6 +479,12 @@ def test_name_filter(repo: Repository, src: Path, tmp_path: Path, author: Author
     assert result.files == 2
     for path in got:
         assert (dest / path).read_bytes() == (src / path).read_bytes()
+    # The folders holding them have the bundle's modes and times; no other is made.
+    folders = {p for p, d in describe_tree(dest).items() if d[0] == "dir"}
+    assert folders == {"data", "data/nested", "data/nested/deeper"}
+    for path in folders:
+        here, there = os.stat(dest / path), os.stat(src / path)
+        assert (here.st_mode, here.st_mtime_ns) == (there.st_mode, there.st_mtime_ns), path
     wanted = {p for p in describe_tree(src) if re.search("link", p)}
     repo.download(bid, str(tmp_path / "links"), name_filter="link")
     assert {p for p, d in describe_tree(tmp_path / "links").items() if d[0] != "dir"} == wanted
@@ -672,6 +678,23 @@ def test_update_restores_modes(repo: Repository, tmp_path: Path, author: Author)
     repo.update(bid, str(work))
     assert (work / "run.sh").stat().st_mode & 0o7777 == 0o755
     assert list(repo.diff_local(bid, str(work))) == []
+
+
+def test_update_restores_modification_times(
+    repo: Repository, tmp_path: Path, author: Author
+) -> None:
+    write_tree(tmp_path / "src", {"a.txt": b"same\n"})
+    os.symlink("a.txt", tmp_path / "src" / "link")
+    bid = repo.upload(str(tmp_path / "src"), _opts(author)).bundle_id
+    work = tmp_path / "work"
+    repo.download(bid, str(work))
+    want = {name: os.lstat(work / name).st_mtime_ns for name in ("a.txt", "link")}
+    for name in want:
+        os.utime(work / name, ns=(1, 1), follow_symlinks=False)
+    assert repo.update(bid, str(work)) == []  # nothing to write: the content is the same
+    assert {name: os.lstat(work / name).st_mtime_ns for name in want} == want
+    again = repo.upload(str(work), _opts(author, "again"))
+    assert again.bundle.tree == repo.bundle(bid).tree
 
 
 def test_update_of_an_unchanged_folder_writes_nothing(

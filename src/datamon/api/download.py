@@ -45,13 +45,21 @@ def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[t
     except re.error as exc:
         raise InvalidArgument(f"invalid name filter {name_filter!r}: {exc}") from None
     chosen: list[tuple[str, Entry]] = []
+    folders: dict[str, Entry] = {}
     guard = TreeGuard()
     for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
         guard.add(path, entry)
-        if pattern and (entry.kind == Kind.DIR or not pattern.search(path)):
-            continue
-        chosen.append((path, entry))
+        if pattern and entry.kind == Kind.DIR:
+            folders[path] = entry
+        elif not pattern or pattern.search(path):
+            chosen.append((path, entry))
     guard.check()
+    if pattern:
+        # The folders holding what the filter chose, so they get the bundle's modes and times.
+        holding = {
+            path.rsplit("/", n)[0] for path, _e in chosen for n in range(1, path.count("/") + 1)
+        }
+        chosen.extend((path, entry) for path, entry in folders.items() if path in holding)
     return chosen
 
 

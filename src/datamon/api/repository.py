@@ -205,6 +205,10 @@ class Repository:
                 kept = entries.get(rel)
                 if (kept is None or kept.kind != Kind.DIR) and not os.path.islink(full):
                     shutil.rmtree(full)
+        changed = {c.path for c in changes}
+        _retime(
+            folder, [(p, e) for p, e in entries.items() if e.kind != Kind.DIR and p not in changed]
+        )
         wanted.extend((p, e) for p, e in entries.items() if e.kind == Kind.DIR)
         _download.write_entries(
             self.store, bundle, folder, wanted, _upload.DEFAULT_CONCURRENCY, progress
@@ -286,6 +290,15 @@ def _first_missing(folder: str, rel: str) -> str | None:
         if not os.path.lexists(os.path.join(folder, *parts[:i])):
             return "/".join(parts[:i])
     return None
+
+
+def _retime(folder: str, kept: Iterable[tuple[str, Entry]]) -> None:
+    """Give the files and symlinks an update keeps (their content and mode match already)
+    the bundle's modification times."""
+    for rel, entry in kept:
+        path = os.path.join(folder, rel)
+        if os.lstat(path).st_mtime_ns != entry.mtime_ns:
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
 
 def _open_folders(folder: str) -> None:
