@@ -293,6 +293,34 @@ def test_writable_mount_commits_a_new_bundle(cli: Cli, tmp_path: Path) -> None:
     assert rows[bid]["parents"] == [first_id]
 
 
+def test_two_mounts_of_one_branch_keep_each_other_s_commits(cli: Cli, tmp_path: Path) -> None:
+    """Each mount commits its own changes on the branch's head: a mount that commits after
+    another does not take the other's changes back, and one with no changes commits none."""
+    ma, mb, idle = tmp_path / "mnt-a", tmp_path / "mnt-b", tmp_path / "mnt-idle"
+    for mnt in (ma, mb, idle):
+        mnt.mkdir()
+        cli.run(
+            "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", mnt.name,
+            "--from", "branch:main", "--daemonize",
+        )  # fmt: skip
+    (ma / "a_only.txt").write_text("from a\n")
+    (mb / "b_only.txt").write_text("from b\n")
+    (mb / "a.txt").write_text("changed by b\n")
+    cli.run("bundle", "mount", "commit", str(ma))
+    cli.run("bundle", "mount", "commit", str(mb))
+    head = _head(cli)
+    assert "Nothing to commit" in cli.run("bundle", "unmount", str(idle)).stderr
+    cli.run("bundle", "unmount", str(ma))
+    cli.run("bundle", "unmount", str(mb))
+    assert _head(cli) == head
+    got = tmp_path / "got"
+    cli.run("bundle", "download", "--repo", "data", "--branch", "main", "--destination", str(got))
+    assert (got / "a_only.txt").read_text() == "from a\n"
+    assert (got / "b_only.txt").read_text() == "from b\n"
+    assert (got / "a.txt").read_text() == "changed by b\n"
+    assert (got / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
+
+
 def _wait_exit(pid: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -79,6 +79,8 @@ class ChangeSet:
     def __init__(self, repo: str, branch: str, staging: str | None = None) -> None:
         self.repo = repo
         self.branch = check_name("branch", branch)
+        if staging is not None:  # (a writable mount makes its staging folder on first write)
+            os.makedirs(staging, exist_ok=True)
         self.folder = tempfile.mkdtemp(prefix="datamon-stage-", dir=staging)
         self.ops: list[tuple[str, Operation]] = []
 

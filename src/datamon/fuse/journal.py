@@ -27,6 +27,10 @@ class Journal:
     root: Node
     error: str = ""
     version: int = VERSION
+    # The branch head the changes were made against (``StagingOperations.seen``); journals
+    # written before it was kept have ``seen_known`` false: the head at recovery stands in.
+    seen: str | None = None
+    seen_known: bool = False
 
 
 def save(path: Path, journal: Journal) -> None:

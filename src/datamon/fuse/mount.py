@@ -149,7 +149,12 @@ def _keep(state: MountState, ops: StagingOperations, exc: Exception) -> None:
     """Write the tree of a mount whose final commit failed, for :func:`recover`."""
     with ops.locked():
         found = Journal(
-            ops.target, ops.tree.view.bid, ops.tree.root, f"{type(exc).__name__}: {exc}"
+            ops.target,
+            ops.tree.view.bid,
+            ops.tree.root,
+            f"{type(exc).__name__}: {exc}",
+            seen=ops.seen,
+            seen_known=True,
         )
         save_journal(state.journal, found)
     log.warning("commit failed (%s): changes kept in %s", exc, state.folder)
@@ -185,6 +190,8 @@ def recover(
             state.staging,
         )
         ops.tree.root = found.root
+        if found.seen_known:
+            ops.seen = found.seen
         try:
             reply = _commit(ops)
         except Exception as exc:

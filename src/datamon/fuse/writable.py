@@ -3,8 +3,10 @@
 The mount starts from a bundle (or empty). Reads of untouched files go to the store, like
 a read-only mount; a file opened for writing is first copied to a staged local file, and
 every later change is made there. A commit records the difference between the mounted tree
-and the branch head in a :class:`ChangeSet` and commits it as one bundle, whose parent is
-that head; a commit that fails changes nothing and can be retried.
+and the branch head the mount last saw (when it started, or its own last commit) in a
+:class:`ChangeSet`, and commits it as one bundle on the branch's head: when others moved
+the branch meanwhile, their changes stay and the mount's are replayed on them, path by
+path. A commit that fails changes nothing and can be retried.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class StagingOperations:
         self._ids = itertools.count(1 << 32)
         self._lock = threading.RLock()
         self.commits: list[CommitResult] = []
+        # The branch head the mount's changes are made against: the head when it started,
+        # then each of its commits.
+        self.seen = self._head()
 
     def init(self, path: str) -> None:
         """Called by libfuse once the file system is mounted."""
@@ -300,8 +305,12 @@ class StagingOperations:
 
     # commit --------------------------------------------------------------------------------
 
+    def _head(self) -> str | None:
+        current = self.store.refs.read(self.target.repo, "branch", self.target.branch)
+        return current[0].bundle if current else None
+
     def pending(self) -> bool:
-        """Whether the tree differs from the branch head."""
+        """Whether the tree differs from the branch head the mount last saw."""
         with self._lock:
             changes = self._changes()
             try:
@@ -313,8 +322,7 @@ class StagingOperations:
         t = self.target
         changes = ChangeSet(t.repo, t.branch, self.staging)
         try:
-            current = self.store.refs.read(t.repo, "branch", t.branch)
-            head = self.open_view(current[0].bundle if current else None)
+            head = self.open_view(self.seen)
             base = self.tree.view.bundle
             with errnos(t.repo):
                 stage(changes, self.tree, head, base.packs if base else ())
@@ -324,8 +332,9 @@ class StagingOperations:
         return changes
 
     def commit(self) -> CommitResult | None:
-        """Commit the tree as one bundle on the branch (None if nothing changed since the
-        head). On failure nothing changes, and the staged files stay for a retry."""
+        """Commit the tree's changes since the head the mount last saw as one bundle on the
+        branch (None if there are none). On failure nothing changes, and the staged files
+        stay for a retry."""
         with self._lock:
             if any(h.writable for h in self._staged.values()):
                 raise OSError(errno.EBUSY, "files are still open for writing")
@@ -340,6 +349,7 @@ class StagingOperations:
             finally:
                 changes.discard()
             self.commits.append(result)
+            self.seen = result.bundle_id
             self.tree = Namespace(self.open_view(result.bundle_id))
             open_locals = {h.node.local for h in self._staged.values()}
             for entry in os.scandir(self.staging):
