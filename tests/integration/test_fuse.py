@@ -5,6 +5,7 @@ Skipped locally without /dev/fuse, fusermount3 or libfuse 3; failed on CI (CI=tr
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import os
 import random
@@ -319,6 +320,79 @@ def test_two_mounts_of_one_branch_keep_each_other_s_commits(cli: Cli, tmp_path: 
     assert (got / "b_only.txt").read_text() == "from b\n"
     assert (got / "a.txt").read_text() == "changed by b\n"
     assert (got / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
+
+
+def _renameat2(old: Path, new: Path, flags: int) -> int:
+    """renameat2(2); the errno it failed with, or 0."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    done = libc.renameat2(at_fdcwd, bytes(old), at_fdcwd, bytes(new), flags)
+    return 0 if done == 0 else ctypes.get_errno()
+
+
+def test_what_a_writable_mount_shows_is_what_it_commits(cli: Cli, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(
+        "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "m",
+        "--from", "branch:main", "--daemonize",
+    )  # fmt: skip
+    before = time.time_ns()
+    cli.sh("touch new.txt && touch a.txt", mnt)  # utimensat with UTIME_NOW
+    assert os.stat(mnt / "new.txt").st_mtime_ns >= before - 10**9
+    cli.sh("touch -a deep/b.csv", mnt)  # the access time only: UTIME_OMIT for the mtime
+    assert (
+        os.stat(mnt / "deep" / "b.csv").st_mtime_ns
+        == os.stat(tmp_path / "src" / "deep" / "b.csv").st_mtime_ns
+    )
+    os.utime(mnt / "big.bin", ns=(0, 10**18), follow_symlinks=False)  # untouched file
+    os.chmod(mnt / "deep" / "er", 0o711)  # a folder never listed
+    os.utime(mnt / "deep", ns=(0, 2 * 10**18))  # a folder listed
+    # A file removed while open is not committed under libfuse's hidden name.
+    held = open(mnt / "empty", "rb")  # noqa: SIM115
+    os.unlink(mnt / "empty")
+    # Two files exchanged: refused, both kept.
+    (mnt / "y1").write_text("one")
+    (mnt / "y2").write_text("two")
+    assert _renameat2(mnt / "y1", mnt / "y2", 2) == errno.EINVAL
+    assert _renameat2(mnt / "y1", mnt / "y2", 1) == errno.EEXIST
+    assert ((mnt / "y1").read_text(), (mnt / "y2").read_text()) == ("one", "two")
+    # A reader of an untouched file sees what another handle writes.
+    with open(mnt / "deep" / "b.csv", "rb") as reader, open(mnt / "deep" / "b.csv", "r+b") as w:
+        w.write(b"NEW")
+        w.flush()
+        assert reader.read(3) == b"NEW"
+    # Names and links a bundle cannot hold are refused when made, not at every commit.
+    with pytest.raises(OSError):
+        os.symlink("../../../etc/passwd", mnt / "esc")
+    with pytest.raises(OSError):
+        (mnt / "bad\udcff.txt").write_text("x")
+    cli.run("bundle", "mount", "commit", str(mnt))
+    held.close()
+    cli.run("bundle", "unmount", str(mnt))
+    _wait_gone(tmp_path / "cache" / "mounts")  # a clean end leaves no state behind
+    got = tmp_path / "got"
+    cli.run("bundle", "download", "--repo", "data", "--branch", "main", "--destination", str(got))
+    assert not [p.name for p in got.rglob(".fuse_hidden*")]
+    assert not (got / "empty").exists() and not (got / "esc").exists()
+    assert os.stat(got / "new.txt").st_mtime_ns >= before - 10**9
+    assert os.stat(got / "a.txt").st_mtime_ns >= before - 10**9
+    assert os.stat(got / "big.bin").st_mtime_ns == 10**18
+    assert os.stat(got / "deep" / "er").st_mode & 0o7777 == 0o711
+    assert os.stat(got / "deep").st_mtime_ns == 2 * 10**18
+    assert (got / "deep" / "b.csv").read_bytes()[:3] == b"NEW"
+    assert ((got / "y1").read_text(), (got / "y2").read_text()) == ("one", "two")
+
+
+def _wait_gone(folder: Path, timeout: float = 30.0) -> None:
+    """Wait until ``folder`` holds no mount's state folder (a mount process removes its own
+    as it ends; its log stays)."""
+    deadline = time.monotonic() + timeout
+    while folder.exists() and any(p.is_dir() for p in folder.iterdir()):
+        assert time.monotonic() < deadline, list(folder.rglob("*"))
+        time.sleep(0.05)
 
 
 def _wait_exit(pid: int, timeout: float = 60.0) -> None:

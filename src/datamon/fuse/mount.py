@@ -143,6 +143,7 @@ def serve_writable(
     finally:
         reading.readahead.close()
     ops.discard()
+    state.remove()  # committed: nothing is left for recover, and no pid to mistake later
 
 
 def _keep(state: MountState, ops: StagingOperations, exc: Exception) -> None:
@@ -212,6 +213,20 @@ def _commit(ops: StagingOperations) -> dict[str, Any]:
     return {"ok": True, "bundle": result.bundle_id, "new_chunks": result.new_chunks}
 
 
+def _FUSE(mfusepy: Any) -> Any:
+    """mfusepy's ``FUSE``, but a rename's flags reach the operations: mfusepy drops them, so
+    an exchange of two files (``RENAME_EXCHANGE``) was done as a plain rename, losing one."""
+
+    class FUSE(mfusepy.FUSE):  # type: ignore[misc]
+        def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+            if not flags:
+                return int(self.rename_fuse_2(old, new))
+            names = (old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors))
+            return int(self.operations.rename(*names, flags))
+
+    return FUSE
+
+
 def _serve(
     ops: object, info: MountInfo, fuse_options: dict[str, Any], control: dict[str, Any]
 ) -> None:
@@ -234,7 +249,7 @@ def _serve(
     )
     widen.start()
     try:
-        mfusepy.FUSE(
+        _FUSE(mfusepy)(
             ops,
             info.mountpoint,
             foreground=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ import msgspec
 from datamon.core.model import Entry, Kind
 from datamon.fs.changes import ChangeSet
 from datamon.fs.view import BundleView
+
+# The name libfuse gives a file removed while a handle still has it open (unless mounted
+# with hard_remove), until that handle is closed.
+_HIDDEN = re.compile(r"\.fuse_hidden[0-9a-f]{16}")
 
 
 @dataclass(eq=False)
@@ -103,6 +108,8 @@ def _stage_dir(
     for name, child in mine.items():
         where = f"{path}{name}"
         old = old_children.get(name)
+        if old is None and _HIDDEN.fullmatch(name):
+            continue  # a file removed while still open: libfuse keeps it until it is closed
         if child.pristine:
             assert child.entry is not None
             entry = msgspec.structs.replace(child.entry, name=name)
@@ -115,10 +122,8 @@ def _stage_dir(
             if old is not None and old.kind != Kind.DIR:
                 changes.remove(where)
                 old = None
-            if old is None:
+            if old is None or old.mode != child.mode or old.mtime_ns != child.mtime_ns:
                 changes.mkdir(where, child.mode, child.mtime_ns)
-            elif old.mode != child.mode:
-                changes.mkdir(where, child.mode)
             _stage_dir(changes, tree, child, f"{where}/", head, old, packs)
         else:
             assert child.local is not None

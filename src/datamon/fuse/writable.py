@@ -34,6 +34,13 @@ from datamon.fuse.namespace import Namespace, Node, stage
 from datamon.fuse.readahead import ReadAhead
 from datamon.fuse.readonly import ChunkedReads
 
+# How libfuse gives utimensat's "now" and "leave as is" (its tv_nsec, with tv_sec 0), as
+# mfusepy hands a time over in nanoseconds.
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+# renameat2's flags: only "do not replace" is done; an exchange is refused (EINVAL).
+RENAME_NOREPLACE = 1
+
 
 @dataclass(frozen=True)
 class CommitTarget:
@@ -75,6 +82,9 @@ class StagingOperations:
         self.started = False
         self.reads = ChunkedReads(readahead)
         self._staged: dict[int, StagedHandle] = {}
+        # Handles reading a file's stored chunks, by handle: once another handle writes the
+        # file, they read what was written, as on any file system.
+        self._reading: dict[int, Node] = {}
         self._ids = itertools.count(1 << 32)
         self._lock = threading.RLock()
         self.commits: list[CommitResult] = []
@@ -97,6 +107,7 @@ class StagingOperations:
             return self.tree.parent(path)
 
     def _add(self, path: str, node: Node) -> None:
+        _check_name(path)
         folder, name = self._parent(path)
         children = self.tree.children(folder)
         if name in children:
@@ -158,7 +169,9 @@ class StagingOperations:
             if node.kind != Kind.FILE:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not writing and node.local is None and node.entry is not None:
-                return self.reads.open(self.tree.view.chunks_of(node.entry))
+                fh = self.reads.open(self.tree.view.chunks_of(node.entry))
+                self._reading[fh] = node
+                return fh
             truncate = bool(flags & os.O_TRUNC)
             local = self._materialize(node, path, keep=not truncate)
             fd = os.open(local, os.O_RDWR if writing else os.O_RDONLY)
@@ -176,6 +189,17 @@ class StagingOperations:
         staged = self._staged.get(fh)
         if staged is not None:
             return os.pread(staged.fd, size, offset)
+        written = self._reading.get(fh)
+        if written is not None and written.local is not None:
+            try:
+                fd = os.open(written.local, os.O_RDONLY)
+            except FileNotFoundError:  # committed and cleared since: the chunks hold it
+                pass
+            else:
+                try:
+                    return os.pread(fd, size, offset)
+                finally:
+                    os.close(fd)
         handle = self.reads.handle(fh)
         if handle is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF), path)
@@ -184,6 +208,7 @@ class StagingOperations:
     def release(self, path: str, fh: int) -> int:
         with self._lock:
             staged = self._staged.pop(fh, None)
+            self._reading.pop(fh, None)
         if staged is not None:
             os.close(staged.fd)
         else:
@@ -228,7 +253,8 @@ class StagingOperations:
         name = path.rsplit("/", 1)[-1]
         entry = Entry(name, Kind.SYMLINK, 0o777, time.time_ns(), target=target)
         with errnos(path):
-            check_entry(path, entry)
+            # As the bundle will hold it: its path relative to the top, not FUSE's "/x".
+            check_entry(path.lstrip("/"), entry)
         with self._lock:
             self._add(path, Node.of(entry))
         return 0
@@ -255,13 +281,18 @@ class StagingOperations:
             folder.touch()
         return 0
 
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported", new)
+        _check_name(new)
         with self._lock:
             node = self._find(old)
             src_dir, src_name = self._parent(old)
             dst_dir, dst_name = self._parent(new)
             dst_children = self.tree.children(dst_dir)
             replaced = dst_children.get(dst_name)
+            if replaced is not None and flags & RENAME_NOREPLACE:
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), new)
             if replaced is node:
                 return 0
             if replaced is not None:
@@ -281,17 +312,22 @@ class StagingOperations:
         with self._lock:
             node = self._find(path)
             node.mode = mode & 0o7777
-            if node.pristine and node.entry is not None and node.kind == Kind.FILE:
-                node.entry = _with_mode(node.entry, node.mode)
+            if node.pristine and node.entry is not None:
+                node.entry = msgspec.structs.replace(node.entry, mode=node.mode)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        mtime = times[1] if times else UTIME_NOW
+        if mtime == UTIME_OMIT:
+            return 0
         with self._lock:
             node = self._find(path)
-            node.mtime_ns = times[1] if times else time.time_ns()
+            node.mtime_ns = time.time_ns() if mtime == UTIME_NOW else mtime
+            if node.pristine and node.entry is not None:
+                node.entry = msgspec.structs.replace(node.entry, mtime_ns=node.mtime_ns)
         return 0
 
     def link(self, path: str, source: str) -> int:
@@ -365,8 +401,13 @@ class StagingOperations:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _with_mode(entry: Entry, mode: int) -> Entry:
-    return msgspec.structs.replace(entry, mode=mode)
+def _check_name(path: str) -> None:
+    """EINVAL for a name a bundle cannot hold (not UTF-8: mfusepy passes such bytes on as
+    surrogates), refused now rather than by every commit after."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise OSError(errno.EINVAL, "names must be valid UTF-8", path) from None
 
 
 def _mkstemp(folder: str) -> tuple[int, str]:
