@@ -32,6 +32,7 @@ from datamon.errors import (
     StoreUnreachable,
 )
 from datamon.fs import DatamonFileSystem
+from datamon.fs.changes import ChangeSet
 from datamon.fs.oserrors import to_oserror
 from datamon.fs.url import BundlePath, parse
 from datamon.fs.view import BundleView, TreeCache
@@ -475,6 +476,68 @@ def test_append(fs: DatamonFileSystem) -> None:
         assert f.tell() == 12
         f.write(b"5,6\n")
     assert fs.cat("repo/x.csv") == b"a,b\n1,2\n3,4\n5,6\n"
+
+
+def test_appends_of_two_writers_are_both_kept(
+    fs: DatamonFileSystem, location: str, author: Author
+) -> None:
+    """A writer that read the file before another appended does not take that append back."""
+    assert fs.cat("repo/x.csv") == b"a,b\n1,2\n3,4\n"  # this filesystem's view is pinned now
+    # Another process appends (its commit moves the branch; this one's view stays pinned).
+    changes = ChangeSet("repo", "main")
+    local = changes.new_file()
+    Path(local).write_bytes(b"a,b\n1,2\n3,4\nfrom the other\n")
+    changes.write("x.csv", local)
+    changes.commit(fs.store, author, "the other's append")
+    changes.discard()
+    with fs.open("repo/x.csv", "ab") as f:
+        assert f.tell() == 12  # the end of the file as this filesystem sees it
+        f.write(b"from this one\n")
+    other = DatamonFileSystem(store=location, author=author, skip_instance_cache=True)
+    assert other.cat("repo@main/x.csv") == b"a,b\n1,2\n3,4\nfrom the other\nfrom this one\n"
+
+
+def test_a_write_without_autocommit_commits_when_told(
+    fs: DatamonFileSystem, repo: Repository
+) -> None:
+    before = len(repo.bundles())
+    f = fs.open("repo/kept.txt", "wb", autocommit=False)
+    f.write(b"kept")
+    f.close()
+    assert not fs.exists("repo@main/kept.txt") and len(repo.bundles()) == before
+    f.commit()
+    assert fs.cat("repo@main/kept.txt") == b"kept" and len(repo.bundles()) == before + 1
+    g = fs.open("repo/dropped.txt", "wb", autocommit=False)
+    g.write(b"dropped")
+    g.close()
+    g.discard()
+    with fs.transaction:  # a later transaction does not pick it up
+        fs.pipe("repo/other.txt", b"o")
+    assert not fs.exists("repo@main/dropped.txt")
+
+
+def test_sdk_blocks_have_their_own_transactions(
+    location: str, repo: Repository, author: Author
+) -> None:
+    url = "datamon://repo@main"
+    with (
+        pytest.raises(RuntimeError),
+        datamon.fs.commit(url, store=location, author=author) as outer,
+    ):
+        with datamon.fs.commit(url, store=location, author=author) as inner:
+            inner.write_bytes("inner.txt", b"i")
+        outer.write_bytes("outer.txt", b"o")  # after the inner block ended
+        raise RuntimeError("the outer block fails")
+    fs = DatamonFileSystem(store=location, author=author)
+    assert fs.exists("repo@main/inner.txt")
+    assert not fs.exists("repo@main/outer.txt")
+    with pytest.raises(RuntimeError), fs.transaction:
+        with datamon.open(f"{url}/opened.txt", "wb", store=location, author=author) as f:
+            f.write(b"committed on close")
+        raise RuntimeError("the caller's transaction fails")
+    assert DatamonFileSystem(store=location, skip_instance_cache=True).exists(
+        "repo@main/opened.txt"
+    )
 
 
 def test_rm_mkdir_rmdir(fs: DatamonFileSystem, repo: Repository) -> None:

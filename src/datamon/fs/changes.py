@@ -34,13 +34,15 @@ FILE_MODE = 0o644
 
 @dataclass(frozen=True)
 class StagedFile:
-    """A file written locally; ``exclusive`` refuses to replace an existing one. Without a
-    mode it keeps the replaced file's (else 0o644); without an mtime it gets the commit's."""
+    """A file written locally; ``exclusive`` refuses to replace an existing one, ``append``
+    adds it to the end of the file the head has then (if any). Without a mode it keeps the
+    replaced file's (else 0o644); without an mtime it gets the commit's."""
 
     local: str
     exclusive: bool = False
     mode: int | None = None
     mtime: int | None = None
+    append: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ class ChangeSet:
         exclusive: bool = False,
         mode: int | None = None,
         mtime: int | None = None,
+        append: bool = False,
     ) -> None:
-        self._add(path, StagedFile(local, exclusive, mode, mtime))
+        self._add(path, StagedFile(local, exclusive, mode, mtime, append))
 
     def copy(self, path: str, entry: Entry, packs: Iterable[str]) -> None:
         self._add(path, CopiedEntry(entry, tuple(packs)))
@@ -210,6 +213,9 @@ class ChangeSet:
                 if op.exclusive and old is not None:
                     raise FileExistsError(errno.EEXIST, "file exists", path)
                 refs = chunks[op.local]
+                if op.append and old is not None and old.kind == Kind.FILE:
+                    # On the head's file as it is now: appends made meanwhile are kept.
+                    refs = old.chunks + refs
                 mode = op.mode
                 if mode is None:
                     mode = old.mode if old is not None and old.kind == Kind.FILE else FILE_MODE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -64,21 +64,23 @@ class DatamonWriteFile(AbstractBufferedFile):  # type: ignore[misc]
         on_close: Callable[[DatamonWriteFile], None],
         autocommit: bool = True,
         block_size: int | None = None,
-        prefix: Iterable[bytes] = (),
+        start: int = 0,
         owns_changes: bool = False,
+        on_commit: Callable[[DatamonWriteFile], None] | None = None,
         **kwargs: Any,
     ) -> None:
         self.changes = changes
-        # A one-off write's change set is this file's alone: dropping the file drops it.
+        # A write outside a transaction has a change set of its own: dropping the file
+        # drops it, and (without autocommit) commit() commits it through ``on_commit``.
         self.owns_changes = owns_changes
         self.local = changes.new_file()
         self._on_close = on_close
+        self._on_commit = on_commit
         self._out = open(self.local, "wb")  # noqa: SIM115 - closed by close() or discard()
         super().__init__(
             fs, path, mode=mode, block_size=block_size, autocommit=autocommit, **kwargs
         )
-        for data in prefix:
-            self.loc += self._out.write(data)
+        self.loc = start  # an append's position: the size of the file it adds to
 
     def _upload_chunk(self, final: bool = False) -> bool:
         self._out.write(self.buffer.getbuffer())
@@ -101,18 +103,27 @@ class DatamonWriteFile(AbstractBufferedFile):  # type: ignore[misc]
             self.closed = True
 
     def commit(self) -> None:
-        """Called by a transaction that ends with this file still open: stage it."""
+        """Stage the file (closing it); a write of its own without autocommit is committed
+        too. A transaction that ends with this file still open calls it."""
         self.close()
+        on_commit, self._on_commit = self._on_commit, None
+        if on_commit is not None:
+            on_commit(self)
 
     def discard(self) -> None:
         if not self.closed:
             self._drop()
             self.closed = True
+        elif self._on_commit is not None:  # closed, waiting for commit(): dropped instead
+            self._on_commit = None
+            self.changes.discard()
 
     def _drop(self) -> None:
         self._out.close()
         with contextlib.suppress(OSError):
             os.unlink(self.local)
+        if self.owns_changes:
+            self.changes.discard()
         if self.owns_changes:
             self.changes.discard()
 

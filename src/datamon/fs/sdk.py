@@ -52,7 +52,13 @@ def open(
     an exception commits nothing. ``storage_options`` are those of
     :class:`~datamon.fs.DatamonFileSystem` (``store=``, ``author=``, ``message=``, ...).
     """
-    return _open(DatamonFileSystem(**storage_options), url, mode, encoding)
+    return _open(_own_filesystem(storage_options), url, mode, encoding)
+
+
+def _own_filesystem(storage_options: dict[str, Any]) -> DatamonFileSystem:
+    """A filesystem of this call's own, not fsspec's cached one: its transaction state is
+    then this call's, whatever a caller's ``fs.transaction`` or an enclosing block does."""
+    return DatamonFileSystem(skip_instance_cache=True, **storage_options)
 
 
 class BundleWriter:
@@ -104,7 +110,7 @@ def commit(
 
     Files below the URL that the block does not touch are kept from the branch head.
     """
-    fs = DatamonFileSystem(**storage_options)
+    fs = _own_filesystem(storage_options)
     root = parse(url)
     if not root.repo:
         raise ValueError(f"name a repo: datamon://repo[@branch]/..., not {url!r}")

@@ -341,15 +341,17 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
         bp, branch = self._writable(path)
         if mode == "xb" and self.exists(path):
             raise FileExistsError(errno.EEXIST, "file exists", path)
-        prefix: Iterator[bytes] | tuple[()] = ()
-        if mode == "ab" and self.isfile(path):
-            view, entry = self._file(path)
-            prefix = view.stream(entry)
-        one_off = autocommit and not self._intrans
-        if one_off:
+        # An append stages only the bytes written, added at commit to the end of the file
+        # the branch head has then: appends by others meanwhile are not lost.
+        start = self._file(path)[1].size if mode == "ab" and self.isfile(path) else 0
+        # Outside a transaction a write has a change set of its own, committed when the
+        # file closes, or, without autocommit, when the file's commit() is called.
+        own = not self._intrans
+        if own:
             changes = ChangeSet(bp.repo, branch, self.staging)
         else:
             changes = self.transaction.changeset(bp.repo, branch)
+        one_off = own and autocommit
         try:
             with translated(path):
                 return DatamonWriteFile(
@@ -360,12 +362,13 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     partial(self._writer_closed, bp.path, one_off),
                     autocommit=autocommit,
                     block_size=block_size,
-                    prefix=prefix,
-                    owns_changes=one_off,
+                    start=start,
+                    owns_changes=own,
+                    on_commit=None if autocommit or not own else self._writer_committed,
                     **kwargs,
                 )
         except BaseException:
-            if one_off:
+            if own:
                 changes.discard()
             raise
 
@@ -398,12 +401,16 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return result
 
     def _writer_closed(self, target: str, one_off: bool, f: DatamonWriteFile) -> None:
-        f.changes.write(target, f.local, exclusive=f.mode == "xb")
+        f.changes.write(target, f.local, exclusive=f.mode == "xb", append=f.mode == "ab")
         if one_off:
-            try:
-                self.commit_changes(f.changes)
-            finally:
-                f.changes.discard()
+            self._writer_committed(f)
+
+    def _writer_committed(self, f: DatamonWriteFile) -> None:
+        """Commit the change set of a write of its own (staged when it closed)."""
+        try:
+            self.commit_changes(f.changes)
+        finally:
+            f.changes.discard()
 
     def _writable(self, path: str) -> tuple[BundlePath, str]:
         """The path inside its bundle and the branch that a write to ``path`` commits on."""
