@@ -134,7 +134,10 @@ def test_dry_run_and_json_listings(dm: Datamon) -> None:
     assert len(lines) == 2 and lines[0].count(" , ") == 3
 
 
-def test_ctrl_c_marks_the_run_interrupted_and_rerun_resumes(dm: Datamon, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_marks_the_run_interrupted_and_rerun_resumes(
+    dm: Datamon, tmp_path: Path, stop: signal.Signals
+) -> None:
     marker = tmp_path / "started"
     args = ["run", "start", "cli_tasks:Sleepy", "--param", f"marker={marker}"]
     process = subprocess.Popen(
@@ -149,7 +152,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_rerun_resumes(dm: Datamon, tmp_pat
     while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     assert marker.exists(), process.communicate()
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, (out, err)
     assert "interrupted" in err
@@ -159,6 +162,19 @@ def test_ctrl_c_marks_the_run_interrupted_and_rerun_resumes(dm: Datamon, tmp_pat
     assert status == {"Make": "succeeded", "Sleepy": "interrupted"}
     plan = dm("run", "start", "cli_tasks:Sleepy", "--dry-run")
     assert "REUSE   Make-" in plan.stdout and "RUN     Sleepy-" in plan.stdout
+
+
+def test_a_task_module_that_fails_to_import_is_one_error_line(dm: Datamon) -> None:
+    (dm.cwd / "broken_tasks.py").write_text("raise ValueError('nope')\n")
+    (dm.cwd / "unparsable_tasks.py").write_text("def (:\n")
+    assert_clean_error(
+        dm("run", "start", "broken_tasks:T", check=False), "cannot import broken_tasks", "nope"
+    )
+    assert_clean_error(
+        dm("run", "start", "unparsable_tasks:T", check=False),
+        "cannot import unparsable_tasks",
+        "SyntaxError",
+    )
 
 
 def test_logs_follow_prints_output_while_the_run_goes_on(dm: Datamon) -> None:

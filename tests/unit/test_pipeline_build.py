@@ -362,3 +362,16 @@ def test_a_running_record_without_heartbeat_shows_as_stale(store: Store) -> None
     assert record.shown_status(now) == "running"
     record.updated = now - timedelta(minutes=5)
     assert record.shown_status(now).startswith("running? (no sign of life since ")
+
+
+def test_run_ids_of_one_second_sort_by_start() -> None:
+    from datetime import UTC, datetime
+
+    from datamon.pipeline.runstore import _RUN_ID, new_run_id
+
+    starts = [
+        datetime(2026, 12, 1, 22, 4, 57, micro, tzinfo=UTC) for micro in (30, 500_000, 980_000)
+    ]
+    ids = [new_run_id(when) for when in starts]
+    assert all(_RUN_ID.match(i) for i in ids)
+    assert sorted(ids) == ids

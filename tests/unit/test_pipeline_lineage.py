@@ -71,6 +71,29 @@ def test_lineage_walks_up_and_down(store_path: Path) -> None:
         store.close()
 
 
+def test_a_forced_rerun_keeps_the_lineage_of_the_bundle_it_replaced(store_path: Path) -> None:
+    store = Store.open(str(store_path))
+    try:
+        numbers = Repository(store, "numbers").label("v1").bundle
+        before = Repository(store, "scaled").label("latest").bundle
+        result = build(
+            [Total()],
+            store=store,
+            executor="inline",
+            force=["Scale"],
+            options=BuildOptions(author=AUTHOR),
+        )
+        assert result.ok, result.format()
+        after = Repository(store, "scaled").label("latest").bundle
+        assert after != before
+        for bundle in (before, after):
+            up = lineage(store.meta, "scaled", bundle)
+            inputs = [(r, b) for e in up.upstream for _n, r, b in e.step.inputs]
+            assert ("numbers", numbers) in inputs, bundle
+    finally:
+        store.close()
+
+
 def test_bundle_lineage_command(store_path: Path) -> None:
     runner = CliRunner()
     env = {"DATAMON_STORE": str(store_path)}

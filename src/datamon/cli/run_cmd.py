@@ -66,6 +66,10 @@ def _load_task_class(target: str) -> type[Task]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.UsageError(f"cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the module's own code failed (or does not compile)
+        where = f"{exc.filename}:{exc.lineno}: " if isinstance(exc, SyntaxError) else ""
+        reason = f"{where}{type(exc).__name__}: {exc}"
+        raise click.ClickException(f"cannot import {module_name}: {reason}") from None
     found: Any = module
     for part in name.split("."):
         found = getattr(found, part, None)
@@ -372,6 +376,10 @@ def logs(app: AppContext, run: str, task: str | None, follow: bool) -> None:
         if not follow:
             return
         if record.status != RUNNING and all(_finished(record, t) for t in chosen):
+            return
+        shown = record.shown_status(datetime.now(UTC))
+        if shown != record.status:  # its build stopped saving it: it will not go on
+            click.echo(f"run {run_id}: {shown}", err=True)
             return
         time.sleep(FOLLOW_POLL)
         record = runs.load(run_id)

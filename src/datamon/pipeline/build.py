@@ -10,12 +10,14 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,7 +278,7 @@ class Execution:
             capture.thread_routing() if self.builder.options.executor == "inline" else _nothing()
         )
         try:
-            with routing, self.steps.monitor():
+            with routing, self.steps.monitor(), _terminate_interrupts():
                 while pending or running:
                     for nid in list(pending):
                         if self._ready(nid):
@@ -432,3 +434,22 @@ def _forced(graph: Graph, selectors: Sequence[object], downstream: bool) -> dict
             for below in graph.downstream_closure([nid]):
                 forced.setdefault(below, f"forced: downstream of {nid}")
     return {nid: why for nid, why in forced.items() if graph.nodes[nid].kind == TASK}
+
+
+@contextmanager
+def _terminate_interrupts() -> Iterator[None]:
+    """SIGTERM (how Kubernetes, systemd and ``kill`` stop a process) ends a build as Ctrl-C
+    does: its steps' worker processes are stopped and its record says ``interrupted``.
+    Only a build on the main thread can take the signal; another keeps the handler it has."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from datamon.pipeline.records import RUN_FORMAT, FingerprintEntry
-from datamon.pipeline.runstore import FINGERPRINTS, RunStore
+from datamon.pipeline.runstore import RunStore
 from datamon.storage.base import Backend
 
 BundleKey = tuple[str, str]
@@ -49,14 +48,8 @@ class Lineage:
 
 def steps(meta: Backend) -> list[Step]:
     """Every committed step of the store, oldest first."""
-    runs = RunStore(meta)
     found = []
-    for key in meta.list(FINGERPRINTS):
-        if not key.endswith(".json"):
-            continue
-        entry: FingerprintEntry | None = runs.lookup(key[len(FINGERPRINTS) : -len(".json")])
-        if entry is None or entry.format != RUN_FORMAT:
-            continue
+    for entry in RunStore(meta).entries():
         found.append(
             Step(
                 task=entry.task,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from datamon.core.codecs import load_versioned, to_json
@@ -30,15 +31,20 @@ PREFIX = "runs/"
 FINGERPRINTS = PREFIX + "fingerprints/"
 FAMILIES = PREFIX + "families/"
 LOCKS = PREFIX + "locks/"
+# Fingerprint entries a forced re-run replaced, kept for lineage: the bundles they name were
+# still made by those steps.
+REPLACED = PREFIX + "replaced/"
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 HISTORY_LIMIT = 50
 """How many of a family's latest fingerprints are compared to explain a re-run."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """``YYYYMMDD-HHMMSS-xxxxxx`` (UTC): run ids sort by start time."""
+    """``YYYYMMDD-HHMMSS-xxxxxx`` (UTC): run ids sort by start time. The last six hex
+    digits are the microsecond (five) and one random digit, so that runs started in the
+    same second sort too (random ones sorted them at random: ``latest`` was not the last)."""
     when = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{when:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return f"{when:%Y%m%d-%H%M%S}-{when.microsecond:05x}{secrets.randbelow(16):x}"
 
 
 def record_key(run_id: str) -> str:
@@ -127,6 +133,18 @@ class RunStore:
 
     # fingerprints --------------------------------------------------------------------------
 
+    def entries(self) -> Iterator[FingerprintEntry]:
+        """Every fingerprint entry of the store, those in force and those replaced."""
+        for prefix in (FINGERPRINTS, REPLACED):
+            for key in self.meta.list(prefix):
+                if not key.endswith(".json"):
+                    continue
+                try:
+                    data = self.meta.get(key)
+                except ObjectNotFound:  # replaced or removed since it was listed
+                    continue
+                yield load_versioned(key, data, FingerprintEntry, RUN_FORMAT, binary=False)
+
     def lookup(self, fp: str) -> FingerprintEntry | None:
         key = fingerprint_key(fp)
         try:
@@ -136,10 +154,15 @@ class RunStore:
         return load_versioned(key, data, FingerprintEntry, RUN_FORMAT, binary=False)
 
     def commit(self, entry: FingerprintEntry, replace: bool = False) -> FingerprintEntry:
-        """Record ``entry``; returns the entry in force (an earlier one wins unless ``replace``)."""
+        """Record ``entry``; returns the entry in force (an earlier one wins unless ``replace``;
+        the one replaced is kept under :data:`REPLACED`)."""
         key = fingerprint_key(entry.fingerprint)
         data = to_json(entry)
         if replace:
+            before = self.lookup(entry.fingerprint)
+            if before is not None and before.output != entry.output:
+                stamp = f"{before.created.astimezone(UTC):%Y%m%dT%H%M%S%f}"
+                self.meta.put(f"{REPLACED}{entry.fingerprint}-{stamp}.json", to_json(before))
             self.meta.put(key, data)
         elif not self.meta.put_if_absent(key, data):
             existing = self.lookup(entry.fingerprint)
