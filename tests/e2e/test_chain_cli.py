@@ -84,3 +84,35 @@ def test_chain_run_errors_are_clean(dm: Datamon, tmp_path: Path) -> None:
     listed = dm("chain", "list", "--chains", other)
     assert listed.stdout.startswith("t/x/XTask , ")
     assert_clean_error(dm("chain", "list", "--chains", tmp_path / "none", check=False), "no chains")
+
+
+POOL = """
+from datamon.pipeline import BundleOutput, IntParameter, Task
+
+
+class PoolTask(Task):
+    workers = IntParameter(default=1)
+
+    def output(self):
+        return BundleOutput("pool", label="latest")
+
+    def run(self, ctx):
+        ctx.output.mkdir()
+        (ctx.output / "workers.txt").write_text(str(self.workers))
+"""
+
+
+def test_a_parameter_named_like_an_option_goes_after_the_separator(
+    dm: Datamon, tmp_path: Path
+) -> None:
+    (dm.cwd / "chains" / "greet" / "pool_chain.py").write_text(POOL)
+    assert "greet/pool/PoolTask , --workers int=1 (after --)" in dm("chain", "list").stdout
+    taken = dm("chain", "run", "greet/pool/PoolTask", "--workers", "2", "--executor", "inline")
+    assert "note: --workers set the option of chain run" in taken.stderr
+    given = dm(
+        "chain", "run", "greet/pool/PoolTask", "--executor", "inline", "--", "--workers", "8"
+    )  # fmt: skip
+    assert "note:" not in given.stderr
+    got = tmp_path / "got"
+    dm("bundle", "download", "--repo", "pool", "--label", "latest", "--destination", got)
+    assert (got / "workers.txt").read_text() == "8"

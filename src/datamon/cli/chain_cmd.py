@@ -74,12 +74,20 @@ def list_(root: str, as_json: bool) -> None:
 
 
 def _param_text(name: str, described: dict[str, Any]) -> str:
-    text = f"--{name.replace('_', '-')} {described['type']}"
+    flag = f"--{name.replace('_', '-')}"
+    text = f"{flag} {described['type']}"
     if "default" in described:
         import msgspec
 
         text += f"={msgspec.json.encode(described['default']).decode()}"
+    if flag in _run_options():
+        text += " (after --)"
     return text
+
+
+def _run_options() -> set[str]:
+    """The options of ``chain run`` itself: a task parameter of such a name goes after --."""
+    return {opt for param in run.params for opt in getattr(param, "opts", ())}
 
 
 @chain.command(
@@ -102,16 +110,45 @@ def run(
 ) -> None:
     """Run TARGET, a chain task <type>/<chain>/<Task>, with its parameters as options.
 
+    A parameter named like an option of this command (--workers, --force, ...) goes after
+    `--`, where everything is the task's.
+
     \b
     Example:
       datamon chain run etl/hello_world/HelloTask --name Ada
       datamon chain run ml/train/TrainTask --c 0.5 --dry-run
+      datamon chain run agg/pool/PoolTask --workers 2 -- --workers 8
     """
     from datamon.pipeline.chains import find_task
 
     cls = find_task(root, target)
+    _warn_of_shadowed(cls)
     task = cls(**parse_task_args(cls, task_args))
     build_and_report(app, task, flags, as_json)
+
+
+def _shadowed(cls: type[Task]) -> list[str]:
+    """The task's parameters named like an option of ``chain run`` (which takes them)."""
+    own = _run_options()
+    return [name for name in cls.parameters() if f"--{name.replace('_', '-')}" in own]
+
+
+def _warn_of_shadowed(cls: type[Task]) -> None:
+    """Say so when an option given before ``--`` has the name of one of the task's
+    parameters: it set the build's option, not the task's parameter."""
+    ctx = click.get_current_context()
+    taken = [
+        name
+        for name in _shadowed(cls)
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    for name in taken:
+        flag = f"--{name.replace('_', '-')}"
+        click.echo(
+            f"note: {flag} set the option of chain run; the task's parameter {name} is "
+            f"given after --, as in: -- {flag} VALUE",
+            err=True,
+        )
 
 
 def parse_task_args(cls: type[Task], args: tuple[str, ...]) -> dict[str, Any]:
