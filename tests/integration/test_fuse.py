@@ -192,6 +192,24 @@ def test_kill_9_is_recovered_by_unmount(cli: Cli, mounted: Path, tmp_path: Path)
     cli.run("bundle", "unmount", str(mounted))
 
 
+def test_kill_9_of_a_writable_mount_keeps_what_was_written(cli: Cli, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(
+        "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "m",
+        "--daemonize",
+    )  # fmt: skip
+    (mnt / "precious.txt").write_text("written once\n")
+    state = next((tmp_path / "cache" / "mounts").glob("*/state.json"))
+    os.kill(int(state.read_text().split('"pid": ')[1].split(",")[0]), signal.SIGKILL)
+    time.sleep(0.2)
+    done = cli.run("bundle", "unmount", str(mnt))
+    assert "killed before it committed" in done.stderr
+    kept = done.stderr.split(" are kept in ")[1].split(" (")[0]
+    assert [p.read_text() for p in Path(kept).rglob("*") if p.is_file()] == ["written once\n"]
+    assert not state.parent.exists()
+
+
 def test_bad_requests_fail_cleanly(cli: Cli, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     args = ["bundle", "mount", "--repo", "data", "--mount", str(mnt), "--daemonize"]

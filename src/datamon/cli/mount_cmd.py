@@ -318,7 +318,14 @@ def unmount(mountpoint: str) -> None:
         click.echo(f"Unmounted {os.path.realpath(mountpoint)}", err=True)
         return
     reply = do_unmount(mountpoint)
-    if reply is not None:
+    if reply is not None and reply.get("kept"):
+        click.echo(
+            f"warning: the mount process was killed before it committed: the {reply['files']} "
+            f"file(s) written through it are kept in {reply['kept']} (their paths in the "
+            "mount were lost with it)",
+            err=True,
+        )
+    elif reply is not None:
         _print_commit(reply)
     click.echo(f"Unmounted {os.path.realpath(mountpoint)}", err=True)
 

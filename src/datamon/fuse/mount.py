@@ -366,8 +366,11 @@ def unmount(mountpoint: str) -> dict[str, Any] | None:
             _fusermount("-u", "-z", path)
         elif not stale:
             raise MountError(f"nothing is mounted at {mountpoint}")
+        rescued = state.rescue()
         state.remove()
-        return None
+        if rescued is None:
+            return None
+        return {"ok": False, "bundle": None, "kept": rescued[0], "files": rescued[1]}
     reply = commit(path) if info.writable else None
     _fusermount("-u", path)
     deadline = time.monotonic() + EXIT_TIMEOUT

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +74,17 @@ class MountState:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def rescue(self) -> tuple[str, int] | None:
+        """Move the files a killed mount staged out of its state folder, which is then
+        removed: ``(where, how many)``, or None if it staged none. Their content is whole as
+        far as it was written; the paths they had in the mount died with its process."""
+        staged = [p for p in Path(self.staging).rglob("*") if p.is_file()]
+        if not staged:
+            return None
+        where = self.folder.parent / f"lost-{self.folder.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.staging, where)
+        return str(where), len(staged)
 
     def live(self) -> MountInfo | None:
         """The state of the mount process, if it is still running."""
