@@ -20,6 +20,7 @@ from .support import (
     BUNDLE_ID,
     TIMESTAMP,
     Datamon,
+    assert_clean_error,
     describe,
     make_tree,
     shortest_unique_prefix,
@@ -350,6 +351,30 @@ def test_upload_only_listed_paths(datamon: Datamon, tree: Path, tmp_path: Path) 
     )
     assert bad.returncode == 1
     assert stderr_lines(bad) == [f"error: '../elsewhere' is not a path inside {tree}"]
+
+
+def test_only_from_a_file_that_is_not_utf8_is_one_error_line(
+    datamon: Datamon, tree: Path, tmp_path: Path
+) -> None:
+    datamon.prepare("notutf8", [(tree, "first")])
+    listing = tmp_path / "latin1.txt"
+    listing.write_bytes(b"a\xff.txt\n")
+    done = datamon(
+        "bundle", "upload", "--path", tree, "--message", "m", "--repo", "notutf8",
+        "--only-from", listing, check=False,
+    )  # fmt: skip
+    assert_clean_error(done, "--only-from", "is not UTF-8 text")
+
+
+def test_diff_takes_a_label_before_an_id_prefix(datamon: Datamon, tree: Path) -> None:
+    """A label named like the start of another bundle's id names its own bundle."""
+    (v1,) = datamon.prepare("shadow", [(tree, "first")])
+    (tree / "more.txt").write_text("more\n")
+    v2 = datamon.upload(tree, "shadow", "second")
+    datamon("label", "set", "--repo", "shadow", "--label", v2[:3], "--bundle", v1)
+    same = datamon("bundle", "diff", "--repo", "shadow", v2[:3], v1)
+    assert stdout_lines(same) == [], describe(same)
+    assert stdout_lines(datamon("bundle", "diff", "--repo", "shadow", v1, v2)) == ["A more.txt"]
 
 
 def test_a_large_tree_uploaded_again_is_scanned_by_two_processes(

@@ -239,3 +239,33 @@ def test_the_stat_cache_forgets_what_a_partial_upload_removed(
     repo.upload_paths(str(src), ["d0", "d1/sub/f1.bin", "d3/sub"], _opts(author))
     on_disk = {rel for rel, what in describe_tree(src).items() if what[0] == "file"}
     assert _cached_files(local_store, src) == on_disk
+
+
+def test_a_listed_file_whose_folders_are_gone_takes_them_along(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    (src / "gone" / "deeper").mkdir(parents=True)
+    (src / "gone" / "deeper" / "f.txt").write_text("f")
+    repo.upload(str(src), _opts(author))
+    for sub in ("d1/sub", "gone"):
+        for found in sorted((src / sub).rglob("*"), reverse=True):
+            found.unlink() if found.is_file() else found.rmdir()
+        (src / sub).rmdir()
+    listed = ["gone/deeper/f.txt", *(f"d1/sub/f{i}.bin" for i in range(1, 40, 4))]
+    partial = repo.upload_paths(str(src), listed, _opts(author, "partial"))
+    full = Repository.create(local_store, "full", "", author).upload(str(src), _opts(author))
+    assert partial.bundle.tree == full.bundle.tree
+
+
+def test_listed_paths_need_a_branch_head(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    repo = Repository.create(local_store, "r", "", author)
+    src = _tree(tmp_path / "src")
+    repo.upload(str(src), _opts(author))
+    typo = UploadOptions("m", author, branch="mian")
+    with pytest.raises(InvalidArgument, match="branch mian of repo r has no bundle"):
+        repo.upload_paths(str(src), ["top.csv"], typo)
+    assert [b.name for b in repo.branches()] == ["main"]

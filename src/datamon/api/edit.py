@@ -66,6 +66,11 @@ class TreeEdit:
         folder = self._folder(parents, path, create=False)
         return folder is not None and folder.children.pop(name, None) is not None
 
+    def holds_nothing(self, path: str) -> bool:
+        """Whether ``path`` is a folder with no entries (as edited so far)."""
+        folder = self._folder(path.split("/"), path, create=False)
+        return folder is not None and not folder.children
+
     def mkdir(self, path: str, mode: int | None = None, mtime: int | None = None) -> None:
         """A folder at ``path`` (kept if one is there); refuses to replace a file."""
         *parents, name = path.split("/")

@@ -380,6 +380,17 @@ def _finish(
     )
 
 
+def _prune_gone(edit: TreeEdit, root: str, rel: str) -> None:
+    """Remove the folders above ``rel`` that are gone from disk and hold nothing now: a full
+    upload of the folder would not have them."""
+    parent = rel.rpartition("/")[0]
+    while parent and not os.path.lexists(os.path.join(root, parent)):
+        if not edit.holds_nothing(parent):
+            return
+        edit.remove(parent)
+        parent = parent.rpartition("/")[0]
+
+
 def upload_paths(
     store: Store,
     repo: str,
@@ -397,6 +408,13 @@ def upload_paths(
     uploaded from the same folder and every change is listed.
     """
     _check(store, repo, options)
+    missing = store.refs.read(repo, "branch", options.branch) is None
+    if missing and store.refs.all(repo, "branch"):
+        # (In a repo with no bundle yet, the listed paths make its first one.)
+        raise InvalidArgument(
+            f"branch {options.branch} of repo {repo} has no bundle: listed paths change a "
+            "branch's head (a full upload starts a branch)"
+        )
     real_root = _real_dir(path)
     changes = [(rel, _local(path, real_root, rel)) for rel in _relative(path, paths)]
     files: list[LocalFile] = []
@@ -432,6 +450,7 @@ def upload_paths(
                 if item is None:
                     if not edit.remove(rel):
                         raise InvalidArgument(f"{rel} is neither in {path} nor in the branch head")
+                    _prune_gone(edit, path, rel)
                 elif isinstance(item, LocalDir):
                     edit.put(rel, stored[rel])
                 elif isinstance(item, LocalFile):

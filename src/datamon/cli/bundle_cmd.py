@@ -95,7 +95,13 @@ def upload(
     )
     paths = list(only)
     if only_from is not None:
-        paths.extend(line.rstrip("\n") for line in only_from if line.strip())
+        try:
+            paths.extend(line.rstrip("\n") for line in only_from if line.strip())
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(
+                f"{only_from.name} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                param_hint="--only-from",
+            ) from None
     if only or only_from is not None:
         if not paths:
             raise click.UsageError("--only-from named no paths")
@@ -285,7 +291,11 @@ def _ref(r: object, text: str) -> str:
     kind, sep, name = text.partition(":")
     if sep and kind in ("label", "branch", "bundle"):
         return r.resolve(**{kind: name})
-    for attempt in ({"bundle": text}, {"label": text}, {"branch": text}):
+    # A label or a branch before an id prefix, as datamon:// URLs and mounts take them: a
+    # label "2" is not the bundle whose id starts with 2. A whole id is an id.
+    whole = len(text) == 40 and all(c in "0123456789abcdef" for c in text)
+    attempts = [{"bundle": text}] if whole else [{"label": text}, {"branch": text}]
+    for attempt in attempts:
         try:
             return r.resolve(**attempt)
         except DatamonError:
