@@ -213,10 +213,11 @@ class PackWriter:
         self._entries = []
         return seq, data, used, entries
 
-    def _release(self, buffer: Buffer) -> None:
-        """``buffer``'s pack is uploaded, or will not be: it may be filled again."""
+    def _release(self, buffer: Buffer, reuse: bool = True) -> None:
+        """``buffer``'s pack is uploaded, or will not be: it may be filled again (unless not
+        ``reuse``: another may be made instead)."""
         with self._lock:
-            if len(buffer) == self.pack_size + SLACK:
+            if reuse and len(buffer) == self.pack_size + SLACK:
                 self._free.append(buffer)
             else:  # grown past its slack: let go of, and one may be made again
                 self._made -= 1
@@ -236,16 +237,24 @@ class PackWriter:
 
     def _write(self, seq: int, buffer: Buffer, used: int, entries: list[PackEntry]) -> str:
         # The buffer is written as it is: a copy would double the memory of each pack.
+        written = False
         try:
             # Named after its entries (design §4.1), not its bytes: hashing every byte
             # stored again, after each chunk's own hash, cost a W2 upload 0.12 CPU-seconds.
             pack_id = hexdigest(pack_msg(entries))
-            with memoryview(buffer) as whole, whole[:used] as data:
-                # Write order: the pack, then its index, then (in the index copy) where to
-                # find its chunks.
-                self.blob.put_if_absent(pack_key(pack_id), data)
-        finally:  # written or failed: the buffer is free (a failure is raised later)
-            self._release(buffer)
+            whole = memoryview(buffer)
+            data = whole[:used]
+            # Write order: the pack, then its index, then (in the index copy) where to
+            # find its chunks.
+            self.blob.put_if_absent(pack_key(pack_id), data)
+            written = True
+            data.release()
+            whole.release()
+        finally:
+            # Written: the buffer is free. Failed (the failure is raised later): an object
+            # store's client may still hold a view of it (releasing ours then raised
+            # BufferError, hiding the failure), so it is let go of, not filled again.
+            self._release(buffer, reuse=written)
         index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
         _digest, framed = encode_frame(pack_msg(index))
         self.blob.put_if_absent(index_key(pack_id), framed)

@@ -59,8 +59,15 @@ CLIENT_KEYS = frozenset(
 )
 
 # obstore's defaults retry for three minutes; a store that cannot be reached must
-# be reported within seconds instead (RetryingBackend adds its own retries on top).
-DEFAULT_CLIENT: dict[str, str] = {"connect_timeout": "4s", "timeout": "60s"}
+# be reported within seconds instead (RetryingBackend adds its own retries on top). A
+# request may take as long as its bytes need (a 16 MiB pack over an uplink of 4 Mbit/s
+# took over 60 s, which a whole-request limit of 60 s failed every time); a stalled one is
+# caught by the read timeout, which runs while a reply is awaited or read.
+DEFAULT_CLIENT: dict[str, str] = {
+    "connect_timeout": "4s",
+    "read_timeout": "60s",
+    "timeout": "3600s",
+}
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_TIMEOUT = 10.0
 
@@ -119,6 +126,13 @@ def _connection_problem(exc: BaseException) -> str | None:
     return None
 
 
+def _no_bucket(exc: BaseException) -> bool:
+    """Whether the store answered that the bucket (or container) does not exist: the error
+    code of its reply, not any text of the error (which holds the request's URL)."""
+    code = _XML_CODE.search(str(exc))
+    return code is not None and code.group(1) in _NO_BUCKET_CODES
+
+
 def _split_options(
     scheme: str, options: Mapping[str, str]
 ) -> tuple[dict[str, str], dict[str, str], RetryConfig]:
@@ -166,8 +180,14 @@ def _parse_number(key: str, value: str) -> float:
 class ObjectStoreBackend:
     """A bucket (and optional key prefix) in S3, Google Cloud Storage or Azure Blob."""
 
-    def __init__(self, store: ObjectStore, location: str) -> None:
+    def __init__(
+        self, store: ObjectStore, location: str, conditional: ObjectStore | None = None
+    ) -> None:
         self._store = store
+        # Conditional writes go through a client that does not retry: a retried one that
+        # meets its own first attempt (landed, its reply lost) must be told apart from
+        # another writer's, which only RetryingBackend, counting its attempts, can do.
+        self._conditional = conditional or store
         self._location = location
         # GCS guards conditional writes with the object generation, the others with the ETag.
         self._version_field: Literal["e_tag", "version"] = (
@@ -177,19 +197,26 @@ class ObjectStoreBackend:
     @classmethod
     def from_url(cls, location: str, options: Mapping[str, str]) -> ObjectStoreBackend:
         scheme = urlparse(location).scheme.lower()
+        if "#" in location or "?" in location:
+            # A URL ends its path there: s3://b/team#1 would be the store at s3://b/team.
+            raise ConfigError(f"store location {location!r}: '#' and '?' cannot be in a prefix")
         config, client, retry = _split_options(scheme, options)
+        once: RetryConfig = {**retry, "max_retries": 0}
         try:
-            store = from_url(
-                location,
-                config=cast(Any, config),
-                client_options=cast("ClientConfig", client),
-                retry_config=retry,
+            store, conditional = (
+                from_url(
+                    location,
+                    config=cast(Any, config),
+                    client_options=cast("ClientConfig", client),
+                    retry_config=retries,
+                )
+                for retries in (retry, once)
             )
         except obx.UnknownConfigurationKeyError as exc:
             raise ConfigError(f"invalid option for {location}: {_summary(exc)}") from None
         except (*_OBSTORE_ERRORS, TypeError) as exc:
             raise ConfigError(f"cannot open {location}: {_summary(exc)}") from None
-        return cls(store, location)
+        return cls(store, location, conditional)
 
     @property
     def url(self) -> str:
@@ -210,7 +237,7 @@ class ObjectStoreBackend:
         summary = _summary(exc)
         match = _ENDPOINT.search(str(exc))
         endpoint = match.group(1) if match else self._location
-        if any(code in str(exc) for code in _NO_BUCKET_CODES):
+        if _no_bucket(exc):
             return StoreUnreachable(f"bucket {self.bucket!r} does not exist at {endpoint}")
         if isinstance(exc, _NOT_FOUND) and key_lookup:
             return ObjectNotFound(key)
@@ -261,7 +288,8 @@ class ObjectStoreBackend:
             raise self._translate(exc, key) from None
 
     def _put(self, key: str, data: Payload, mode: PutMode) -> PutResult:
-        return obstore.put(self._store, key, data, mode=mode)
+        store = self._store if mode == "overwrite" else self._conditional
+        return obstore.put(store, key, data, mode=mode)
 
     def put(self, key: str, data: Payload) -> None:
         check_key(key)
@@ -283,7 +311,7 @@ class ObjectStoreBackend:
         except obx.NotSupportedError as exc:
             raise self._unsupported(exc) from None
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, key, key_lookup=False) from None
+            raise self._conditional_error(exc, key) from None
         return True
 
     def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
@@ -298,16 +326,23 @@ class ObjectStoreBackend:
         try:
             result = self._put(key, data, mode)
         except (obx.AlreadyExistsError, obx.PreconditionError, *_NOT_FOUND) as exc:
-            if any(code in str(exc) for code in _NO_BUCKET_CODES):
+            if _no_bucket(exc):
                 raise self._translate(exc, key, key_lookup=False) from None
             # A precondition on a deleted object fails as not-found on some stores.
             raise RefConflict(key, expected, None) from None
         except obx.NotSupportedError as exc:
             raise self._unsupported(exc) from None
         except _OBSTORE_ERRORS as exc:
-            raise self._translate(exc, key, key_lookup=False) from None
+            raise self._conditional_error(exc, key) from None
         version = self._version_of(result)
         return version or self.stat(key).version
+
+    def _conditional_error(self, exc: BaseException, key: str) -> StorageError:
+        """A conditional write's error: a 501 (an S3-compatible store that does not know
+        the If-None-Match or If-Match header) means conditional writes are unsupported."""
+        if _status(exc) == 501:
+            return self._unsupported(exc)
+        return self._translate(exc, key, key_lookup=False)
 
     def _unsupported(self, exc: BaseException) -> ConditionalWritesUnsupported:
         return ConditionalWritesUnsupported(
