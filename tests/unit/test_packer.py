@@ -290,6 +290,47 @@ def test_a_failed_upload_frees_its_buffer_and_is_raised(
     assert writer.packs == []
 
 
+def test_a_failed_upload_whose_client_still_holds_the_pack_raises_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An object store's client may keep a buffer export of the pack after its request
+    # failed (obstore, on a timeout): releasing our view then raised BufferError over the
+    # real error. The export is taken here as a native client takes it.
+    import ctypes
+
+    from datamon.errors import StoreUnreachable
+
+    class PyBuffer(ctypes.Structure):
+        _fields_ = [("raw", ctypes.c_byte * 256)]  # room for a Py_buffer
+
+    get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+    get_buffer.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_int]
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.c_void_p]
+    store = Store.open(str(tmp_path / "store"))
+    held: list[PyBuffer] = []
+
+    def failing(key: str, data: bytes | memoryview) -> bool:
+        export = PyBuffer()
+        assert get_buffer(data, ctypes.addressof(export), 0) == 0
+        held.append(export)
+        raise StoreUnreachable("timed out")
+
+    monkeypatch.setattr(store.blob, "put_if_absent", failing)
+    writer = PackWriter(store.index, 10_000, max_pending=1, uploaders=1, buffers=1)
+    codec = ChunkCodec()
+    try:
+        with pytest.raises(StoreUnreachable, match="timed out"):
+            for raw in (random_bytes(i, 10_000) for i in range(3)):
+                writer.add(digest(raw), *codec.encode_parts(raw), len(raw))
+            writer.close()
+        writer.abort()
+    finally:
+        for export in held:
+            release(ctypes.addressof(export))
+    assert held
+
+
 def test_threads_filling_packs_for_a_failing_store_all_stop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
