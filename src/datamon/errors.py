@@ -159,6 +159,15 @@ class RepoNotFound(NotFound):
     kind = "repo"
 
 
+class StoreNotFound(NotFound):
+    """No Datamon store at a location a command only reads."""
+
+    kind = "store"
+
+    def __str__(self) -> str:
+        return f"no Datamon store at {self.name} (`datamon repo create` makes one)"
+
+
 class BundleNotFound(NotFound):
     kind = "bundle"
 

@@ -233,3 +233,21 @@ def test_a_config_file_that_is_not_yaml_is_one_error_line(datamon: Datamon) -> N
     datamon.config_file.write_text("name: a\nemail: [x\n")
     done = datamon("repo", "list", check=False)
     assert_clean_error(done, "is not valid YAML", "line 3")
+
+
+def test_read_commands_make_no_store(datamon: Datamon, tmp_path: Path) -> None:
+    """Only commands that write (repo create, a build, the demo) make a store; a command
+    pointed at a mistyped location says there is none, and leaves nothing there."""
+    where = tmp_path / "typo" / "store"
+    for args in (
+        ["repo", "list"],
+        ["bundle", "list", "--repo", "r"],
+        ["label", "list", "--repo", "r"],
+    ):
+        done = datamon("--store", where, *args, check=False)
+        assert_clean_error(done, "no Datamon store at", "repo create")
+    assert not (tmp_path / "typo").exists()
+    datamon("config", "create", "--name", "A", "--email", "a@example.com")
+    datamon("--store", where, "repo", "create", "--repo", "r", "--description", "d")
+    assert (where / "config.json").is_file()
+    assert datamon("--store", where, "repo", "list").returncode == 0

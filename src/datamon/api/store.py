@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,13 +12,14 @@ from datamon.cafs.reader import ChunkReader
 from datamon.cafs.statcache import StatCache
 from datamon.config import cache_dir
 from datamon.core.model import StoreConfig
+from datamon.errors import ObjectNotFound, StoreNotFound
 from datamon.metadata.bundles import BundleStore
 from datamon.metadata.refs import RefStore
 from datamon.metadata.repos import RepoStore
 from datamon.metadata.storeconfig import load_or_create
 from datamon.metadata.trees import TreeStore
 from datamon.storage.base import Backend
-from datamon.storage.url import open_backend
+from datamon.storage.url import local_path, open_backend
 
 
 class Store:
@@ -51,10 +53,20 @@ class Store:
         blob: str | None = None,
         options: Mapping[str, str] | None = None,
         cache: Path | None = None,
+        create: bool = True,
     ) -> Store:
+        """The store at ``location``; one is made there if there is none, unless not
+        ``create`` (then :class:`StoreNotFound`, and nothing is made)."""
+        if not create and _missing_folder(location):
+            raise StoreNotFound(location)
         meta = open_backend(location, options)
         blob_backend = open_backend(blob, options) if blob and blob != location else None
-        return cls(meta, blob_backend, cache=cache)
+        try:
+            return cls(meta, blob_backend, cache=cache, create=create)
+        except ObjectNotFound:
+            if create:
+                raise
+            raise StoreNotFound(location) from None
 
     @property
     def blobs_on_local_disk(self) -> bool:
@@ -74,3 +86,10 @@ class Store:
         self.meta.close()
         if self.blob is not self.meta:
             self.blob.close()
+
+
+def _missing_folder(location: str) -> bool:
+    """Whether ``location`` names a local folder that does not exist (opening the local
+    backend would make it)."""
+    path = local_path(location)
+    return path is not None and not os.path.isdir(os.path.expanduser(path))

@@ -18,6 +18,9 @@ from datamon.errors import ConfigError
 class AppContext:
     debug: bool = False
     store_override: str | None = None
+    # Whether this command may make the store if there is none (creating a repo, building
+    # a pipeline, which creates its output repos); the others only read one.
+    may_create: bool = False
     _config: Config | None = None
     _store: Store | None = None
     _announced: bool = field(default=False)
@@ -41,7 +44,7 @@ class AppContext:
             cfg = self.config
             meta = self.store_override or cfg.metadata_location
             blob = self.store_override or cfg.blob_location
-            self._store = Store.open(meta, blob, cfg.store_options(meta))
+            self._store = Store.open(meta, blob, cfg.store_options(meta), create=self.may_create)
         return self._store
 
     @property

@@ -53,6 +53,7 @@ def demo(app: AppContext) -> None:
         cfg = Config(name="Datamon Demo", email="demo@localhost", path=cfg.path)
         app._config = cfg
     author = Author(cfg.name, cfg.email)
+    app.may_create = True  # it creates a repo, in a new store too
     store = app.store
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{random.randrange(1000):03d}"
     with tempfile.TemporaryDirectory(prefix="datamon-demo-") as work:

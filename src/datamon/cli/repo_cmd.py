@@ -33,6 +33,7 @@ def create(app: AppContext, repo: str, description: str) -> None:
     Example:
       datamon repo create --repo my-data --description "Ritesh's repo for testing"
     """
+    app.may_create = True
     Repository.create(app.store, repo, description, app.author)
     click.echo(f"Created repo {repo}")
 

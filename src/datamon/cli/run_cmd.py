@@ -200,6 +200,7 @@ def build_and_report(app: AppContext, task: Task, flags: BuildFlags, as_json: bo
     from datamon.pipeline.location import StoreLocation
 
     dry_run = flags.dry_run
+    app.may_create = True  # a build makes its output repos, in a new store too
     if flags.executor == "dask" and not flags.scheduler and not dry_run:
         raise click.UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
     options = BuildOptions(
