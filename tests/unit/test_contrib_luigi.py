@@ -45,6 +45,21 @@ class Clean(luigi.Task):  # type: ignore[misc]
                 raise RuntimeError("clean failed halfway")
 
 
+class Abandons(luigi.Task):  # type: ignore[misc]
+    """Writes its output without a ``with`` block and fails before closing it."""
+
+    store = luigi.Parameter()
+    binary = luigi.BoolParameter(default=False)
+
+    def output(self) -> BundleTarget:
+        return BundleTarget("half", "out.txt", location=self.store, author=AUTHOR)
+
+    def run(self) -> None:
+        out = self.output().open("wb" if self.binary else "w")
+        out.write(b"partial" if self.binary else "partial")
+        raise RuntimeError("failed before closing its output")
+
+
 class Report(luigi.Task):  # type: ignore[misc]
     store = luigi.Parameter()
 
@@ -125,3 +140,20 @@ def test_a_failing_task_commits_nothing_and_a_missing_input_blocks(store_path: s
     assert pinned.exists()
     with pytest.raises(InvalidArgument, match="cannot be written"):
         pinned.open("w")
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_a_task_failing_before_it_closes_its_output_leaves_no_target(
+    store_path: str, binary: bool
+) -> None:
+    import gc
+
+    assert not build(Abandons(store=store_path, binary=binary))
+    gc.collect()
+    assert not Abandons(store=store_path, binary=binary).output().exists()
+
+
+@pytest.mark.parametrize("path", ["../escaped.txt", ".", "a/../../b"])
+def test_a_path_outside_the_bundle_is_refused(store_path: str, path: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a file path inside the bundle"):
+        BundleTarget("dd", path, location=store_path, author=AUTHOR).open("w")

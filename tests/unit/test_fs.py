@@ -516,28 +516,60 @@ def test_a_write_without_autocommit_commits_when_told(
     assert not fs.exists("repo@main/dropped.txt")
 
 
-def test_sdk_blocks_have_their_own_transactions(
+def test_sdk_blocks_nest_and_datamon_open_commits_on_its_own(
     location: str, repo: Repository, author: Author
 ) -> None:
     url = "datamon://repo@main"
-    with (
-        pytest.raises(RuntimeError),
-        datamon.fs.commit(url, store=location, author=author) as outer,
-    ):
-        with datamon.fs.commit(url, store=location, author=author) as inner:
+    opts = {"store": location, "author": author}
+    with pytest.raises(RuntimeError), datamon.fs.commit(url, **opts) as outer:
+        with datamon.fs.commit(url, **opts) as inner:
             inner.write_bytes("inner.txt", b"i")
-        outer.write_bytes("outer.txt", b"o")  # after the inner block ended
+        assert inner.bundle_id is None  # it joined the outer block
+        outer.write_bytes("outer.txt", b"o")
         raise RuntimeError("the outer block fails")
-    fs = DatamonFileSystem(store=location, author=author)
-    assert fs.exists("repo@main/inner.txt")
-    assert not fs.exists("repo@main/outer.txt")
+    fs = DatamonFileSystem(**opts)
+    assert not fs.exists("repo@main/inner.txt") and not fs.exists("repo@main/outer.txt")
     with pytest.raises(RuntimeError), fs.transaction:
-        with datamon.open(f"{url}/opened.txt", "wb", store=location, author=author) as f:
+        with datamon.open(f"{url}/opened.txt", "wb", **opts) as f:
             f.write(b"committed on close")
         raise RuntimeError("the caller's transaction fails")
-    assert DatamonFileSystem(store=location, skip_instance_cache=True).exists(
-        "repo@main/opened.txt"
-    )
+    assert DatamonFileSystem(skip_instance_cache=True, **opts).exists("repo@main/opened.txt")
+
+
+def test_writes_to_a_block_s_urls_join_the_block(
+    location: str, repo: Repository, author: Author
+) -> None:
+    opts = {"store": location, "author": author}
+    before = len(repo.bundles())
+    with pytest.raises(RuntimeError), datamon.fs.commit("datamon://repo@main/out", **opts) as out:
+        with fsspec.open(out.url("a.csv"), "wb", **opts) as f:
+            f.write(b"a,b\n")
+        raise RuntimeError("the block fails")
+    assert len(repo.bundles()) == before
+    with datamon.fs.commit("datamon://repo@main/out", message="both", **opts) as out:
+        with fsspec.open(out.url("a.csv"), "wb", **opts) as f:
+            f.write(b"a,b\n")
+        out.write_bytes("b.txt", b"b")
+    assert len(repo.bundles()) == before + 1
+    assert out.bundle_id is not None
+
+
+def test_an_abandoned_text_writer_commits_nothing(
+    location: str, repo: Repository, author: Author
+) -> None:
+    import gc
+
+    before = len(repo.bundles())
+
+    def fails() -> None:
+        f = datamon.open("datamon://repo@main/partial.txt", "w", store=location, author=author)
+        f.write("partial")
+        raise RuntimeError("the task fails before closing")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    gc.collect()
+    assert len(repo.bundles()) == before
 
 
 def test_rm_mkdir_rmdir(fs: DatamonFileSystem, repo: Repository) -> None:

@@ -165,10 +165,18 @@ class BundleTarget(luigi.Target):  # type: ignore[misc]
     def _write(self, name: str, binary: bool) -> IO[Any]:
         if self.bundle is not None:
             raise InvalidArgument(f"{self!r} names a fixed bundle and cannot be written")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise InvalidArgument(f"{self!r}: {name!r} is not a file path inside the bundle")
         folder = tempfile.mkdtemp(prefix=f"datamon-luigi-{self.repo}-")
-        local = os.path.join(folder, *[p for p in name.split("/") if p])
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        writer = _CommitOnClose(open(local, "wb"), folder, self)  # noqa: SIM115
+        try:
+            local = os.path.join(folder, *parts)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            raw = open(local, "wb")  # noqa: SIM115  (closed by the writer)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        writer = _CommitOnClose(raw, folder, self)
         return writer if binary else _TextCommit(writer, encoding="utf-8")
 
     def commit(self, folder: str) -> str:
@@ -228,6 +236,13 @@ class _CommitOnClose(io.BufferedWriter):
         self._failed = exc[0] is not None
         self.close()
 
+    def __del__(self) -> None:
+        # Dropped without close() (a task that failed mid-write): commit nothing, so the
+        # target stays missing and luigi runs the task again.
+        if not self.closed:
+            self._failed = True
+            self.close()
+
     def close(self) -> None:
         if self.closed:
             return
@@ -247,3 +262,9 @@ class _TextCommit(io.TextIOWrapper):
         if exc[0] is not None and isinstance(buffer, _CommitOnClose):
             buffer._failed = True
         self.close()
+
+    def __del__(self) -> None:
+        # Dropped without close(): commit nothing (the finaliser would close, committing).
+        if not self.closed and isinstance(self.buffer, _CommitOnClose):
+            self.buffer._failed = True
+            self.close()

@@ -33,6 +33,11 @@ class _TextFile(io.TextIOWrapper):
             self.buffer.discard()
         super().__exit__(exc_type, exc, tb)
 
+    def __del__(self) -> None:
+        # Dropped without close(): commit nothing (the finaliser would close, committing).
+        if not self.closed and isinstance(self.buffer, DatamonWriteFile):
+            self.buffer.discard()
+
 
 def _open(fs: DatamonFileSystem, path: str, mode: str, encoding: str | None) -> IO[Any]:
     if "b" in mode:
@@ -108,13 +113,20 @@ def commit(
     """Stage writes below ``datamon://repo@branch[/folder]`` and commit them as one bundle
     on the branch when the block ends; if it raises, nothing is committed.
 
-    Files below the URL that the block does not touch are kept from the branch head.
+    Files below the URL that the block does not touch are kept from the branch head. The
+    block uses fsspec's filesystem for these ``storage_options``, so writes to its
+    :meth:`BundleWriter.url` by other libraries (pandas, polars) join it. A block inside
+    another on the same filesystem joins the outer one: its writes commit when that ends
+    (its ``bundle_id`` stays None), and not at all if that raises.
     """
-    fs = _own_filesystem(storage_options)
+    fs = DatamonFileSystem(**storage_options)
     root = parse(url)
     if not root.repo:
         raise ValueError(f"name a repo: datamon://repo[@branch]/..., not {url!r}")
     writer = BundleWriter(fs, root)
+    if fs._intrans:
+        yield writer
+        return
     transaction = fs.start_transaction(message, label)
     try:
         yield writer
