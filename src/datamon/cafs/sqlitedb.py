@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +83,20 @@ def _file_of(db: sqlite3.Connection) -> str:
     return "(in memory)"
 
 
+class _Held:
+    """One thread's connection, closed when the thread ends (its thread-local storage is
+    let go of, and this with it) or when the database is closed, whichever comes first.
+    Threads of short-lived pools each opened a connection that stayed open for the life of
+    the process: three file descriptors a thread, until a long session ran out of them."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __del__(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+
+
 class LocalDB:
     """The chunk-index and stat-cache copies share this: threads never share a connection."""
 
@@ -90,10 +106,12 @@ class LocalDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        # Every thread's connection while its thread lives (the thread-local holds it).
+        self._all: weakref.WeakSet[_Held] = weakref.WeakSet()
 
     def get(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        held: _Held | None = getattr(self._local, "held", None)
+        db = held.db if held is not None else None
         if db is None:
             db = sqlite3.connect(
                 self.path, timeout=TIMEOUT, isolation_level=None, check_same_thread=False
@@ -104,9 +122,9 @@ class LocalDB:
             except sqlite3.Error as exc:
                 db.close()
                 raise LocalStateError(str(self.path), str(exc)) from exc
-            self._local.db = db
+            held = self._local.held = _Held(db)
             with self._lock:
-                self._all.append(db)
+                self._all.add(held)
         return db
 
     def ensure_schema(self, version: int, schema: str, tables: Sequence[str]) -> None:
@@ -134,20 +152,20 @@ class LocalDB:
     def release(self) -> None:
         """Close this thread's connection, if it has one: for a thread that ends while the
         object lives on (a connection holds three file descriptors)."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
             return
-        del self._local.db
+        del self._local.held
         with self._lock:
-            self._all.remove(db)
-        db.close()
+            self._all.discard(held)
+        held.db.close()
 
     def close(self) -> None:
         """Close every thread's connection (none may be in use any more)."""
         with self._lock:
-            connections, self._all = self._all, []
-        for db in connections:
-            db.close()
+            connections, self._all = list(self._all), weakref.WeakSet()
+        for held in connections:
+            held.db.close()
         self._local = threading.local()
 
 
