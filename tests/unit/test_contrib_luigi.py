@@ -162,3 +162,9 @@ def test_a_task_failing_before_it_closes_its_output_leaves_no_target(
 def test_a_path_outside_the_bundle_is_refused(store_path: str, path: str) -> None:
     with pytest.raises(InvalidArgument, match="not a file path inside the bundle"):
         BundleTarget("dd", path, location=store_path, author=AUTHOR).open("w")
+
+
+def test_asking_whether_a_target_exists_makes_no_store(tmp_path: Path) -> None:
+    typo = tmp_path / "typo_store"
+    assert not BundleTarget("raw", location=str(typo)).exists()
+    assert not typo.exists()

@@ -763,3 +763,11 @@ def test_notebook_repository(
     with pytest.raises(FileNotFoundError):
         notebook.ls("nope")
     assert [label.name for label in notebook.labels()] == ["v1"]
+
+
+def test_reading_a_location_with_no_store_makes_nothing(tmp_path: Path) -> None:
+    where = tmp_path / "no" / "store"
+    fs = DatamonFileSystem(store=str(where), skip_instance_cache=True)
+    with pytest.raises(FileNotFoundError, match="no Datamon store"):
+        fs.ls("")
+    assert not (tmp_path / "no").exists()

@@ -282,3 +282,22 @@ def test_public_names_are_sorted() -> None:
     assert datamon.pipeline.__all__ == sorted(datamon.pipeline.__all__)
     for name in datamon.pipeline.__all__:
         assert getattr(datamon.pipeline, name) is not None
+
+
+def test_a_parameter_named_like_a_task_attribute_is_refused() -> None:
+    from datamon.errors import TaskDefinitionError
+    from datamon.pipeline import IntParameter, Task
+
+    with pytest.raises(TaskDefinitionError, match="'params' is a name Task uses itself"):
+
+        class Shadows(Task):
+            params = IntParameter(default=1)
+
+
+def test_a_build_of_no_task_is_refused(tmp_path: Path) -> None:
+    from datamon import Store
+    from datamon.errors import InvalidArgument
+    from datamon.pipeline import build
+
+    with pytest.raises(InvalidArgument, match="no task"):
+        build([], store=Store.open(str(tmp_path / "store")), executor="inline")

@@ -52,6 +52,7 @@ from datamon.errors import (
     LabelNotFound,
     RepoExists,
     RepoNotFound,
+    StoreNotFound,
 )
 from datamon.pipeline.location import StoreLocation, shared_store
 
@@ -100,24 +101,28 @@ class BundleTarget(luigi.Target):  # type: ignore[misc]
 
     @property
     def store(self) -> Store:
+        """The target's store, made if there is none (writing makes it)."""
+        return self._open_store(create=True)
+
+    def _open_store(self, create: bool) -> Store:
         if self._store is None:
             location = self._location or StoreLocation.from_config(load_config())
-            self._store = shared_store(location)
+            self._store = shared_store(location, create)
         return self._store
 
-    def _repository(self) -> Repository:
-        return Repository(self.store, self.repo)
+    def _repository(self, create: bool = True) -> Repository:
+        return Repository(self._open_store(create), self.repo)
 
     def bundle_id(self) -> str | None:
         """The bundle the target names now, or None when it does not exist (yet)."""
         try:
-            repo = self._repository()
+            repo = self._repository(create=False)  # asking makes no store
             if self.bundle is not None:
                 return repo.resolve(bundle=self.bundle)
             if self.label is not None:
                 return repo.resolve(label=self.label)
             return repo.resolve(branch=self.branch or "main")
-        except (RepoNotFound, BundleNotFound, LabelNotFound, BranchNotFound):
+        except (StoreNotFound, RepoNotFound, BundleNotFound, LabelNotFound, BranchNotFound):
             return None
 
     # luigi's Target ------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from pathlib import Path
 from datamon.api.store import Store
 from datamon.config import cache_dir, load_config
 from datamon.core.model import Author
-from datamon.errors import ConfigError, ObjectNotFound
-from datamon.storage.url import open_backend
+from datamon.errors import ConfigError, StoreNotFound
 
 _lock = threading.Lock()
 _open: dict[tuple[str, str, tuple[tuple[str, str], ...], str], Store] = {}
@@ -57,12 +56,11 @@ class StoreSpec:
             found = _open.get(key)
             if found is not None:
                 return found
-            meta = open_backend(self.metadata, self.options)
             separate = self.blob != self.metadata
-            blob = open_backend(self.blob, self.options) if separate else None
+            blob = self.blob if separate else None
             try:
-                store = Store(meta, blob, cache=self.cache, create=False)
-            except ObjectNotFound:
+                store = Store.open(self.metadata, blob, self.options, self.cache, create=False)
+            except StoreNotFound:
                 raise FileNotFoundError(
                     errno.ENOENT, "no Datamon store here (create a repo first)", self.metadata
                 ) from None

@@ -155,6 +155,8 @@ class Builder:
         self.options = options
         self.runs = RunStore(store.meta)
         self.graph = build_graph(tasks)
+        if not self.graph.roots:
+            raise InvalidArgument("build() was given no task")
         _check_params(self.graph)
         if options.executor == "dask" and not options.dry_run and not options.scheduler:
             raise InvalidArgument("the dask executor needs a scheduler address (tcp://...)")

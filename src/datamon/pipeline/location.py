@@ -68,20 +68,22 @@ class StoreLocation:
     def option_map(self) -> dict[str, str]:
         return dict(self.options)
 
-    def open(self) -> Store:
-        return Store.open(self.meta, self.blob, self.option_map)
+    def open(self, create: bool = True) -> Store:
+        """The store; made if there is none, unless not ``create`` (``StoreNotFound``)."""
+        return Store.open(self.meta, self.blob, self.option_map, create=create)
 
 
 _opened: dict[StoreLocation, Store] = {}
 _opened_lock = threading.Lock()
 
 
-def shared_store(location: StoreLocation) -> Store:
-    """The store at ``location``, opened once per process and kept (for worker processes)."""
+def shared_store(location: StoreLocation, create: bool = True) -> Store:
+    """The store at ``location``, opened once per process and kept (for worker processes);
+    made if there is none, unless not ``create`` (``StoreNotFound``)."""
     with _opened_lock:
         store = _opened.get(location)
         if store is None:
-            store = _opened[location] = location.open()
+            store = _opened[location] = location.open(create)
         return store
 
 

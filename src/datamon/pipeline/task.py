@@ -93,6 +93,14 @@ class Task:
             for name, value in vars(klass).items():
                 if isinstance(value, Parameter):
                     found[name] = value
+        # A parameter named like something of Task itself would hide it (``params``, say,
+        # which the build reads): refused where the class is written.
+        taken = sorted(name for name in found if hasattr(Task, name) or name.startswith("_"))
+        if taken:
+            raise TaskDefinitionError(
+                f"{cls.__qualname__}: parameter {taken[0]!r} is a name Task uses itself; "
+                "name it otherwise"
+            )
         cls._parameters = found
 
     def __init__(self, **kwargs: Any) -> None:
