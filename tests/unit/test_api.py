@@ -42,6 +42,7 @@ from datamon.errors import (
     DatamonError,
     DestinationNotEmpty,
     IntegrityError,
+    InvalidArgument,
     InvalidName,
     LabelNotFound,
     ObjectNotFound,
@@ -1434,4 +1435,23 @@ def test_a_segment_whose_chunk_is_not_the_size_its_tree_says_fails(
 def test_an_empty_label_is_refused_not_ignored(repo: Repository, src: Path, author: Author) -> None:
     with pytest.raises(InvalidName):
         repo.upload(str(src), _opts(author, label=""))
+    assert repo.bundles() == []
+
+
+@pytest.mark.parametrize(
+    ("message", "who"),
+    [
+        (123, ("A", "a@example.com")),
+        (None, ("A", "a@example.com")),
+        ("m", (None, None)),
+        ("bad \udcff", ("A", "a@example.com")),
+    ],
+    ids=["int-message", "no-message", "no-author", "surrogate"],
+)
+def test_a_message_or_author_a_bundle_cannot_hold_is_refused_first(
+    repo: Repository, src: Path, message: object, who: tuple[object, object]
+) -> None:
+    author = Author(*who)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"must be text|not valid Unicode"):
+        repo.upload(str(src), UploadOptions(message, author))  # type: ignore[arg-type]
     assert repo.bundles() == []

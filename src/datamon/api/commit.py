@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from datamon.api.store import Store
 from datamon.core.model import FORMAT_VERSION, Author, Bundle, Entry
-from datamon.errors import RefConflict
+from datamon.errors import InvalidArgument, RefConflict
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,19 @@ class CommitInfo:
 TreeBuilder = Callable[[Bundle | None], tuple[Entry, tuple[str, ...]]]
 
 
+def check_texts(message: object, author: object) -> None:
+    """InvalidArgument unless the message and the author's name and email are text a bundle
+    can hold (UTF-8): anything else was written, and every later read of it failed."""
+    name, email = getattr(author, "name", None), getattr(author, "email", None)
+    for what, value in (("message", message), ("author name", name), ("author email", email)):
+        if not isinstance(value, str):
+            raise InvalidArgument(f"the {what} must be text, not {type(value).__name__}")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"the {what} is not valid Unicode text: {value!r}") from None
+
+
 def commit(store: Store, repo: str, info: CommitInfo, build: TreeBuilder) -> tuple[str, Bundle]:
     """Write the bundle on top of the branch head and move the branch by compare-and-swap.
 
@@ -33,6 +46,7 @@ def commit(store: Store, repo: str, info: CommitInfo, build: TreeBuilder) -> tup
     tree is built again on the new head (``build`` decides what that means) and the bundle
     written again, so the branch history stays a chain.
     """
+    check_texts(info.message, info.author)
     while True:
         current = store.refs.read(repo, "branch", info.branch)
         head = current[0].bundle if current else None

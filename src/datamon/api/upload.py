@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from datamon.api.arrivals import Arrivals
-from datamon.api.commit import CommitInfo, TreeBuilder, commit
+from datamon.api.commit import CommitInfo, TreeBuilder, check_texts, commit
 from datamon.api.edit import TreeEdit
 from datamon.api.folders import FolderRecords, folder_path, reused_entry
 from datamon.api.forked_scan import KeyedScan
@@ -182,6 +182,7 @@ class _Batch:
 
 
 def _check(store: Store, repo: str, options: UploadOptions) -> None:
+    check_texts(options.message, options.author)
     store.repos.get(repo)
     check_name("branch", options.branch)
     if options.label is not None:
