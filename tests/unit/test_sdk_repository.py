@@ -29,3 +29,25 @@ def test_facade_repository_reads_by_path(tmp_path: Path) -> None:
     assert sorted(r.name for r in repo.labels()) == ["v1", "v2"]
     repo.download(second, str(tmp_path / "out"))
     assert (tmp_path / "out" / "notes.txt").read_text() == "changed\n"
+
+
+def test_a_repository_reads_what_it_just_wrote(tmp_path: Path) -> None:
+    from datamon import Author, Store, UploadOptions
+    from datamon.fs.sdk import NotebookRepository
+
+    me = Author("Ada", "ada@example.com")
+    store = Store.open(str(tmp_path / "store"))
+    repo = NotebookRepository.create(store, "images", "d", me)
+    assert repo.ls() == []  # pins the empty head
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one")
+    first = repo.upload(str(src), UploadOptions("v1", me, label="v1"))
+    assert [f.path for f in repo.ls()] == ["a.txt"]
+    assert repo.open("a.txt").read() == b"one"
+    (src / "a.txt").write_text("two")
+    second = repo.upload(str(src), UploadOptions("v2", me))
+    assert repo.open("a.txt", ref="v1").read() == b"one"
+    repo.set_label("v1", second.bundle_id, me)
+    assert repo.open("a.txt", ref="v1").read() == b"two"
+    assert first.bundle_id != second.bundle_id

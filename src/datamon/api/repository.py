@@ -53,14 +53,23 @@ class Repository:
     @classmethod
     def create(cls, store: Store, name: str, description: str, author: Author) -> Repository:
         store.repos.create(name, description, author)
-        return cls(store, name)
+        created = cls(store, name)
+        created._changed()
+        return created
+
+    def _changed(self) -> None:
+        """Called after each write through this object (a hook for views of the repo that
+        keep what its refs named: they read them again)."""
 
     # bundles -----------------------------------------------------------------------------
 
     def upload(
         self, path: str, options: _upload.UploadOptions, progress: Progress | None = None
     ) -> _upload.UploadResult:
-        return _upload.upload(self.store, self.name, path, options, progress)
+        try:
+            return _upload.upload(self.store, self.name, path, options, progress)
+        finally:
+            self._changed()
 
     def upload_paths(
         self,
@@ -70,7 +79,10 @@ class Repository:
         progress: Progress | None = None,
     ) -> _upload.UploadResult:
         """Upload only ``paths`` under the folder ``path`` onto the branch head."""
-        return _upload.upload_paths(self.store, self.name, path, paths, options, progress)
+        try:
+            return _upload.upload_paths(self.store, self.name, path, paths, options, progress)
+        finally:
+            self._changed()
 
     def visible_ids(self) -> set[str]:
         """Bundles reachable from a branch or label history; interrupted uploads are not."""
@@ -231,7 +243,10 @@ class Repository:
 
     def set_label(self, name: str, bid: str, author: Author) -> Ref:
         full = self.resolve(bundle=bid)
-        return self.store.refs.move(self.name, "label", name, full, author.email)
+        try:
+            return self.store.refs.move(self.name, "label", name, full, author.email)
+        finally:
+            self._changed()
 
     # branches ----------------------------------------------------------------------------
 
@@ -250,6 +265,8 @@ class Repository:
             return self.store.refs.move(self.name, "branch", name, full, author.email, None)
         except RefConflict:
             raise BranchExists(name) from None
+        finally:
+            self._changed()
 
     def log(self, branch: str) -> Iterator[tuple[str, Bundle]]:
         """The branch's bundles from its head back through first parents."""

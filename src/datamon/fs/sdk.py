@@ -160,6 +160,10 @@ class NotebookRepository(Repository):
     def fs(self) -> DatamonFileSystem:
         return DatamonFileSystem(store=self.store)
 
+    def _changed(self) -> None:
+        # Its reads pin refs (as every datamon:// read does); its own writes unpin them.
+        self.fs.forget_repo(self.name)
+
     def url(self, path: str = "", ref: str | None = None) -> str:
         """``datamon://repo@ref/path``, for pandas, polars, pyarrow, DuckDB and Dask."""
         root = self.name if ref is None else f"{self.name}@{ref}"

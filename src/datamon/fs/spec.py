@@ -210,6 +210,14 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
                     found = self._views.setdefault(key, found)
             return found
 
+    def forget_repo(self, repo: str) -> None:
+        """Unpin every ref of ``repo``: after a write through another way (the Python API),
+        the next read resolves them again."""
+        pins = self._pins()
+        with _shared_lock:
+            for key in [k for k in pins if k[0] == repo]:
+                del pins[key]
+
     def invalidate_cache(self, path: str | None = None) -> None:
         """Unpin refs (of ``path``'s repo and ref, or all): the next read resolves them again."""
         pins = self._pins()
