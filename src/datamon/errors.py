@@ -218,12 +218,15 @@ class BranchExists(AlreadyExists):
 
 
 class DestinationNotEmpty(DatamonError):
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    """Something is where a download would write; ``hint`` says what to do about it."""
+
+    def __init__(self, path: str, hint: str = "") -> None:
+        super().__init__(path, hint)
         self.path = path
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"destination is not empty: {self.path}"
+        return f"destination is not empty: {self.path}" + (f" ({self.hint})" if self.hint else "")
 
 
 class LocalStateError(DatamonError):

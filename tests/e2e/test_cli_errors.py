@@ -138,12 +138,12 @@ def test_destination_not_empty_is_left_untouched(populated: Populated, tmp_path:
         "bundle", "download", "--repo", REPO, "--label", "init", "--destination", dest,
         check=False,
     )  # fmt: skip
-    assert_clean_error(whole, "not empty", str(dest))
+    assert_clean_error(whole, "not empty", str(dest), "datamon bundle update")
     one = dm(
         "bundle", "download", "file", "--repo", REPO, "--label", "init",
         "--file", "a.txt", "--destination", dest, check=False,
     )  # fmt: skip
-    assert_clean_error(one, "not empty", "a.txt")
+    assert_clean_error(one, "not empty", "a.txt", "it exists already")
     assert snapshot(dest, mtimes=True) == before
 
 

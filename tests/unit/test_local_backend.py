@@ -204,3 +204,50 @@ def test_the_longest_direct_range_at_an_unaligned_start(tmp_path: Path) -> None:
     start = DIRECT_BLOCK - 1
     got = backend.get_range("packs/ab/seven", start, DIRECT_READ_MAX)
     assert got == data[start : start + DIRECT_READ_MAX]
+
+
+def test_a_key_deleted_during_a_swap_stays_under_the_swap_s_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B holds the key's lock (paused inside its swap) while the key is deleted: C's
+    create-only swap waits for B and then fails, instead of taking a new lock file and
+    succeeding beside B (as pipeline locks, released by delete, once let two runs in)."""
+    import threading
+
+    from datamon.errors import RefConflict
+
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("runs/locks/x", b"old")
+    paused, go = threading.Event(), threading.Event()
+    real_flush = backend.flush
+
+    def flush() -> None:
+        if threading.current_thread().name == "B" and not paused.is_set():
+            paused.set()
+            go.wait(30)
+        real_flush()
+
+    monkeypatch.setattr(backend, "flush", flush)
+    version = backend.stat("runs/locks/x").version
+    results: dict[str, object] = {}
+
+    def swap(name: str, data: bytes, expected: str | None) -> None:
+        try:
+            results[name] = backend.compare_and_swap("runs/locks/x", data, expected)
+        except RefConflict as exc:
+            results[name] = exc
+
+    b = threading.Thread(target=swap, args=("B", b"B holds", version), name="B")
+    b.start()
+    assert paused.wait(30)
+    backend.delete("runs/locks/x")
+    c = threading.Thread(target=swap, args=("C", b"C holds", None), name="C")
+    c.start()
+    c.join(0.5)
+    assert c.is_alive()  # waiting for B's lock
+    go.set()
+    b.join(30)
+    c.join(30)
+    assert isinstance(results["B"], str)
+    assert isinstance(results["C"], RefConflict)
+    assert backend.get("runs/locks/x") == b"B holds"

@@ -68,13 +68,15 @@ def prepare_destination(destination: str) -> None:
         if not os.path.isdir(destination):
             raise InvalidArgument(f"destination is a file, not a folder: {destination}")
         if os.listdir(destination):
-            raise DestinationNotEmpty(destination)
+            raise DestinationNotEmpty(destination, REFILL)
     try:
         os.makedirs(destination, exist_ok=True)
     except OSError as exc:
         raise InvalidArgument(f"cannot create destination {destination}: {exc.strerror}") from None
 
 
+# What to do with a destination found not empty (an earlier download stopped short, say).
+REFILL = "empty it, or bring it to the bundle with `datamon bundle update`"
 # A file system without advisory locks on folders: a download then holds nothing.
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 

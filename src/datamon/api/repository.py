@@ -136,7 +136,7 @@ class Repository:
         _download.prepare_destination(destination)
         with _download.claimed(destination):
             if os.listdir(destination):  # (written meanwhile by something else)
-                raise DestinationNotEmpty(destination)
+                raise DestinationNotEmpty(destination, _download.REFILL)
             try:
                 return _download.write_entries(
                     self.store, bundle, destination, entries, concurrency, progress
@@ -156,7 +156,7 @@ class Repository:
         target = os.path.join(destination, clean)
         _no_symlink_above(destination, clean)
         if os.path.lexists(target):
-            raise DestinationNotEmpty(target)
+            raise DestinationNotEmpty(target, "it exists already: remove it, or write elsewhere")
         made = _first_missing(destination, clean)
         below = [(p, e) for p, e in entries.items() if p == clean or p.startswith(clean + "/")]
         try:

@@ -350,14 +350,14 @@ class LocalBackend:
             os.close(lock_fd)
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        for target in (path, path.with_name(path.name + LOCK_SUFFIX)):
-            try:
-                target.unlink()
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            except OSError as exc:
-                raise _translate(exc, key) from None
+        """Remove the object; its ``.lock`` file stays (design §3): a swap holding it keeps
+        excluding the others, where a new lock file beside a recreated key would not."""
+        try:
+            self._path(key).unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise _translate(exc, key) from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
         check_prefix(prefix)
