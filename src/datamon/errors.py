@@ -244,6 +244,10 @@ class LocalStateError(DatamonError):
         )
 
 
+class CommitAborted(DatamonError):
+    """A commit block ended without committing, because one inside it raised."""
+
+
 class DestinationBusy(DatamonError):
     """Another download or update is writing into the folder."""
 

@@ -536,6 +536,38 @@ def test_sdk_blocks_nest_and_datamon_open_commits_on_its_own(
     assert DatamonFileSystem(skip_instance_cache=True, **opts).exists("repo@main/opened.txt")
 
 
+def test_an_inner_block_that_raises_makes_the_outer_commit_nothing(
+    location: str, repo: Repository, author: Author
+) -> None:
+    from datamon.errors import CommitAborted
+
+    opts = {"store": location, "author": author}
+    before = len(repo.bundles())
+    with pytest.raises(CommitAborted), datamon.fs.commit("datamon://repo@main", **opts) as out:
+        out.write_bytes("outer.txt", b"o")
+        with pytest.raises(RuntimeError), datamon.fs.commit("datamon://repo@main", **opts) as inner:
+            inner.write_bytes("partial.txt", b"p")
+            raise RuntimeError("the inner block fails, and the outer one catches it")
+    assert len(repo.bundles()) == before
+
+
+def test_a_dropped_writer_without_autocommit_is_let_go_of(
+    location: str, repo: Repository, author: Author
+) -> None:
+    import gc
+    import weakref
+
+    fs = DatamonFileSystem(store=location, author=author, skip_instance_cache=True)
+    f = fs.open("repo/dropped.txt", "wb", autocommit=False)
+    f.write(b"x")
+    folder = f.changes.folder
+    gone = weakref.ref(f)
+    del f
+    gc.collect()
+    assert gone() is None
+    assert not os.path.exists(folder)
+
+
 def test_writes_to_a_block_s_urls_join_the_block(
     location: str, repo: Repository, author: Author
 ) -> None:

@@ -124,8 +124,6 @@ class DatamonWriteFile(AbstractBufferedFile):  # type: ignore[misc]
             os.unlink(self.local)
         if self.owns_changes:
             self.changes.discard()
-        if self.owns_changes:
-            self.changes.discard()
 
     def __exit__(
         self,

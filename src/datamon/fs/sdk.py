@@ -12,6 +12,7 @@ from datamon.api.repository import FileInfo, Repository
 from datamon.api.upload import DEFAULT_BRANCH
 from datamon.core.ids import hexdigest
 from datamon.core.model import Entry, Kind
+from datamon.errors import CommitAborted
 from datamon.fs.changes import CommitResult
 from datamon.fs.files import DatamonWriteFile
 from datamon.fs.oserrors import translated
@@ -116,8 +117,10 @@ def commit(
     Files below the URL that the block does not touch are kept from the branch head. The
     block uses fsspec's filesystem for these ``storage_options``, so writes to its
     :meth:`BundleWriter.url` by other libraries (pandas, polars) join it. A block inside
-    another on the same filesystem joins the outer one: its writes commit when that ends
-    (its ``bundle_id`` stays None), and not at all if that raises.
+    another on the same filesystem joins the outer one: its writes commit when that ends,
+    with the outer block's message and label (its ``bundle_id`` stays None), and not at all
+    if either raises: an outer block whose inner one raised, even if it caught that, commits
+    nothing and raises :class:`~datamon.errors.CommitAborted` as it ends.
     """
     fs = DatamonFileSystem(**storage_options)
     root = parse(url)
@@ -125,7 +128,11 @@ def commit(
         raise ValueError(f"name a repo: datamon://repo[@branch]/..., not {url!r}")
     writer = BundleWriter(fs, root)
     if fs._intrans:
-        yield writer
+        try:
+            yield writer
+        except BaseException:
+            fs.transaction.failed_inside = True
+            raise
         return
     transaction = fs.start_transaction(message, label)
     try:
@@ -133,6 +140,9 @@ def commit(
     except BaseException:
         transaction.complete(commit=False)
         raise
+    if transaction.failed_inside:
+        transaction.complete(commit=False)
+        raise CommitAborted(f"a commit block inside the one on {url} raised: nothing was committed")
     transaction.complete(commit=True)
     writer.result = transaction.results.get(f"{root.repo}@{root.ref or DEFAULT_BRANCH}")
 

@@ -70,6 +70,9 @@ class DatamonTransaction(Transaction):  # type: ignore[misc]
         self.label = label
         self.changes: dict[tuple[str, str], ChangeSet] = {}
         self.results: dict[str, CommitResult] = {}
+        # Set when a commit block that joined this transaction raised: its writes and the
+        # rest are one change, so none of it may commit (``datamon.fs.commit``).
+        self.failed_inside = False
 
     def changeset(self, repo: str, branch: str) -> ChangeSet:
         found = self.changes.get((repo, branch))
@@ -326,6 +329,18 @@ class DatamonFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def modified(self, path: str) -> datetime:
         return datetime.fromtimestamp(self.info(path)["mtime"], UTC)
+
+    def open(self, path: Any, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        f = super().open(path, mode, *args, **kwargs)
+        if not self._intrans and self._transaction is not None:
+            # fsspec queues a write opened with autocommit=False even outside a transaction,
+            # on one it makes and never starts. Such a write has a change set of its own,
+            # committed by its commit(); held in that queue, a writer dropped unclosed was
+            # never let go of (its staging folder and descriptor stayed).
+            queued = self._transaction.files
+            for own in [q for q in queued if getattr(q, "owns_changes", False)]:
+                queued.remove(own)
+        return f
 
     def _open(
         self,

@@ -342,6 +342,10 @@ class ObjectStoreBackend:
         the If-None-Match or If-Match header) means conditional writes are unsupported."""
         if _status(exc) == 501:
             return self._unsupported(exc)
+        if reason := _connection_problem(exc):
+            # Sent through the client that does not retry: RetryingBackend retries it
+            # instead, and tells its own landed attempt from another writer's.
+            return TransientStorageError(f"{key} in {self._location}: {reason}")
         return self._translate(exc, key, key_lookup=False)
 
     def _unsupported(self, exc: BaseException) -> ConditionalWritesUnsupported:
