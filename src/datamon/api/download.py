@@ -77,8 +77,10 @@ def prepare_destination(destination: str) -> None:
 
 # What to do with a destination found not empty (an earlier download stopped short, say).
 REFILL = "empty it, or bring it to the bundle with `datamon bundle update`"
-# A file system without advisory locks on folders: a download then holds nothing.
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+# A file system without advisory locks on folders: a download then holds nothing. (NFS
+# emulates flock with byte-range locks, whose exclusive kind needs a file open for writing:
+# EBADF on a folder.)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
 
 
 @contextmanager
