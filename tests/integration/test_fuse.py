@@ -340,6 +340,28 @@ def test_two_mounts_of_one_branch_keep_each_other_s_commits(cli: Cli, tmp_path: 
     assert (got / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
 
 
+def test_a_commit_landing_as_a_mount_starts_is_kept(cli: Cli, tmp_path: Path) -> None:
+    """The mount process is told the head its starter saw (--seen): a commit that lands
+    between the two (here: before the process is started by hand) is not taken back."""
+    seen = _head(cli)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "src", other, symlinks=True)
+    (other / "landed.txt").write_text("landed meanwhile\n")
+    cli.run("bundle", "upload", "--path", str(other), "--message", "meanwhile", "--repo", "data")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(
+        "bundle", "mount", "new", "--repo", "data", "--mount", str(mnt), "--message", "m",
+        "--branch", "main", "--from", f"bundle:{seen}", "--seen", seen, "--daemonize",
+    )  # fmt: skip
+    (mnt / "mine.txt").write_text("mine\n")
+    cli.run("bundle", "unmount", str(mnt))
+    got = tmp_path / "got"
+    cli.run("bundle", "download", "--repo", "data", "--branch", "main", "--destination", str(got))
+    assert (got / "landed.txt").read_text() == "landed meanwhile\n"
+    assert (got / "mine.txt").read_text() == "mine\n"
+
+
 def _renameat2(old: Path, new: Path, flags: int) -> int:
     """renameat2(2); the errno it failed with, or 0."""
     import ctypes

@@ -216,6 +216,8 @@ def _print_commit(reply: dict[str, Any]) -> None:
 )
 @click.option("--prefetch", type=click.IntRange(0, 1024), default=256, show_default=True)
 @click.option("--daemonize", is_flag=True, help="Return once mounted; serve in the background.")
+# The branch head the starting command saw ("-" for none), for the process it starts.
+@click.option("--seen", default=None, hidden=True)
 @pass_app
 def mount_new(
     app: AppContext,
@@ -228,6 +230,7 @@ def mount_new(
     cache_size: str,
     prefetch: int,
     daemonize: bool,
+    seen: str | None,
 ) -> None:
     """Mount a writable tree, empty or starting from a bundle; changes stay on local disk
     until unmount, Ctrl-C or `datamon bundle mount commit DIR` commit them as a new bundle.
@@ -248,18 +251,27 @@ def mount_new(
     base, from_branch = _from(app, repo, from_ref) if from_ref else (None, None)
     target_branch = branch or from_branch or DEFAULT_BRANCH
     target = CommitTarget(repo, target_branch, message, author, label)
+    # The head the mount's changes will be made against: read once, here, so that a commit
+    # landing before the mount process starts is not taken back by the mount's first.
+    if seen is None and from_branch is not None and from_branch == target_branch:
+        seen = base or "-"  # the head its tree came from, whatever moved since
+    elif seen is None:
+        head = app.store.refs.read(repo, "branch", target_branch)
+        seen = head[0].bundle if head else "-"
     if daemonize:
         args = ["bundle", "mount", "new", "--repo", repo, "--mount", real, "--message", message]
         args += ["--branch", target_branch, "--cache-size", cache_size, "--prefetch", str(prefetch)]
         args += ["--label", label] if label else []
         args += ["--from", f"bundle:{base}"] if base else []
+        args += ["--seen", seen]
         _daemonize(app, real, args)
         click.echo(f"Mounted a writable tree of repo {repo} at {real} (branch {target_branch})")
         return
     from datamon.fuse import serve_writable
 
     click.echo(f"Mounting a writable tree of repo {repo} at {real} (Ctrl-C to commit)", err=True)
-    serve_writable(app.store, target, base, real, options, _print_commit)
+    head_seen = None if seen == "-" else seen
+    serve_writable(app.store, target, base, real, options, _print_commit, head_seen, True)
 
 
 @mount.command("commit")

@@ -120,13 +120,23 @@ def serve_writable(
     mountpoint: str,
     options: MountOptions,
     on_commit: Callable[[dict[str, Any]], None],
+    seen: str | None = None,
+    seen_known: bool = False,
 ) -> None:
     """Serve until unmounted, then commit what is staged. If that commit fails, the staged
-    files stay in the mount's state folder and the error is raised."""
+    files stay in the mount's state folder and the error is raised. ``seen`` is the branch
+    head the command saw as it started the mount (when ``seen_known``)."""
     reading = Reading(store, target.repo, options)
     state = MountState(mountpoint)
     ops = StagingOperations(
-        store, target, reading.view(base), reading.view, reading.readahead, state.staging
+        store,
+        target,
+        reading.view(base),
+        reading.view,
+        reading.readahead,
+        state.staging,
+        seen,
+        seen_known,
     )
     info = MountInfo(os.getpid(), mountpoint, target.repo, base, writable=True)
     try:

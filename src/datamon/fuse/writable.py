@@ -73,6 +73,8 @@ class StagingOperations:
         open_view: Callable[[str | None], BundleView],
         readahead: ReadAhead,
         staging: str,
+        seen: str | None = None,
+        seen_known: bool = False,
     ) -> None:
         self.store = store
         self.target = target
@@ -88,9 +90,10 @@ class StagingOperations:
         self._ids = itertools.count(1 << 32)
         self._lock = threading.RLock()
         self.commits: list[CommitResult] = []
-        # The branch head the mount's changes are made against: the head when it started,
-        # then each of its commits.
-        self.seen = self._head()
+        # The branch head the mount's changes are made against: the head when it started
+        # (read by the command that started it, when it says: ``seen_known``), then each of
+        # its commits.
+        self.seen = seen if seen_known else self._head()
 
     def init(self, path: str) -> None:
         """Called by libfuse once the file system is mounted."""
