@@ -77,11 +77,16 @@ def list_(app: AppContext, repo: str, as_json: bool) -> None:
 @label.command("get")
 @repo_option
 @click.option("--label", "name", required=True, help="Label to show.")
-@click.option("--history", is_flag=True, help="Also list every move of the label.")
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Also list every move of the label, newest first (in --json, oldest first).",
+)
 @json_option
 @pass_app
 def get(app: AppContext, repo: str, name: str, history: bool, as_json: bool) -> None:
-    """Show a label: label , bundle id , timestamp (and its moves with --history).
+    """Show a label: label , bundle id , timestamp (and its moves with --history, newest
+    first as lines, as `branch log` lists; oldest first in --json's history, as stored).
 
     \b
     Example:
