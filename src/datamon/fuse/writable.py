@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from datamon.api.paths import check_entry
+from datamon.api.paths import check_name as check_utf8
 from datamon.api.store import Store
 from datamon.core.model import Author, Entry, Kind
 from datamon.fs.changes import ChangeSet, CommitResult
@@ -407,10 +408,8 @@ class StagingOperations:
 def _check_name(path: str) -> None:
     """EINVAL for a name a bundle cannot hold (not UTF-8: mfusepy passes such bytes on as
     surrogates), refused now rather than by every commit after."""
-    try:
-        path.encode()
-    except UnicodeEncodeError:
-        raise OSError(errno.EINVAL, "names must be valid UTF-8", path) from None
+    with errnos(path):
+        check_utf8(path, path)
 
 
 def _mkstemp(folder: str) -> tuple[int, str]:

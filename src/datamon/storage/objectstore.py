@@ -200,18 +200,19 @@ class ObjectStoreBackend:
         if "#" in location or "?" in location:
             # A URL ends its path there: s3://b/team#1 would be the store at s3://b/team.
             raise ConfigError(f"store location {location!r}: '#' and '?' cannot be in a prefix")
-        config, client, retry = _split_options(scheme, options)
+        config, client_options, retry = _split_options(scheme, options)
         once: RetryConfig = {**retry, "max_retries": 0}
-        try:
-            store, conditional = (
-                from_url(
-                    location,
-                    config=cast(Any, config),
-                    client_options=cast("ClientConfig", client),
-                    retry_config=retries,
-                )
-                for retries in (retry, once)
+
+        def client(retries: RetryConfig) -> ObjectStore:
+            return from_url(
+                location,
+                config=cast(Any, config),
+                client_options=cast("ClientConfig", client_options),
+                retry_config=retries,
             )
+
+        try:
+            store, conditional = client(retry), client(once)
         except obx.UnknownConfigurationKeyError as exc:
             raise ConfigError(f"invalid option for {location}: {_summary(exc)}") from None
         except (*_OBSTORE_ERRORS, TypeError) as exc:
