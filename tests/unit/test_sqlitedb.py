@@ -120,8 +120,10 @@ def _open_files(path: Path) -> int:
 
 def test_a_thread_s_connection_is_closed_when_the_thread_ends(tmp_path: Path) -> None:
     """Connections of ended threads are closed: the descriptors stay few however many
-    threads come and go (SQLite keeps a few of a closed connection's for reuse). Left
-    open, 25 threads a round took 50 more a round here."""
+    threads come and go. Left open, 25 threads a round took 50 more a round here; closed,
+    the count moves by a few with SQLite's reuse of a closed connection's descriptors
+    and with when the interpreter lets go of an ended thread's storage, so the bound is
+    one round's worth of threads, not an exact count."""
     import gc
 
     path = tmp_path / "state.sqlite"
@@ -142,5 +144,5 @@ def test_a_thread_s_connection_is_closed_when_the_thread_ends(tmp_path: Path) ->
         time.sleep(0.2)  # a thread's storage is let go of just after join() returns
         gc.collect()
         after.append(_open_files(path))
-    assert max(after) < 25 and after[-1] <= after[0] + 2, after
+    assert max(after) < 25, after
     local.close()
