@@ -353,6 +353,14 @@ def test_upload_only_listed_paths(datamon: Datamon, tree: Path, tmp_path: Path) 
     assert stderr_lines(bad) == [f"error: '../elsewhere' is not a path inside {tree}"]
 
 
+def test_upload_reread_gives_the_same_tree(datamon: Datamon, tree: Path) -> None:
+    (v1,) = datamon.prepare("reread", [(tree, "first")])
+    v2 = datamon.upload(tree, "reread", "again, every file read", "--reread")
+    assert stdout_lines(datamon("bundle", "diff", "--repo", "reread", v1, v2)) == []
+    got = stdout_lines(datamon("bundle", "get", "--repo", "reread", "--bundle", v2))
+    assert f"parents: {v1}" in got
+
+
 def test_only_from_a_file_that_is_not_utf8_is_one_error_line(
     datamon: Datamon, tree: Path, tmp_path: Path
 ) -> None:

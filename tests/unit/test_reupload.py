@@ -419,3 +419,38 @@ def test_an_upload_whose_chunk_index_copy_fails_commits_and_the_next_one_dedupes
     assert second.new_chunks == 1
     assert local_store.index.known_packs() >= set(first.bundle.packs)
     assert repo.verify(first.bundle_id).ok and repo.verify(second.bundle_id).ok
+
+
+def test_reread_reads_every_file_and_records_it_again(
+    local_store: Store, tmp_path: Path, author: Author, opened: list[str]
+) -> None:
+    """A file whose content changed while its stat did not (another file system mounted in
+    the folder's place can do that) is taken from the stat cache; ``reread`` reads it."""
+    repo = Repository.create(local_store, "r", "", author)
+    src = tmp_path / "src"
+    write_tree(src, {"d/x.bin": random_bytes(1, 5000), "d/y.bin": random_bytes(2, 5000)})
+    repo.upload(str(src), _opts(author))
+    # The cache says x holds y's chunks, as it would after such a change; its folder rows
+    # go, so that x is looked up file by file.
+    cache = local_store.stat_cache
+    x, y = str(src / "d" / "x.bin"), str(src / "d" / "y.bin")
+    packs: dict[str, tuple[str, ...]] = {}
+    recorded = cache.get_many([(x, os.stat(x)), (y, os.stat(y))], packs=packs)
+    cache.put_many([(x, os.stat(x), recorded[y], packs[y])])
+    with sqlite3.connect(cache.db_path) as db:
+        db.execute("DELETE FROM folders")
+
+    trusted = repo.upload(str(src), _opts(author))
+    repo.download(trusted.bundle_id, str(tmp_path / "trusted"))
+    assert (tmp_path / "trusted" / "d" / "x.bin").read_bytes() == random_bytes(2, 5000)
+
+    opened.clear()
+    reread = repo.upload(str(src), UploadOptions("msg", author, reread=True))
+    assert sorted(opened) == [x, y]
+    repo.download(reread.bundle_id, str(tmp_path / "reread"))
+    assert describe_tree(tmp_path / "reread") == describe_tree(src)
+
+    opened.clear()  # recorded again: the next upload reads nothing and gives the same tree
+    again = repo.upload(str(src), _opts(author))
+    assert opened == []
+    assert again.bundle.tree == reread.bundle.tree

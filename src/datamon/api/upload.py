@@ -59,6 +59,9 @@ class UploadOptions:
     branch: str = DEFAULT_BRANCH
     label: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    # Read every file, trusting nothing the stat cache recorded (its rows are written
+    # again): for a tree whose files may have changed without their stat showing it.
+    reread: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,11 @@ def upload(
     # two interpreters less). A large one is scanned by two processes (forked_scan.py).
     procs = _Workers(store, options.concurrency)
     try:
-        before = store.stat_cache.folder_files(os.path.join(os.path.abspath(path), ""))
+        before = (
+            None
+            if options.reread
+            else store.stat_cache.folder_files(os.path.join(os.path.abspath(path), ""))
+        )
         now = time.time_ns()  # (before the scan: a file changed while it runs is not trusted)
         many = None if before is not None else (PROCESS_FILES, procs.start)
         with KeyedScan(path, now, before, many) as scanned:
@@ -211,6 +218,7 @@ def _ingest(
         packer,
         store.config.compression_level,
         stat_cache=store.stat_cache,
+        reread=options.reread,
     )
 
     def ingest(group: list[LocalFile]) -> dict[str, tuple[ChunkRef, ...]]:
@@ -233,7 +241,8 @@ def _ingest(
         # unless it records none there (a first upload: no list of every file to build).
         found = (
             ingester.reuse([(f.path, f) for f in files])
-            if store.stat_cache.has_files_below(os.path.join(os.path.abspath(path), ""))
+            if not options.reread
+            and store.stat_cache.has_files_below(os.path.join(os.path.abspath(path), ""))
             else {}
         )
         if found:

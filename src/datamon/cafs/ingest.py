@@ -105,7 +105,10 @@ class Ingester:
         level: int,
         workers: int | None = None,
         stat_cache: StatCache | None = None,
+        reread: bool = False,
     ) -> None:
+        """With ``reread``, nothing is taken from ``stat_cache``: every file is read, and
+        recorded there again."""
         self.chunker = chunker
         # Worker processes for groups of small files, if the caller starts them (and closes
         # them once it has ingested what it meant to).
@@ -114,6 +117,7 @@ class Ingester:
         self.packer = packer
         self.level = level
         self.stat_cache = stat_cache
+        self._reread = reread
         self.stats = IngestStats()
         # Files changed too shortly before this moment are not recorded (statcache.Settled).
         self._started = time.time_ns()
@@ -293,7 +297,7 @@ class Ingester:
 
         One call for a whole tree (in path order) is one range scan of the cache.
         """
-        if self.stat_cache is None:
+        if self.stat_cache is None or self._reread:
             return {}
         kept = self.stat_cache.get_many(files, self._trusted(), self._reused, self._others)
         chunks = sum(map(len, kept.values()))
@@ -311,7 +315,7 @@ class Ingester:
         Their packs join ``packs_used``; count the chunks and bytes of those the caller
         takes with :meth:`took_folders`.
         """
-        if self.stat_cache is None:
+        if self.stat_cache is None or self._reread:
             return {}
         return self.stat_cache.get_folders(folders, self._trusted())
 

@@ -64,6 +64,11 @@ def bundle() -> None:
     default=None,
     help="Read --only paths from this file, one a line ('-' for stdin).",
 )
+@click.option(
+    "--reread",
+    is_flag=True,
+    help="Read every file, even those this machine's stat cache records as unchanged.",
+)
 @concurrency_option
 @pass_app
 def upload(
@@ -75,6 +80,7 @@ def upload(
     branch: str,
     only: tuple[str, ...],
     only_from: TextIO | None,
+    reread: bool,
     concurrency: int,
 ) -> None:
     """Upload a folder as a new bundle; the last line prints its id.
@@ -84,6 +90,10 @@ def upload(
     gone from disk removed), so committing a few changes to a huge tree costs a few
     files, not a scan of the tree.
 
+    A file whose size, times and inode are those an earlier upload from this machine
+    recorded is not read again. --reread reads every file (for a folder whose files can
+    change without that showing, such as another file system mounted in its place).
+
     \b
     Example:
       datamon bundle upload --path ./data --message "The initial commit" --repo my-data --label init
@@ -91,7 +101,12 @@ def upload(
     """
     keep_freed_heap()
     options = UploadOptions(
-        message=message, author=app.author, branch=branch, label=label, concurrency=concurrency
+        message=message,
+        author=app.author,
+        branch=branch,
+        label=label,
+        concurrency=concurrency,
+        reread=reread,
     )
     paths = list(only)
     if only_from is not None:
