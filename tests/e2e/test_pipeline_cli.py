@@ -124,6 +124,11 @@ def test_bad_input_is_one_clean_error(dm: Datamon) -> None:
 def test_dry_run_and_json_listings(dm: Datamon) -> None:
     plan = dm("run", "start", "cli_tasks:Make", "--dry-run")
     assert "RUN     Make-" in plan.stdout and "no previous run" in plan.stdout
+    # A plan writes nothing: with no store yet, it made none.
+    assert not dm.default_store.exists()
+    assert_clean_error(dm("run", "list", "--json", check=False), "no Datamon store at")
+    dm("repo", "create", "--repo", "made", "--description", "d")
+    assert json.loads(dm("run", "start", "cli_tasks:Make", "--dry-run", "--json").stdout)["steps"]
     assert json.loads(dm("run", "list", "--json").stdout) == []
     dm("run", "start", "cli_tasks:Make", "--param", "text=hi", "--executor", "inline")
     built = json.loads(dm("run", "start", "cli_tasks:Make", "--param", "text=hi", "--json").stdout)

@@ -26,8 +26,9 @@ from pipetasks import (
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.core.codecs import to_json
-from datamon.errors import DependencyCycle, InvalidArgument, ParameterError
+from datamon.errors import DependencyCycle, InvalidArgument, ParameterError, StoreNotFound
 from datamon.pipeline import BuildOptions, BuildResult, Task, build
+from datamon.pipeline.location import StoreLocation
 from datamon.pipeline.records import RUN_FORMAT, LockRecord
 from datamon.pipeline.runstore import RunStore, lock_key
 
@@ -85,6 +86,21 @@ def test_first_build_runs_everything_and_second_reuses_it(store: Store, tmp_path
     assert second.step("Total").output == total.output
     assert second.step("Total").metrics == {"total": 45}
     assert "same fingerprint" in second.step("Total").reason
+
+
+def test_a_dry_run_makes_no_store(tmp_path: Path) -> None:
+    """With no store at the location, a plan is made against an empty one: a step reading
+    a bundle of a repo that does not exist yet is blocked, and nothing is written."""
+    where = tmp_path / "no" / "store"
+    options = BuildOptions(author=Author("Ada Lovelace", "ada@example.com"))
+    plan = build([Total()], dry_run=True, options=options, location=StoreLocation(str(where)))
+    assert CALLS == []
+    assert plan.run_id is None and not plan.ok
+    assert {s.decision for s in plan.steps} == {"BLOCKED"}
+    assert plan.steps[0].reason == "repo not found: numbers"
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(StoreNotFound):  # nothing was made there
+        StoreLocation(str(where)).open(create=False)
 
 
 def test_dry_run_names_the_changed_parameter_and_runs_nothing(store: Store) -> None:

@@ -22,9 +22,10 @@ from datamon.cli.context import AppContext, pass_app
 from datamon.cli.options import json_option
 from datamon.cli.output import emit_json, lines, timestamp
 from datamon.core.model import Author
-from datamon.errors import InvalidArgument, ParameterError
+from datamon.errors import InvalidArgument, ParameterError, StoreNotFound
 
 if TYPE_CHECKING:
+    from datamon.api.store import Store
     from datamon.pipeline import StepResult, Task
     from datamon.pipeline.records import RunRecord, TaskRecord
     from datamon.pipeline.runstore import RunStore
@@ -200,7 +201,15 @@ def build_and_report(app: AppContext, task: Task, flags: BuildFlags, as_json: bo
     from datamon.pipeline.location import StoreLocation
 
     dry_run = flags.dry_run
-    app.may_create = True  # a build makes its output repos, in a new store too
+    # A build makes its output repos, in a new store too; a dry run writes nothing, and
+    # with no store plans against an empty one (pipeline.build).
+    app.may_create = not dry_run
+    try:
+        store: Store | None = app.store
+    except StoreNotFound:
+        if not dry_run:
+            raise
+        store = None
     if flags.executor == "dask" and not flags.scheduler and not dry_run:
         raise click.UsageError("--executor dask needs --scheduler tcp://HOST:PORT")
     options = BuildOptions(
@@ -208,7 +217,7 @@ def build_and_report(app: AppContext, task: Task, flags: BuildFlags, as_json: bo
     )
     result = build(
         [task],
-        store=app.store,
+        store=store,
         workers=flags.workers,
         executor=flags.executor,
         dry_run=dry_run,

@@ -25,7 +25,7 @@ from pathlib import Path
 from datamon.api.store import Store
 from datamon.config import load_config
 from datamon.core.model import Author
-from datamon.errors import InvalidArgument, ParameterError, TaskDefinitionError
+from datamon.errors import InvalidArgument, ParameterError, StoreNotFound, TaskDefinitionError
 from datamon.pipeline import capture
 from datamon.pipeline.code import CodeHasher
 from datamon.pipeline.environment import code_version, environment
@@ -59,6 +59,7 @@ from datamon.pipeline.records import (
 from datamon.pipeline.result import BuildResult, StepResult
 from datamon.pipeline.runstore import RunStore, new_run_id
 from datamon.pipeline.task import Task
+from datamon.storage.memory import MemoryBackend
 
 EXECUTORS = ("process", "inline", "dask")
 
@@ -126,13 +127,32 @@ def build(
         if chosen.executor == "dask" and chosen.location is None and not dry_run:
             chosen = replace(chosen, location=StoreLocation.of_store(store))
         return Builder(store, list(tasks), chosen).run()
-    config = load_config()
-    where = chosen.location or StoreLocation.from_config(config)
-    opened = where.open()
-    try:
+    where = chosen.location or StoreLocation.from_config(load_config())
+    with _opened(where, chosen.dry_run) as opened:
         return Builder(opened, list(tasks), replace(chosen, location=where)).run()
+
+
+@contextmanager
+def _opened(where: StoreLocation, dry_run: bool) -> Iterator[Store]:
+    """The store at ``where``, made if there is none, but for a dry run: a plan writes
+    nothing, so with no store there it is made against an empty one in memory (every step
+    of a first build runs)."""
+    try:
+        store = where.open(create=not dry_run)
+    except StoreNotFound:
+        if not dry_run:
+            raise
+        with tempfile.TemporaryDirectory(prefix="datamon-plan-") as cache:
+            store = Store(MemoryBackend(), cache=Path(cache))
+            try:
+                yield store
+            finally:
+                store.close()
+        return
+    try:
+        yield store
     finally:
-        opened.close()
+        store.close()
 
 
 def default_author() -> Author:
