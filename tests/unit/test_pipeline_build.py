@@ -26,7 +26,13 @@ from pipetasks import (
 
 from datamon import Author, Repository, Store, UploadOptions
 from datamon.core.codecs import to_json
-from datamon.errors import DependencyCycle, InvalidArgument, ParameterError, StoreNotFound
+from datamon.errors import (
+    DependencyCycle,
+    InvalidArgument,
+    ParameterError,
+    StoreNotFound,
+    StoreUnreachable,
+)
 from datamon.pipeline import BuildOptions, BuildResult, Task, build
 from datamon.pipeline.location import StoreLocation
 from datamon.pipeline.records import RUN_FORMAT, LockRecord
@@ -101,6 +107,18 @@ def test_a_dry_run_makes_no_store(tmp_path: Path) -> None:
     assert not (tmp_path / "no").exists()
     with pytest.raises(StoreNotFound):  # nothing was made there
         StoreLocation(str(where)).open(create=False)
+    # Metadata in a folder that exists, packs in one that does not: neither is made.
+    (tmp_path / "meta").mkdir()
+    split = StoreLocation(str(tmp_path / "meta"), str(tmp_path / "blob"))
+    assert not build([Total()], dry_run=True, options=options, location=split).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta"]
+    assert list((tmp_path / "meta").iterdir()) == []
+    # A file where the store would be: the plan fails as the build would.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreUnreachable, match="not a folder"):
+        build(
+            [Total()], dry_run=True, options=options, location=StoreLocation(str(tmp_path / "file"))
+        )
 
 
 def test_dry_run_names_the_changed_parameter_and_runs_nothing(store: Store) -> None:

@@ -454,3 +454,44 @@ def test_reread_reads_every_file_and_records_it_again(
     again = repo.upload(str(src), _opts(author))
     assert opened == []
     assert again.bundle.tree == reread.bundle.tree
+
+
+@pytest.mark.parametrize("how", ["listed path", "subfolder"])
+def test_a_reread_leaves_no_folder_row_that_gives_the_old_tree(
+    local_store: Store, tmp_path: Path, author: Author, how: str
+) -> None:
+    """After a reread of part of a tree, the rows of the folders above it (and, for listed
+    paths, of those read) no longer hand a later full upload the tree they recorded."""
+    repo = Repository.create(local_store, "r", "", author)
+    a, b = random_bytes(1, 5000), random_bytes(2, 5000)
+    src, other = tmp_path / "src", tmp_path / "other"
+    write_tree(src, {"d/x.bin": a, "d/y.bin": b})
+    write_tree(other, {"d/x.bin": b, "d/y.bin": b})
+    repo.upload(str(src), _opts(author))
+    repo.upload(str(other), _opts(author))
+    # src's rows say what other's say, files and folders, under src's unchanged keys.
+    cache = local_store.stat_cache
+    x, ox = str(src / "d" / "x.bin"), str(other / "d" / "x.bin")
+    packs: dict[str, tuple[str, ...]] = {}
+    recorded = cache.get_many([(ox, os.stat(ox))], packs=packs)
+    cache.put_many([(x, os.stat(x), recorded[ox], packs[ox])])
+    with sqlite3.connect(cache.db_path) as db:
+        for sub in ("d/", ""):
+            row = db.execute(
+                "SELECT folder, packs FROM folders WHERE path = ?", (f"{other}/{sub}",)
+            ).fetchone()
+            db.execute(
+                "UPDATE folders SET folder = ?, packs = ? WHERE path = ?", (*row, f"{src}/{sub}")
+            )
+
+    def x_of(bid: str, name: str) -> bytes:
+        repo.download(bid, str(tmp_path / name))
+        return (tmp_path / name / "d" / "x.bin").read_bytes()
+
+    assert x_of(repo.upload(str(src), _opts(author)).bundle_id, "trusted") == b
+    reread = UploadOptions("msg", author, reread=True)
+    if how == "listed path":
+        repo.upload_paths(str(src), ["d/x.bin"], reread)
+    else:
+        Repository.create(local_store, "sub", "", author).upload(str(src / "d"), reread)
+    assert x_of(repo.upload(str(src), _opts(author)).bundle_id, "after") == a

@@ -12,7 +12,7 @@ from datamon.cafs.reader import ChunkReader
 from datamon.cafs.statcache import StatCache
 from datamon.config import cache_dir
 from datamon.core.model import StoreConfig
-from datamon.errors import ObjectNotFound, StoreNotFound
+from datamon.errors import ObjectNotFound, StoreNotFound, StoreUnreachable
 from datamon.metadata.bundles import BundleStore
 from datamon.metadata.refs import RefStore
 from datamon.metadata.repos import RepoStore
@@ -57,8 +57,10 @@ class Store:
     ) -> Store:
         """The store at ``location``; one is made there if there is none, unless not
         ``create`` (then :class:`StoreNotFound`, and nothing is made)."""
-        if not create and _missing_folder(location):
-            raise StoreNotFound(location)
+        if not create:
+            for where in (location, blob):
+                if where and _missing_folder(where):
+                    raise StoreNotFound(where)
         meta = open_backend(location, options)
         blob_backend = open_backend(blob, options) if blob and blob != location else None
         try:
@@ -92,4 +94,11 @@ def _missing_folder(location: str) -> bool:
     """Whether ``location`` names a local folder that does not exist (opening the local
     backend would make it)."""
     path = local_path(location)
-    return path is not None and not os.path.isdir(os.path.expanduser(path))
+    if path is None:
+        return False
+    full = os.path.expanduser(path)
+    if os.path.isdir(full):
+        return False
+    if os.path.lexists(full):  # as a command that makes the store would fail
+        raise StoreUnreachable(f"cannot open store folder {full}: not a folder")
+    return True

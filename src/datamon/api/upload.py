@@ -88,6 +88,8 @@ def upload(
     # two interpreters less). A large one is scanned by two processes (forked_scan.py).
     procs = _Workers(store, options.concurrency)
     try:
+        if options.reread:
+            _forget_folders(store, path)
         before = (
             None
             if options.reread
@@ -427,6 +429,8 @@ def upload_paths(
         )
     real_root = _real_dir(path)
     changes = [(rel, _local(path, real_root, rel)) for rel in _relative(path, paths)]
+    if options.reread:
+        _forget_folders(store, path)
     files: list[LocalFile] = []
     for _rel, item in changes:
         if isinstance(item, LocalDir):
@@ -495,6 +499,14 @@ def upload_paths(
             store.stat_cache.forget(gone)
 
     return _finish(store, repo, options, batch, trees_before, build, remember, forget)
+
+
+def _forget_folders(store: Store, path: str) -> None:
+    """For an upload that rereads ``path``: the stat cache's rows of the folders at, below
+    and above it go, so that no later upload takes a tree they recorded (their keys hold
+    only stats, which a reread does not trust). The rows of the folders read are recorded
+    again at the end; the others are made again by the next full upload of each."""
+    store.stat_cache.forget_folders(os.path.join(os.path.abspath(path), ""))
 
 
 def _listing(folders: Iterable[LocalDir]) -> Listed:

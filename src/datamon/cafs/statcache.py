@@ -360,6 +360,20 @@ class StatCache:
                     ).rowcount
         return changed
 
+    def forget_folders(self, root: str) -> int:
+        """Drop the ``folders`` rows of ``root`` (a folder path with its trailing "/"), of
+        every folder below it and of every folder above it; returns how many went. The
+        ``files`` rows stay. For an upload that trusts nothing recorded (``reread``): a row
+        left above or beside what it reads would still hand a later upload the old tree."""
+        above = [(root[: i + 1],) for i, char in enumerate(root[:-1]) if char == "/"]
+        with transaction(self._db.get()) as db:
+            gone = db.execute(
+                "DELETE FROM folders WHERE path >= ? AND path < ?", (root, root[:-1] + "0")
+            ).rowcount
+            for row in above:
+                gone += db.execute("DELETE FROM folders WHERE path = ?", row).rowcount
+        return gone
+
     def prune(self, root: str, present: Container[str]) -> int:
         """Delete the ``files`` and ``folders`` rows of the folders below ``root`` (a folder
         path with its trailing "/"), at any depth, that are not ``present``: folders gone from
