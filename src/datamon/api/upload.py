@@ -88,13 +88,11 @@ def upload(
     # two interpreters less). A large one is scanned by two processes (forked_scan.py).
     procs = _Workers(store, options.concurrency)
     try:
+        before: int | None = None
         if options.reread:
             _forget_folders(store, path)
-        before = (
-            None
-            if options.reread
-            else store.stat_cache.folder_files(os.path.join(os.path.abspath(path), ""))
-        )
+        else:
+            before = store.stat_cache.folder_files(os.path.join(os.path.abspath(path), ""))
         now = time.time_ns()  # (before the scan: a file changed while it runs is not trusted)
         many = None if before is not None else (PROCESS_FILES, procs.start)
         with KeyedScan(path, now, before, many) as scanned:

@@ -134,9 +134,9 @@ def build(
 
 @contextmanager
 def _opened(where: StoreLocation, dry_run: bool) -> Iterator[Store]:
-    """The store at ``where``, made if there is none, but for a dry run: a plan writes
-    nothing, so with no store there it is made against an empty one in memory (every step
-    of a first build runs)."""
+    """The store at ``where``, made if there is none; but a plan writes nothing, so a dry
+    run with no store there is planned against an empty one in memory (every step of a
+    first build runs)."""
     try:
         store = where.open(create=not dry_run)
     except StoreNotFound:
