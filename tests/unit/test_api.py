@@ -458,6 +458,30 @@ def test_unreadable_file(repo: Repository, tmp_path: Path, author: Author) -> No
     assert repo.bundles() == []
 
 
+@pytest.mark.parametrize("count", [3, 2_500], ids=["threads", "worker processes"])
+def test_a_file_removed_after_the_scan_fails_the_upload_by_name(
+    repo: Repository, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    from datamon.api import scan as scan_module
+
+    src = tmp_path / "src"
+    write_tree(src, {f"f{i:04}.txt": b"%d" % i for i in range(count)})
+    gone = src / "f0001.txt"
+    finish = scan_module.TreeScan.finish
+
+    def finish_then_remove(self: scan_module.TreeScan) -> scan_module.LocalDir:
+        top = finish(self)
+        gone.unlink()
+        return top
+
+    monkeypatch.setattr(scan_module.TreeScan, "finish", finish_then_remove)
+    with pytest.raises(SourceUnreadable) as info:
+        repo.upload(str(src), _opts(author))
+    assert info.value.path == str(gone)
+    assert "removed while the upload ran; nothing was committed" in str(info.value)
+    assert repo.bundles() == []
+
+
 def test_missing_or_non_folder_source(repo: Repository, tmp_path: Path, author: Author) -> None:
     with pytest.raises(SourceUnreadable):
         repo.upload(str(tmp_path / "missing"), _opts(author))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -229,7 +230,10 @@ def _ingest(
             return {path: chunks for (path, _f), chunks in zip(pairs, found, strict=True)}
         except OSError as exc:
             where = exc.filename or (group[0].path if len(group) == 1 else path)
-            raise SourceUnreadable(str(where), exc.strerror or str(exc)) from None
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.ENOENT:  # the scan listed it
+                reason = "removed while the upload ran; nothing was committed, upload again"
+            raise SourceUnreadable(str(where), reason) from None
 
     try:
         files = select(ingester)
