@@ -219,6 +219,7 @@ def test_unchanged_files_are_not_read_again(
     assert second.bundle.tree == first.bundle.tree
     assert second.chunks == first.chunks
     assert second.bytes_read == first.bytes_read
+    assert (first.bytes_unchanged, second.bytes_unchanged) == (0, first.bytes_read)
     assert second.new_chunks == 0
 
     # Same size, same mtime, new content: the ctime and inode still give it away.

@@ -75,6 +75,9 @@ class UploadResult:
     bytes_stored: int
     packs_written: int
     trees_written: int
+    # Of ``bytes_read`` (the bytes of every file the bundle took from disk), those of files
+    # taken unchanged from the stat cache, which were not read again.
+    bytes_unchanged: int = 0
 
 
 def upload(
@@ -391,6 +394,7 @@ def _finish(
         bytes_stored=batch.packer.bytes_written,
         packs_written=batch.written,
         trees_written=store.trees.written - trees_before,
+        bytes_unchanged=stats.bytes_unchanged,
     )
 
 

@@ -49,7 +49,10 @@ PendingPacks = tuple[frozenset[str], frozenset[int]]
 class IngestStats:
     chunks: int = 0
     new_chunks: int = 0
+    # The bytes of every file ingested, read or taken unchanged from the stat cache; of
+    # those, the bytes taken unchanged (not read).
     bytes_read: int = 0
+    bytes_unchanged: int = 0
     packs_used: set[str] = field(default_factory=set)
 
 
@@ -305,6 +308,7 @@ class Ingester:
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size
+            self.stats.bytes_unchanged += size
         return kept
 
     def reuse_folders(
@@ -328,6 +332,7 @@ class Ingester:
         with self._lock:
             self.stats.chunks += chunks
             self.stats.bytes_read += size
+            self.stats.bytes_unchanged += size
 
     def _ingest_small(self, files: Sequence[tuple[str, StatLike]]) -> dict[str, _Placed]:
         encoders = self.encoders

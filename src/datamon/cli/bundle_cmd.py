@@ -123,8 +123,14 @@ def upload(
         result = app.repo(repo).upload_paths(path, paths, options, progress())
     else:
         result = app.repo(repo).upload(path, options, progress())
+    read = result.bytes_read - result.bytes_unchanged
+    unchanged = (
+        f" ({result.bytes_unchanged} more unchanged, not read again)"
+        if result.bytes_unchanged
+        else ""
+    )
     click.echo(
-        f"{result.bundle.files} files, {result.bytes_read} bytes read, "
+        f"{result.bundle.files} files, {read} bytes read{unchanged}, "
         f"{result.new_chunks}/{result.chunks} chunks new, {result.bytes_stored} bytes stored",
         err=True,
     )
