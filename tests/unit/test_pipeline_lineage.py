@@ -90,6 +90,11 @@ def test_a_forced_rerun_keeps_the_lineage_of_the_bundle_it_replaced(store_path: 
             up = lineage(store.meta, "scaled", bundle)
             inputs = [(r, b) for e in up.upstream for _n, r, b in e.step.inputs]
             assert ("numbers", numbers) in inputs, bundle
+        # Downstream of the input: the step in force and the one it replaced, each with
+        # what it made.
+        down = lineage(store.meta, "numbers", numbers, max_depth=1)
+        made = sorted(e.step.output[1] for e in down.downstream if e.step.output[0] == "scaled")
+        assert made == sorted([before, after])
     finally:
         store.close()
 

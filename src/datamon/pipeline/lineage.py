@@ -75,16 +75,18 @@ def lineage(meta: Backend, repo: str, bundle: str, max_depth: int | None = None)
             consumers.setdefault((in_repo, in_bundle), []).append(step)
     root = (repo, bundle)
     found = Lineage(root)
-    seen: set[str] = set()
+    # A step is its fingerprint and its run: a forced re-run has the fingerprint of the
+    # step it replaced (kept for lineage) and reads the same bundles.
+    seen: set[tuple[str, str]] = set()
     queue: deque[tuple[BundleKey, int]] = deque([(root, 1)])
     while queue:
         key, depth = queue.popleft()
         if max_depth is not None and depth > max_depth:
             continue
         for step in producers.get(key, []):
-            if step.fingerprint in seen:
+            if (step.fingerprint, step.run) in seen:
                 continue
-            seen.add(step.fingerprint)
+            seen.add((step.fingerprint, step.run))
             found.upstream.append(LineageEdge("upstream", depth, step))
             for _name, in_repo, in_bundle in step.inputs:
                 queue.append(((in_repo, in_bundle), depth + 1))
@@ -95,9 +97,9 @@ def lineage(meta: Backend, repo: str, bundle: str, max_depth: int | None = None)
         if max_depth is not None and depth > max_depth:
             continue
         for step in consumers.get(key, []):
-            if step.fingerprint in seen:
+            if (step.fingerprint, step.run) in seen:
                 continue
-            seen.add(step.fingerprint)
+            seen.add((step.fingerprint, step.run))
             found.downstream.append(LineageEdge("downstream", depth, step))
             queue.append((step.output, depth + 1))
     return found
