@@ -239,6 +239,12 @@ def test_bundle_verify_reports_damaged_pack(datamon: Datamon, tree: Path) -> Non
         assert re.search(rf"^{bid} , {files} files , .* , 1 problems$", damaged.stdout, re.M)
         assert stderr_lines(damaged) == ["error: 1 of 1 bundles are damaged"]
 
+    as_json = dm("bundle", "verify", "--repo", "checked", "--json", check=False)
+    assert as_json.returncode != 0
+    [row] = json.loads(as_json.stdout)
+    assert (row["bundle"], row["files"], row["ok"]) == (bid, files, False)
+    assert len(row["problems"]) == 1 and key in row["problems"][0]
+
 
 def test_json_output(shared: Shared) -> None:
     dm = shared.dm

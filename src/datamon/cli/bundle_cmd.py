@@ -394,11 +394,20 @@ def update(
 @click.option("--bundle", default=None, help="Bundle id, or a unique prefix of one.")
 @click.option("--label", default=None, help="Use the bundle this label names.")
 @click.option("--branch", default=None, help="Use the head of this branch.")
+@json_option
 @pass_app
 def verify(
-    app: AppContext, repo: str, bundle: str | None, label: str | None, branch: str | None
+    app: AppContext,
+    repo: str,
+    bundle: str | None,
+    label: str | None,
+    branch: str | None,
+    as_json: bool,
 ) -> None:
     """Re-read and re-hash every tree and chunk; report any damage (all bundles by default).
+
+    With --json, one object a bundle once all are checked: bundle, files, chunks, bytes,
+    ok, problems. The exit code is not zero if one is damaged, either way.
 
     \b
     Example:
@@ -410,12 +419,27 @@ def verify(
     else:
         ids = [bid for bid, _b in r.bundles()]
     damaged = 0
+    rows: list[dict[str, object]] = []
     for bid in ids:
         report = r.verify(bid, progress())
+        damaged += not report.ok
+        if as_json:
+            rows.append(
+                {
+                    "bundle": bid,
+                    "files": report.files,
+                    "chunks": report.chunks,
+                    "bytes": report.bytes,
+                    "ok": report.ok,
+                    "problems": report.problems,
+                }
+            )
+            continue
         for problem in report.problems:
             click.echo(f"DAMAGED {bid} {problem}")
         status = "ok" if report.ok else f"{len(report.problems)} problems"
         click.echo(f"{bid} , {report.files} files , {report.chunks} chunks checked , {status}")
-        damaged += not report.ok
+    if as_json:
+        emit_json(rows)
     if damaged:
         raise DatamonError(f"{damaged} of {len(ids)} bundles are damaged")
