@@ -117,6 +117,9 @@ def test_bad_input_is_one_clean_error(dm: Datamon) -> None:
         dm("run", "start", "cli_tasks:Make", "--param", "nope=1", check=False), "no parameter"
     )
     assert_clean_error(dm("run", "start", "no_such_module:Task", check=False), "cannot import")
+    missing = assert_clean_error(dm("run", "start", "cli_tasks:Nope", check=False), "has no Nope")
+    assert "its tasks: Broken, " in missing and "Make" in missing
+    assert_clean_error(dm("run", "start", "cli_tasks:os", check=False), "is not a datamon")
     assert_clean_error(dm("run", "show", "nope", check=False), "run not found")
     assert_clean_error(dm("run", "start", "cli_tasks:Make", "--force", "X", check=False), "no such")
 

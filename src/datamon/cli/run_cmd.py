@@ -74,6 +74,16 @@ def _load_task_class(target: str) -> type[Task]:
     found: Any = module
     for part in name.split("."):
         found = getattr(found, part, None)
+    if found is None:
+        tasks = sorted(
+            key
+            for key, value in vars(module).items()
+            if isinstance(value, type)
+            and issubclass(value, Task)
+            and value.__module__ == module.__name__
+        )
+        known = f" (its tasks: {', '.join(tasks)})" if tasks else " (it defines no task)"
+        raise click.UsageError(f"{module_name} has no {name}{known}")
     if not (isinstance(found, type) and issubclass(found, Task)):
         raise click.UsageError(f"{target} is not a datamon.pipeline.Task")
     return found
