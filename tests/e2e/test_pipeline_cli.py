@@ -111,6 +111,33 @@ def test_failed_step_exits_non_zero_with_traceback_in_logs(dm: Datamon) -> None:
     assert "REUSE   reused      Make-" in again.stdout, describe(again)
 
 
+def test_a_script_and_the_cli_build_the_same_task(dm: Datamon, tmp_path: Path) -> None:
+    """A task defined in the script run as the program (module ``__main__``) has the
+    identity ``run start script:Task`` gives it: the second build reuses the first's."""
+    code = tmp_path / "code"
+    (code / "script_tasks.py").write_text(
+        TASKS
+        + """
+if __name__ == "__main__":
+    from datamon.pipeline import build
+    print(build([Make(text="same")], executor="process").format())
+"""
+    )
+    first = dm("run", "start", "script_tasks:Make", "--param", "text=same", "--json")
+    [step] = json.loads(first.stdout)["steps"]
+    assert step["decision"] == "RUN"
+    script = subprocess.run(
+        [sys.executable, str(code / "script_tasks.py")],
+        env=dm.env,
+        cwd=dm.cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert script.returncode == 0, script.stderr
+    assert f"REUSE   reused      {step['id']}" in script.stdout, script.stdout
+
+
 def test_bad_input_is_one_clean_error(dm: Datamon) -> None:
     assert_clean_error(dm("run", "start", "cli_tasks:Cycle", check=False), "dependency cycle")
     assert_clean_error(

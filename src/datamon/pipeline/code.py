@@ -20,6 +20,7 @@ from pathlib import Path
 
 from datamon.core.ids import hexdigest
 from datamon.errors import TaskDefinitionError
+from datamon.pipeline.task import module_name
 
 _PARSE_LOCK = threading.Lock()
 """CPython 3.11's ast.parse is not safe to call from two threads at once."""
@@ -162,4 +163,8 @@ def code_manifest(task_class: type, hasher: CodeHasher) -> dict[str, str]:
     pinned = getattr(task_class, PINNED, None)
     if pinned is not None:
         return {PINNED: str(pinned)}
-    return hasher.files(task_class.__module__)
+    # A task of the script run as the program: its file, by the name it is imported by.
+    name = module_name(task_class)
+    if name != task_class.__module__ and _module_file(name) is None:
+        name = task_class.__module__
+    return hasher.files(name)

@@ -8,6 +8,7 @@ built from the folder ``ctx.output`` that ``run`` creates and fills.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ class Task:
 
     @classmethod
     def family(cls) -> str:
-        return f"{cls.__module__}.{cls.__qualname__}"
+        return f"{module_name(cls)}.{cls.__qualname__}"
 
     @classmethod
     def parameters(cls) -> dict[str, Parameter[Any]]:
@@ -272,3 +273,24 @@ class RunContext:
     def log_metric(self, name: str, value: Any) -> None:
         """Record a metric (a JSON value) in the run record."""
         self.metrics[name] = json_value(value, f"metric {name}")
+
+
+_PROGRAM = ("__main__", "__mp_main__")
+
+
+def module_name(cls: type) -> str:
+    """The name ``cls``'s module is imported by. A script run as the program is module
+    ``__main__``: it is named as ``datamon run start`` would import it instead, by the name
+    ``python -m`` was given, or by its file's name, so that a task has one identity (and one
+    fingerprint) whichever way its build is started."""
+    name = cls.__module__
+    if name not in _PROGRAM:
+        return name
+    program = sys.modules.get(name)
+    spec = getattr(program, "__spec__", None)
+    if spec is not None and spec.name and spec.name not in _PROGRAM:
+        return str(spec.name)
+    path = getattr(program, "__file__", None)
+    if isinstance(path, str) and path.endswith(".py") and Path(path).stem.isidentifier():
+        return Path(path).stem
+    return name
