@@ -167,6 +167,9 @@ def test_dry_run_and_json_listings(dm: Datamon) -> None:
     assert len(json.loads(dm("run", "list", "--json").stdout)) == 2
     lines = dm("run", "list").stdout.splitlines()
     assert len(lines) == 2 and lines[0].count(" , ") == 3
+    reused = dm("run", "logs", built["run_id"])
+    assert reused.stdout == ""
+    assert "no logs: no step ran in it (each was reused)" in reused.stderr
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

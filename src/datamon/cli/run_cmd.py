@@ -394,6 +394,10 @@ def logs(app: AppContext, run: str, task: str | None, follow: bool) -> None:
                     click.echo(f"##### {tid}")
                 click.echo(text, nl=not text.endswith("\n"))
         if not follow:
+            if not any(offsets.values()):
+                ran = any(t.attempts for t in record.tasks if t.id in offsets)
+                what = "its steps printed nothing" if ran else "no step ran in it (each was reused)"
+                click.echo(f"run {run_id}: no logs: {what}", err=True)
             return
         if record.status != RUNNING and all(_finished(record, t) for t in chosen):
             return
