@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -126,16 +127,28 @@ if __name__ == "__main__":
     first = dm("run", "start", "script_tasks:Make", "--param", "text=same", "--json")
     [step] = json.loads(first.stdout)["steps"]
     assert step["decision"] == "RUN"
-    script = subprocess.run(
-        [sys.executable, str(code / "script_tasks.py")],
-        env=dm.env,
-        cwd=dm.cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert script.returncode == 0, script.stderr
+    script = _python(dm, str(code / "script_tasks.py"))
     assert f"REUSE   reused      {step['id']}" in script.stdout, script.stdout
+    # Under a runner (the program's module is cProfile), the task is still the script's.
+    profiled = _python(dm, "-m", "cProfile", "-o", os.devnull, str(code / "script_tasks.py"))
+    assert f"REUSE   reused      {step['id']}" in profiled.stdout, profiled.stdout
+    # Another file of that name, run with -P (its folder not on sys.path), is not taken
+    # for the module its name imports: its step is its own, and runs.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "script_tasks.py").write_text(
+        (code / "script_tasks.py").read_text().replace('print("made"', 'print("other"')
+    )
+    elsewhere = _python(dm, "-P", str(other / "script_tasks.py"))
+    assert "REUSE" not in elsewhere.stdout and "RUN     succeeded" in elsewhere.stdout
+
+
+def _python(dm: Datamon, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, *args], env=dm.env, cwd=dm.cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def test_bad_input_is_one_clean_error(dm: Datamon) -> None:
@@ -169,7 +182,7 @@ def test_dry_run_and_json_listings(dm: Datamon) -> None:
     assert len(lines) == 2 and lines[0].count(" , ") == 3
     reused = dm("run", "logs", built["run_id"])
     assert reused.stdout == ""
-    assert "no logs: no step ran in it (each was reused)" in reused.stderr
+    assert "no logs: no step ran in it (reused, blocked or skipped)" in reused.stderr
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

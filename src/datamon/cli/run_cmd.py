@@ -396,7 +396,12 @@ def logs(app: AppContext, run: str, task: str | None, follow: bool) -> None:
         if not follow:
             if not any(offsets.values()):
                 ran = any(t.attempts for t in record.tasks if t.id in offsets)
-                what = "its steps printed nothing" if ran else "no step ran in it (each was reused)"
+                if ran:
+                    what = "nothing was printed"
+                elif task:
+                    what = f"{task} did not run in it (reused, blocked or skipped)"
+                else:
+                    what = "no step ran in it (reused, blocked or skipped)"
                 click.echo(f"run {run_id}: no logs: {what}", err=True)
             return
         if record.status != RUNNING and all(_finished(record, t) for t in chosen):

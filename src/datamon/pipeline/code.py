@@ -20,7 +20,7 @@ from pathlib import Path
 
 from datamon.core.ids import hexdigest
 from datamon.errors import TaskDefinitionError
-from datamon.pipeline.task import module_name
+from datamon.pipeline.task import defining_file, module_name
 
 _PARSE_LOCK = threading.Lock()
 """CPython 3.11's ast.parse is not safe to call from two threads at once."""
@@ -95,16 +95,19 @@ class CodeHasher:
     """Hashes modules once per build: ``files(module)`` maps relative paths to BLAKE3 hex."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, dict[str, str]] = {}
+        self._cache: dict[tuple[str, str | None], dict[str, str]] = {}
         self._foreign = _foreign_roots()
         self._packages: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
 
-    def files(self, module: str) -> dict[str, str]:
+    def files(self, module: str, file: str | None = None) -> dict[str, str]:
+        """The hashes of ``module``'s file (``file`` if given) and of the local modules it
+        imports, by path relative to the folder of its top-level package."""
+        key = (module, file)
         with self._lock:
-            if module not in self._cache:
-                self._cache[module] = self._walk(module)
-            return dict(self._cache[module])
+            if key not in self._cache:
+                self._cache[key] = self._walk(module, file)
+            return dict(self._cache[key])
 
     def _local(self, path: str, top: str) -> bool:
         if not path.startswith(top + os.sep):
@@ -125,8 +128,8 @@ class CodeHasher:
                 self._packages[key] = path is not None and not self._local(path, top)
         return self._packages[key]
 
-    def _walk(self, module: str) -> dict[str, str]:
-        first = _module_file(module)
+    def _walk(self, module: str, file: str | None = None) -> dict[str, str]:
+        first = file or _module_file(module)
         if first is None:
             raise TaskDefinitionError(
                 f"cannot read the source of module {module}: "
@@ -163,8 +166,8 @@ def code_manifest(task_class: type, hasher: CodeHasher) -> dict[str, str]:
     pinned = getattr(task_class, PINNED, None)
     if pinned is not None:
         return {PINNED: str(pinned)}
-    # A task of the script run as the program: its file, by the name it is imported by.
+    # A task of the script run as the program: its own file, by the name it is imported
+    # by (or, if it has none, under the program's name).
     name = module_name(task_class)
-    if name != task_class.__module__ and _module_file(name) is None:
-        name = task_class.__module__
-    return hasher.files(name)
+    file = defining_file(task_class) if name in ("__main__", "__mp_main__") else None
+    return hasher.files(name, file)

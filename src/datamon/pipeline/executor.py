@@ -50,7 +50,7 @@ from datamon.pipeline.records import (
     TaskRecord,
 )
 from datamon.pipeline.runstore import log_key
-from datamon.pipeline.task import BundleOutput
+from datamon.pipeline.task import BundleOutput, module_name
 from datamon.pipeline.worker import AttemptOutcome, AttemptSpec, run_in_process, run_inline
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class StepRunner:
             self._set(task, attempts=[*task.attempts, attempt])
             execution.save()
             spec = AttemptSpec(
-                module=type(node.task).__module__,
+                module=module_name(type(node.task)),
                 qualname=type(node.task).__qualname__,
                 params=node.task.params,
                 inputs=[(name, str(path)) for name, path in local],

@@ -7,7 +7,9 @@ built from the folder ``ctx.output`` that ``run`` creates and fills.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,19 +280,47 @@ class RunContext:
 _PROGRAM = ("__main__", "__mp_main__")
 
 
+def defining_file(cls: type) -> str | None:
+    """The file ``cls`` was defined in, from the code of its own functions (the program's
+    ``__main__`` module may be a runner such as ``cProfile``, not the script); None if it
+    defines none."""
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        filename = getattr(code, "co_filename", None)
+        if isinstance(filename, str) and filename.endswith(".py"):
+            return os.path.realpath(filename)
+    program = sys.modules.get(cls.__module__)
+    path = getattr(program, "__file__", None)
+    return os.path.realpath(path) if isinstance(path, str) else None
+
+
 def module_name(cls: type) -> str:
     """The name ``cls``'s module is imported by. A script run as the program is module
     ``__main__``: it is named as ``datamon run start`` would import it instead, by the name
-    ``python -m`` was given, or by its file's name, so that a task has one identity (and one
-    fingerprint) whichever way its build is started."""
+    ``python -m`` was given or by its file's name, when importing that name finds that very
+    file. A task then has one identity (and one fingerprint) whichever way its build is
+    started, and a worker process can import it by name."""
     name = cls.__module__
     if name not in _PROGRAM:
         return name
-    program = sys.modules.get(name)
-    spec = getattr(program, "__spec__", None)
-    if spec is not None and spec.name and spec.name not in _PROGRAM:
-        return str(spec.name)
-    path = getattr(program, "__file__", None)
-    if isinstance(path, str) and path.endswith(".py") and Path(path).stem.isidentifier():
-        return Path(path).stem
+    path = defining_file(cls)
+    if path is None:
+        return name
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    candidates = [str(spec.name)] if spec is not None and spec.name else []
+    candidates.append(Path(path).stem)
+    for candidate in candidates:
+        if candidate not in _PROGRAM and _found_at(candidate) == path:
+            return candidate
     return name
+
+
+def _found_at(name: str) -> str | None:
+    """The file importing ``name`` would load, without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None or not spec.has_location or not spec.origin:
+        return None
+    return os.path.realpath(spec.origin)
