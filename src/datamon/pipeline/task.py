@@ -295,7 +295,8 @@ def defining_file(cls: type) -> str | None:
 
 
 def module_name(cls: type) -> str:
-    """The name ``cls``'s module is imported by. A script run as the program is module
+    """The name ``cls``'s module is imported by (worked out once a class: a task's family
+    is asked for at every hash and comparison). A script run as the program is module
     ``__main__``: it is named as ``datamon run start`` would import it instead, by the name
     ``python -m`` was given or by its file's name, when importing that name finds that very
     file. A task then has one identity (and one fingerprint) whichever way its build is
@@ -303,6 +304,17 @@ def module_name(cls: type) -> str:
     name = cls.__module__
     if name not in _PROGRAM:
         return name
+    known = _NAMES.get(cls)
+    if known is None:
+        known = _NAMES[cls] = _program_module_name(cls, name)
+    return known
+
+
+# The module names of the program's classes, worked out.
+_NAMES: dict[type, str] = {}
+
+
+def _program_module_name(cls: type, name: str) -> str:
     path = defining_file(cls)
     if path is None:
         return name
