@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TextIO
 
 import click
@@ -424,16 +425,7 @@ def verify(
         report = r.verify(bid, progress())
         damaged += not report.ok
         if as_json:
-            rows.append(
-                {
-                    "bundle": bid,
-                    "files": report.files,
-                    "chunks": report.chunks,
-                    "bytes": report.bytes,
-                    "ok": report.ok,
-                    "problems": report.problems,
-                }
-            )
+            rows.append({"bundle": bid, **dataclasses.asdict(report), "ok": report.ok})
             continue
         for problem in report.problems:
             click.echo(f"DAMAGED {bid} {problem}")

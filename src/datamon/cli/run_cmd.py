@@ -75,13 +75,9 @@ def _load_task_class(target: str) -> type[Task]:
     for part in name.split("."):
         found = getattr(found, part, None)
     if found is None:
-        tasks = sorted(
-            key
-            for key, value in vars(module).items()
-            if isinstance(value, type)
-            and issubclass(value, Task)
-            and value.__module__ == module.__name__
-        )
+        from datamon.pipeline.chains import defined_tasks
+
+        tasks = sorted(defined_tasks(module))
         known = f" (its tasks: {', '.join(tasks)})" if tasks else " (it defines no task)"
         raise click.UsageError(f"{module_name} has no {name}{known}")
     if not (isinstance(found, type) and issubclass(found, Task)):

@@ -148,18 +148,23 @@ def _load(base: Path, kind: str, name: str, path: Path) -> Chain:
 
 def chain_tasks(module: ModuleType) -> dict[str, type[Task]]:
     """The ``*Task`` classes that ``module`` itself defines, in definition order."""
-    found: dict[str, type[Task]] = {}
-    for attr, value in vars(module).items():
-        if (
-            isinstance(value, type)
-            and issubclass(value, Task)
-            and value.__module__ == module.__name__
-            and value.__name__ == attr
-            and attr.endswith(TASK_SUFFIX)
-            and attr != TASK_SUFFIX
-        ):
-            found[attr] = value
-    return found
+    return {
+        attr: value
+        for attr, value in defined_tasks(module).items()
+        if value.__name__ == attr and attr.endswith(TASK_SUFFIX) and attr != TASK_SUFFIX
+    }
+
+
+def defined_tasks(module: ModuleType) -> dict[str, type[Task]]:
+    """The :class:`Task` classes ``module`` itself defines (not those it imports), by the
+    name it holds each under, in definition order."""
+    return {
+        attr: value
+        for attr, value in vars(module).items()
+        if isinstance(value, type)
+        and issubclass(value, Task)
+        and value.__module__ == module.__name__
+    }
 
 
 def _import(base: Path, module_name: str, path: Path) -> ModuleType:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from datamon.core.ids import hexdigest
 from datamon.errors import TaskDefinitionError
-from datamon.pipeline.task import defining_file, module_name
 
 _PARSE_LOCK = threading.Lock()
 """CPython 3.11's ast.parse is not safe to call from two threads at once."""
@@ -169,5 +168,55 @@ def code_manifest(task_class: type, hasher: CodeHasher) -> dict[str, str]:
     # A task of the script run as the program: its own file, by the name it is imported
     # by (or, if it has none, under the program's name).
     name = module_name(task_class)
-    file = defining_file(task_class) if name in ("__main__", "__mp_main__") else None
+    file = defining_file(task_class) if name in _PROGRAM else None
     return hasher.files(name, file)
+
+
+_PROGRAM = ("__main__", "__mp_main__")
+
+
+def defining_file(cls: type) -> str | None:
+    """The file ``cls`` was defined in, from the code of its own functions (the program's
+    ``__main__`` module may be a runner such as ``cProfile``, not the script); None if it
+    defines none."""
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        filename = getattr(code, "co_filename", None)
+        if isinstance(filename, str) and filename.endswith(".py"):
+            return os.path.realpath(filename)
+    program = sys.modules.get(cls.__module__)
+    path = getattr(program, "__file__", None)
+    return os.path.realpath(path) if isinstance(path, str) else None
+
+
+def module_name(cls: type) -> str:
+    """The name ``cls``'s module is imported by (worked out once a class: a task's family
+    is asked for at every hash and comparison). A script run as the program is module
+    ``__main__``: it is named as ``datamon run start`` would import it instead, by the name
+    ``python -m`` was given or by its file's name, when importing that name finds that very
+    file. A task then has one identity (and one fingerprint) whichever way its build is
+    started, and a worker process can import it by name."""
+    name = cls.__module__
+    if name not in _PROGRAM:
+        return name
+    known = _NAMES.get(cls)
+    if known is None:
+        known = _NAMES[cls] = _program_module_name(cls, name)
+    return known
+
+
+# The module names of the program's classes, worked out.
+_NAMES: dict[type, str] = {}
+
+
+def _program_module_name(cls: type, name: str) -> str:
+    path = defining_file(cls)
+    if path is None:
+        return name
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    candidates = [str(spec.name)] if spec is not None and spec.name else []
+    candidates.append(Path(path).stem)
+    for candidate in candidates:
+        if candidate not in _PROGRAM and _module_file(candidate) == path:
+            return candidate
+    return name

@@ -29,6 +29,7 @@ from datamon.api.upload import UploadOptions
 from datamon.core.codecs import to_json
 from datamon.core.model import Author
 from datamon.errors import DatamonError, RepoExists, RepoNotFound, TaskDefinitionError
+from datamon.pipeline.code import module_name
 from datamon.pipeline.graph import Node
 from datamon.pipeline.locks import Interrupted, Lease, acquire, heartbeat_interval
 from datamon.pipeline.planner import Decision
@@ -50,7 +51,7 @@ from datamon.pipeline.records import (
     TaskRecord,
 )
 from datamon.pipeline.runstore import log_key
-from datamon.pipeline.task import BundleOutput, module_name
+from datamon.pipeline.task import BundleOutput
 from datamon.pipeline.worker import AttemptOutcome, AttemptSpec, run_in_process, run_inline
 
 if TYPE_CHECKING:

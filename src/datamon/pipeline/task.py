@@ -7,10 +7,7 @@ built from the folder ``ctx.output`` that ``run`` creates and fills.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from datamon.core.codecs import to_json
 from datamon.core.ids import hexdigest
 from datamon.errors import InvalidArgument, ParameterError, TaskDefinitionError
 from datamon.metadata.layout import check_name
+from datamon.pipeline.code import module_name
 from datamon.pipeline.params import MISSING, Parameter, StrParameter, json_value
 
 ID_HASH_CHARS = 10
@@ -275,64 +273,3 @@ class RunContext:
     def log_metric(self, name: str, value: Any) -> None:
         """Record a metric (a JSON value) in the run record."""
         self.metrics[name] = json_value(value, f"metric {name}")
-
-
-_PROGRAM = ("__main__", "__mp_main__")
-
-
-def defining_file(cls: type) -> str | None:
-    """The file ``cls`` was defined in, from the code of its own functions (the program's
-    ``__main__`` module may be a runner such as ``cProfile``, not the script); None if it
-    defines none."""
-    for value in vars(cls).values():
-        code = getattr(getattr(value, "__func__", value), "__code__", None)
-        filename = getattr(code, "co_filename", None)
-        if isinstance(filename, str) and filename.endswith(".py"):
-            return os.path.realpath(filename)
-    program = sys.modules.get(cls.__module__)
-    path = getattr(program, "__file__", None)
-    return os.path.realpath(path) if isinstance(path, str) else None
-
-
-def module_name(cls: type) -> str:
-    """The name ``cls``'s module is imported by (worked out once a class: a task's family
-    is asked for at every hash and comparison). A script run as the program is module
-    ``__main__``: it is named as ``datamon run start`` would import it instead, by the name
-    ``python -m`` was given or by its file's name, when importing that name finds that very
-    file. A task then has one identity (and one fingerprint) whichever way its build is
-    started, and a worker process can import it by name."""
-    name = cls.__module__
-    if name not in _PROGRAM:
-        return name
-    known = _NAMES.get(cls)
-    if known is None:
-        known = _NAMES[cls] = _program_module_name(cls, name)
-    return known
-
-
-# The module names of the program's classes, worked out.
-_NAMES: dict[type, str] = {}
-
-
-def _program_module_name(cls: type, name: str) -> str:
-    path = defining_file(cls)
-    if path is None:
-        return name
-    spec = getattr(sys.modules.get(name), "__spec__", None)
-    candidates = [str(spec.name)] if spec is not None and spec.name else []
-    candidates.append(Path(path).stem)
-    for candidate in candidates:
-        if candidate not in _PROGRAM and _found_at(candidate) == path:
-            return candidate
-    return name
-
-
-def _found_at(name: str) -> str | None:
-    """The file importing ``name`` would load, without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError, AttributeError):
-        return None
-    if spec is None or not spec.has_location or not spec.origin:
-        return None
-    return os.path.realpath(spec.origin)
