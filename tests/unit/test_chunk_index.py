@@ -94,7 +94,7 @@ def test_a_copy_of_another_version_is_dropped_and_rebuilt_from_the_store(tmp_pat
         assert found is not None and found.pack == pack
     store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_opening_a_current_copy_waits_for_no_writer(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import msgspec
@@ -11,11 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datamon.core.codecs import (
+    ALONE,
     CODEC_RAW,
+    CODEC_SHARED,
     CODEC_ZSTD,
+    FRAME_BYTES,
+    FRAME_LIMIT,
     FRAME_MAGIC,
     FRAME_VERSION,
+    PLAIN,
     PROBE_BYTES,
+    SHARE,
+    SHARE_BELOW,
     ChunkCodec,
     decode_frame,
     encode_frame,
@@ -176,20 +184,120 @@ def _group() -> list[bytes | memoryview]:
     ]
 
 
-def test_encode_many_gives_what_encode_parts_gives() -> None:
+def _opened(
+    codec: ChunkCodec, raws: list[bytes | memoryview], stored: list[tuple[int, bytes | memoryview]]
+) -> list[bytes]:
+    """Each chunk read back from ``encode_group``'s output, as a pack reader would: a chunk
+    of a shared frame from the frame's blob, at the raw sizes before it in the frame."""
+    out: list[bytes] = []
+    # A shared frame's chunks follow its first, with chunks of other frames among them.
+    frame = b""
+    frame_at = 0
+    for raw, (codec_byte, payload) in zip(raws, stored, strict=True):
+        if codec_byte != CODEC_SHARED:
+            out.append(codec.decode("c", bytes([codec_byte]) + bytes(payload), len(raw)))
+            continue
+        if len(payload):
+            frame, frame_at = bytes([codec_byte]) + bytes(payload), 0
+        out.append(codec.decode("c", frame, len(raw), frame_at))
+        frame_at += len(raw)
+    return out
+
+
+def test_encode_group_compresses_chunks_marked_to_share_together() -> None:
     codec = ChunkCodec()
     raws = _group()
-    many = codec.encode_many(raws)
-    assert [c for c, _p in many] == [CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD]
-    for raw, (codec_byte, payload) in zip(raws, many, strict=True):
-        one_codec, one_payload = codec.encode_parts(raw)
-        assert (codec_byte, bytes(payload)) == (one_codec, bytes(one_payload))
-        blob = bytes([codec_byte]) + bytes(payload)
-        assert codec.decode("c", blob, len(raw)) == bytes(raw)
+    # The small random chunk alone, the large random one shareable but too large to share.
+    marks = bytes([SHARE, ALONE, SHARE, SHARE, SHARE])
+    stored = codec.encode_group(raws, marks)
+    assert [c for c, _p in stored] == [
+        CODEC_SHARED,
+        CODEC_RAW,
+        CODEC_SHARED,
+        CODEC_RAW,
+        CODEC_SHARED,
+    ]
+    assert [len(p) == 0 for c, p in stored if c == CODEC_SHARED] == [False, True, True]
+    assert _opened(codec, raws, stored) == [bytes(raw) for raw in raws]
+    for raw, (codec_byte, payload) in zip(raws[1:4:2], stored[1:4:2], strict=True):
+        assert (codec_byte, bytes(payload)) == tuple(map(_plain, codec.encode_parts(raw)))
 
 
-def test_encode_many_of_nothing() -> None:
-    assert ChunkCodec().encode_many([]) == []
+def test_encode_group_compresses_each_chunk_alone_unless_marked() -> None:
+    codec = ChunkCodec()
+    raws = _group()
+    stored = codec.encode_group(raws)
+    assert [c for c, _p in stored] == [CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD, CODEC_RAW, CODEC_ZSTD]
+    for raw, (codec_byte, payload) in zip(raws, stored, strict=True):
+        assert (codec_byte, bytes(payload)) == tuple(map(_plain, codec.encode_parts(raw)))
+    assert codec.encode_group(raws, bytes(len(raws))) == stored
+
+
+def test_a_shared_frame_stores_files_alike_in_less() -> None:
+    codec = ChunkCodec()
+    raws: list[bytes | memoryview] = [
+        json.dumps(
+            [{"id": k * 100 + i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(40)]
+        ).encode()
+        for k in range(8)
+    ]
+    stored = codec.encode_group(raws, bytes([SHARE]) * 8)
+    assert [c for c, _p in stored] == [CODEC_SHARED] * 8
+    alone = sum(len(codec.encode(raw)) for raw in raws)
+    assert len(stored[0][1]) + 1 < alone * 0.8
+    assert _opened(codec, raws, stored) == raws
+
+
+def _plain(part: int | bytes | memoryview) -> int | bytes:
+    return part if isinstance(part, int) else bytes(part)
+
+
+def test_encode_group_closes_a_frame_at_frame_bytes() -> None:
+    codec = ChunkCodec()
+    raws: list[bytes | memoryview] = [text_bytes(k, 20_000) for k in range(8)]
+    stored = codec.encode_group(raws, bytes([SHARE]) * 8)
+    heads = [k for k, (c, p) in enumerate(stored) if c == CODEC_SHARED and len(p)]
+    assert heads == [0, 4]  # 4 x 20,000 bytes reach FRAME_BYTES
+    assert FRAME_BYTES + SHARE_BELOW > 4 * 20_000
+    assert _opened(codec, raws, stored) == raws
+
+
+def test_encode_group_leaves_plain_chunks_out_of_frames() -> None:
+    codec = ChunkCodec()
+    raws: list[bytes | memoryview] = [text_bytes(k, 5_000) for k in range(5)]
+    stored = codec.encode_group(raws, bytes([SHARE, SHARE, PLAIN, SHARE, SHARE]))
+    assert [c for c, _p in stored] == [CODEC_SHARED] * 2 + [CODEC_RAW] + [CODEC_SHARED] * 2
+    assert [len(p) == 0 for _c, p in stored] == [False, True, False, True, True]
+    assert stored[2][1] is raws[2]
+    assert _opened(codec, raws, stored) == raws
+
+
+def test_encode_group_of_nothing() -> None:
+    assert ChunkCodec().encode_group([]) == []
+    assert ChunkCodec().encode_group([b"a"], bytes([PLAIN])) == [(CODEC_RAW, b"a")]
+
+
+def test_a_shared_frame_that_does_not_compress_leaves_its_chunks_raw() -> None:
+    raws: list[bytes | memoryview] = [random_bytes(k, 3_000) for k in range(4)]
+    assert ChunkCodec().encode_group(raws, bytes([SHARE]) * 4) == [(CODEC_RAW, raw) for raw in raws]
+
+
+def test_a_damaged_shared_frame_is_corrupt() -> None:
+    codec = ChunkCodec()
+    raws: list[bytes | memoryview] = [text_bytes(k, 4_000) for k in range(3)]
+    (codec_byte, payload), *_rest = codec.encode_group(raws, bytes([SHARE]) * 3)
+    blob = bytes([codec_byte]) + bytes(payload)
+    with pytest.raises(CorruptObject, match="past the frame"):
+        codec.decode("packs/ab/abc", blob, 4_000, 9_000)
+    with pytest.raises(CorruptObject, match="claims"):
+        # A header claiming more content than readers allow (FRAME_LIMIT).
+        codec.decode(
+            "p",
+            bytes([CODEC_SHARED]) + zstandard.ZstdCompressor().compress(bytes(FRAME_LIMIT + 1)),
+            1,
+        )
+    with pytest.raises(CorruptObject, match="zstd"):
+        codec.decode("p", blob[:-3], 4_000)
 
 
 class _OneAtATime:
@@ -205,11 +313,11 @@ class _OneAtATime:
         raise NotImplementedError
 
 
-def test_encode_many_without_the_batch_call() -> None:
+def test_encode_group_without_the_batch_call() -> None:
     codec = ChunkCodec()
-    batch = codec.encode_many(_group())
+    batch = codec.encode_group(_group())
     codec._compressor = _OneAtATime()  # type: ignore[assignment]
-    single = codec.encode_many(_group())
+    single = codec.encode_group(_group())
     assert [(c, bytes(p)) for c, p in single] == [(c, bytes(p)) for c, p in batch]
 
 

@@ -25,7 +25,7 @@ from datamon.cafs.kinds import (
 )
 from datamon.cafs.layout import pack_key
 from datamon.cafs.workers import EncoderPool
-from datamon.core.codecs import CODEC_RAW, CODEC_ZSTD, ChunkCodec
+from datamon.core.codecs import ALONE, CODEC_RAW, CODEC_SHARED, CODEC_ZSTD, PLAIN, SHARE, ChunkCodec
 from datamon.core.ids import digest
 from datamon.core.model import Author, ChunkerParams
 from datamon.testing.workloads import random_bytes, text_bytes
@@ -65,36 +65,65 @@ def _feed(kinds: Kinds, paths: list[str], raw: bool, size: int = 4096) -> bytes 
 
 def test_a_kind_stored_raw_so_many_times_in_a_row_is_no_longer_compressed() -> None:
     kinds = Kinds()
-    for i in range(RAW_RUN):
-        assert _feed(kinds, [f"/d/f{i}.bin", f"/d/t{i}.json"], raw=False) is None
+    for i in range(RAW_RUN - 1):
         assert _feed(kinds, [f"/d/g{i}.bin"], raw=True) is None
-    # Sixteen .bin files stored raw in a row (the compressed one came before them).
-    assert _feed(kinds, [f"/d/g{i}.bin" for i in range(RAW_RUN)], raw=True) is None
+    # One stored compressed starts the count again (and makes the kind one that compresses).
+    assert _feed(kinds, ["/d/f.bin"], raw=False) is None
+    checks = [
+        i
+        for i, m in enumerate(_plan(kinds, [f"/d/x{i}.bin" for i in range(CHECK_EVERY)]) or b"")
+        if m == ALONE
+    ]
+    assert len(checks) == 1
+    # A file checked alone and stored raw: the kind's files are compressed alone again.
+    found, plain = kinds.plan(_sized(["/d/check.bin"] * CHECK_EVERY))
+    assert plain is not None and plain.count(ALONE) == 1
+    kinds.learn(found, plain, [m == ALONE for m in plain])
+    for i in range(RAW_RUN - 1):
+        assert _feed(kinds, [f"/d/h{i}.bin"], raw=True) is None
     files = [f"/d/h{i}.bin" for i in range(3 * CHECK_EVERY)] + ["/d/t.json", "/d/README"]
     _found, plain = kinds.plan(_sized(files))
     assert plain is not None
-    # All the .bin files but one in CHECK_EVERY stay raw; other kinds are compressed.
-    assert list(plain[-2:]) == [0, 0]
-    checked = [i for i in range(3 * CHECK_EVERY) if not plain[i]]
-    assert checked == [CHECK_EVERY - 1, 2 * CHECK_EVERY - 1, 3 * CHECK_EVERY - 1]
+    # All the .bin files but one in CHECK_EVERY stay raw; other kinds are compressed alone.
+    assert list(plain[-2:]) == [ALONE, ALONE]
+    checked = [i for i in range(3 * CHECK_EVERY) if plain[i] == ALONE]
+    assert len(checked) == 3 and all(
+        plain[i] == PLAIN for i in range(3 * CHECK_EVERY) if i not in checked
+    )
+
+
+def test_a_kind_seen_to_compress_shares_frames_but_for_its_checks() -> None:
+    kinds = Kinds()
+    assert _feed(kinds, ["/d/a.json", "/d/b.bin"], raw=False) is None
+    files = [f"/d/t{i}.json" for i in range(2 * CHECK_EVERY)] + ["/d/README"]
+    found, plain = kinds.plan(_sized(files))
+    assert plain is not None and plain[-1] == ALONE
+    assert [i for i, m in enumerate(plain[:-1]) if m == ALONE] == [
+        CHECK_EVERY - 1,
+        2 * CHECK_EVERY - 1,
+    ]
+    assert all(m == SHARE for i, m in enumerate(plain[:-1]) if (i + 1) % CHECK_EVERY)
+    # The shared files, stored raw, tell nothing; a check stored raw does.
+    kinds.learn(found, plain, [True] * len(files))
+    assert _plan(kinds, ["/d/u.json"]) is None
 
 
 def test_a_checked_file_that_compresses_makes_its_kind_compressed_again() -> None:
     kinds = Kinds()
     _feed(kinds, [f"/d/g{i}.bin" for i in range(RAW_RUN)], raw=True)
     found, plain = kinds.plan(_sized([f"/d/h{i}.bin" for i in range(CHECK_EVERY)]))
-    assert plain is not None and list(plain) == [1] * (CHECK_EVERY - 1) + [0]
-    # The one compressed saved space: the next files of the kind are compressed.
+    assert plain is not None and list(plain) == [PLAIN] * (CHECK_EVERY - 1) + [ALONE]
+    # The one compressed saved space: the next files of the kind are compressed (shared).
     kinds.learn(found, plain, [None] * (CHECK_EVERY - 1) + [False])
-    assert _plan(kinds, ["/d/i.bin", "/d/j.bin"]) is None
+    assert _plan(kinds, ["/d/i.bin", "/d/j.bin"]) == bytes([SHARE, SHARE])
 
 
 def test_a_kind_that_compresses_now_and_then_is_always_compressed() -> None:
     kinds = Kinds()
     for i in range(10 * RAW_RUN):
         found, plain = kinds.plan(_sized([f"/d/f{i}.dat"]))
-        assert plain is None
-        # Raw fifteen times in sixteen: never sixteen in a row.
+        assert plain is None or plain == bytes([SHARE])
+        # Raw fifteen times in sixteen, of the files compressed alone: never sixteen in a row.
         kinds.learn(found, plain, [i % RAW_RUN != 0])
 
 
@@ -116,7 +145,7 @@ def test_tiny_files_neither_teach_nor_are_kept_raw() -> None:
     assert _plan(kinds, ["/d/large.json"]) is None
     _feed(kinds, [f"/d/g{i}.json" for i in range(RAW_RUN)], raw=True)
     found, plain = kinds.plan([("/d/tiny.json", 10), ("/d/large.json", 4096)])
-    assert found == [None, "json"] and plain == b"\x00\x01"
+    assert found == [None, "json"] and plain == bytes([SHARE, PLAIN])
 
 
 def test_marks_and_outcomes_follow_files_of_several_chunks() -> None:
@@ -124,6 +153,7 @@ def test_marks_and_outcomes_follow_files_of_several_chunks() -> None:
     assert chunk_marks(b"\x01\x00", [1, 1]) == b"\x01\x00"
     assert chunk_marks(b"\x01\x00\x01", [2, 0, 3]) == b"\x01\x01\x01\x01\x01"
     assert chunk_marks(b"\x00\x01", [3, 1]) == b"\x00\x00\x00\x01"
+    assert chunk_marks(b"\x02\x01", [2, 1]) == b"\x02\x02\x01"
     raw, zstd = CODEC_RAW, CODEC_ZSTD
     assert outcomes([1, 1, 1], [raw, zstd, None]) == [True, False, None]
     assert outcomes([2, 0, 3, 1], [raw, raw, raw, zstd, None, None]) == [True, None, False, None]
@@ -133,10 +163,10 @@ def test_marks_and_outcomes_follow_files_of_several_chunks() -> None:
 def test_chunks_marked_plain_are_stored_raw_without_being_compressed() -> None:
     codec = ChunkCodec(1)
     raws = [text_bytes(1, 4000), text_bytes(2, 4000), random_bytes(3, 4000), text_bytes(4, 9)]
-    encoded = codec.encode_many(raws, b"\x00\x01\x00\x00")
+    encoded = codec.encode_group(raws, b"\x00\x01\x00\x00")
     assert [c for c, _p in encoded] == [CODEC_ZSTD, CODEC_RAW, CODEC_RAW, CODEC_RAW]
     assert bytes(encoded[1][1]) == raws[1]
-    assert [c for c, _p in codec.encode_many(raws[:2], b"\x01\x01")] == [CODEC_RAW] * 2
+    assert [c for c, _p in codec.encode_group(raws[:2], b"\x01\x01")] == [CODEC_RAW] * 2
 
 
 def test_a_worker_stores_raw_the_files_marked_plain(tmp_path: Path) -> None:
@@ -196,13 +226,13 @@ def test_an_upload_stops_compressing_a_kind_of_file_that_does_not_compress(
     tmp_path: Path, way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compressed: list[int] = []
-    real = ChunkCodec.encode_many
+    real = ChunkCodec.encode_group
 
     def counted(self: ChunkCodec, raws: Any, plain: bytes | None = None) -> Any:
-        compressed.append(len(raws) - (sum(plain) if plain else 0))
+        compressed.append(len(raws) - (plain.count(PLAIN) if plain else 0))
         return real(self, raws, plain)
 
-    monkeypatch.setattr(ChunkCodec, "encode_many", counted)
+    monkeypatch.setattr(ChunkCodec, "encode_group", counted)
     sent: list[bytes | None] = []
     encode = EncoderPool.encode
 
@@ -228,13 +258,17 @@ def test_an_upload_stops_compressing_a_kind_of_file_that_does_not_compress(
         assert (tmp_path / "dest" / path.name).read_bytes() == path.read_bytes()
     assert repo.verify(result.bundle_id).ok
     stored = _codecs(store, bins + texts)
-    assert all(stored[path] == {CODEC_ZSTD} for path in texts)
+    # The text files are compressed, all but the first groups' and the checks' together.
+    assert all(stored[path] in ({CODEC_ZSTD}, {CODEC_SHARED}) for path in texts)
+    assert sum(stored[path] == {CODEC_SHARED} for path in texts) >= 160
     assert all(stored[path] == {CODEC_RAW} for path in bins)
     if way == "workers":
-        assert len(sent) == 20 and sent[0] is None and sent[1] is None
+        # The first group teaches that .json files compress, the second that .bin files
+        # do not (sixteen of them in a row).
+        assert len(sent) == 20 and sent[0] is None and PLAIN not in (sent[1] or b"")
         for plain in sent[2:]:  # the random files are the odd ones
-            assert plain is not None and not any(plain[0::2])
-        assert sum(sum(plain) for plain in sent if plain) >= 180 - 180 // CHECK_EVERY - 1
+            assert plain is not None and PLAIN not in plain[0::2]
+        assert sum(plain.count(PLAIN) for plain in sent if plain) >= 180 - 180 // CHECK_EVERY - 1
     else:
         # The first two groups compressed all their 20 files; from the third on, only the
         # text and the random files checked, one in CHECK_EVERY.

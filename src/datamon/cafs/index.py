@@ -16,27 +16,32 @@ from typing import NamedTuple
 from datamon.cafs.layout import INDEX, index_key, pack_id_of
 from datamon.cafs.sqlitedb import LocalDB, insert_rows, transaction
 from datamon.core.codecs import decode_frame, load_versioned
-from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+from datamon.core.model import PACK_INDEX_FORMATS, PackEntry, PackIndex
 from datamon.errors import CorruptObject
 from datamon.storage.base import Backend
 
 # Bumped whenever the tables change: tables of another version are dropped, not migrated (the
 # next sync or ensure loads the pack indexes again from the store).
-_VERSION = 1
+_VERSION = 2
 # A chunk row names its pack by the pack's row number, not its 64-character id: rows of half
 # the size made recording 47,000 chunks take half the time here.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS chunks (
     id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
-    length INTEGER NOT NULL, size INTEGER NOT NULL
+    length INTEGER NOT NULL, size INTEGER NOT NULL, at INTEGER NOT NULL
 ) WITHOUT ROWID
 """
 # A chunk's location: what follows SELECT (the chunk id may go first) up to the WHERE.
-_LOCATION = "p.id, c.offset, c.length, c.size FROM chunks AS c JOIN packs AS p ON p.n = c.pack"
+_LOCATION = (
+    "p.id, c.offset, c.length, c.size, c.at FROM chunks AS c JOIN packs AS p ON p.n = c.pack"
+)
 _BATCH = 500
 # Pack indexes loaded and recorded per transaction by a sync.
 _RECORD = 64
+
+
+_Row = tuple[bytes, int, int, int, int, int]
 
 
 class Location(NamedTuple):
@@ -44,11 +49,14 @@ class Location(NamedTuple):
     offset: int
     length: int
     size: int
+    at: int = 0  # in a shared frame, where the chunk starts in its content
 
 
 def load_pack_index(blob: Backend, pack_id: str) -> PackIndex:
     key = index_key(pack_id)
-    index = load_versioned(key, decode_frame(key, blob.get(key)), PackIndex, FORMAT_VERSION, True)
+    index = load_versioned(
+        key, decode_frame(key, blob.get(key)), PackIndex, PACK_INDEX_FORMATS, True
+    )
     if index.pack != pack_id:
         raise CorruptObject(key, f"describes pack {index.pack}")
     return index
@@ -100,7 +108,7 @@ class ChunkIndex:
         all the packs go in in id order, so that neighbouring rows share pages.
         """
         with transaction(self._db.get()) as db:
-            numbered: list[Iterator[tuple[bytes, int, int, int, int]]] = []
+            numbered: list[Iterator[_Row]] = []
             for index in indexes:
                 db.execute("INSERT OR IGNORE INTO packs (id) VALUES (?)", (index.pack,))
                 (n,) = db.execute("SELECT n FROM packs WHERE id = ?", (index.pack,)).fetchone()
@@ -111,7 +119,7 @@ class ChunkIndex:
             if not numbered:
                 return
             rows = numbered[0] if len(numbered) == 1 else heapq.merge(*numbered, key=_chunk_id)
-            insert_rows(db, "INSERT OR IGNORE INTO chunks", 5, rows)
+            insert_rows(db, "INSERT OR IGNORE INTO chunks", 6, rows)
 
     def _forget(self, packs: set[str]) -> None:
         with transaction(self._db.get()) as db:
@@ -137,7 +145,7 @@ class ChunkIndex:
         return found
 
 
-def _chunk_id(row: tuple[bytes, int, int, int, int]) -> bytes:
+def _chunk_id(row: _Row) -> bytes:
     return row[0]
 
 
@@ -145,6 +153,6 @@ def _entry_id(entry: PackEntry) -> bytes:
     return entry.id
 
 
-def _rows(pack: int, entries: list[PackEntry]) -> Iterator[tuple[bytes, int, int, int, int]]:
+def _rows(pack: int, entries: list[PackEntry]) -> Iterator[_Row]:
     for e in entries:
-        yield e.id, pack, e.offset, e.length, e.size
+        yield e.id, pack, e.offset, e.length, e.size, e.at

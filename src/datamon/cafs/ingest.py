@@ -25,7 +25,7 @@ from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.sources import named
 from datamon.cafs.statcache import Folder, Listed, StatCache
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool
-from datamon.core.codecs import CODEC_RAW, ChunkCodec
+from datamon.core.codecs import CODEC_RAW, CODEC_SHARED, ChunkCodec
 from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -376,7 +376,8 @@ class Ingester:
             if got.codecs is not None:
                 codecs = got.codecs
                 new: list[tuple[bytes, int, Payload, int]] = [
-                    (got.ids[k], codecs[k], got.payloads[k], got.sizes[k]) for k in store
+                    (got.ids[k], codecs[k], got.payloads[k], got.sizes[k])
+                    for k in with_frames(store, codecs, got.payloads)
                 ]
                 self._kinds.learn(kinds, plain, outcomes(got.counts, codecs))
             else:
@@ -403,7 +404,7 @@ class Ingester:
         seen = self.packer.seen
         missing = [k for k in store if not seen(ids[k])]
         marks = None if plain is None else bytes([plain[k] for k in missing])
-        encoded = self._codec().encode_many([raws[k] for k in missing], marks)
+        encoded = self._codec().encode_group([raws[k] for k in missing], marks)
         return [
             (ids[k], codec, payload, sizes[k])
             for k, (codec, payload) in zip(missing, encoded, strict=True)
@@ -562,3 +563,23 @@ def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
             size = 0
     if batch:
         yield batch
+
+
+def with_frames(store: Sequence[int], codecs: bytes, payloads: Sequence[Payload]) -> list[int]:
+    """The positions ``store`` lists (in order), each chunk of a shared frame bringing the
+    whole frame: its first chunk, which holds it, and the others, wherever they are among
+    the group's chunks. The pack writer stores the frame if one of them is new and gives an
+    entry to each chunk it lacks, so a chunk the store holds already may get one more
+    (design §4.5)."""
+    if CODEC_SHARED not in codecs:
+        return list(store)
+    head_of = [-1] * len(codecs)  # for a chunk of a shared frame, the frame's first chunk
+    head = -1
+    for k, codec in enumerate(codecs):
+        if codec == CODEC_SHARED:
+            if len(payloads[k]):
+                head = k
+            head_of[k] = head
+    stored = set(store)
+    frames = {head_of[k] for k in store if head_of[k] >= 0}
+    return [k for k, head in enumerate(head_of) if (head in frames if head >= 0 else k in stored)]

@@ -12,6 +12,12 @@ files compressed again (design §4.5). Files are learned from a group at a time:
 with one file of a kind stored compressed starts that kind's count again, whatever the
 order of its files. Data that would compress is never lost, only stored raw, and a chunk's
 id is the hash of its raw bytes either way.
+
+The kinds whose files compress are learned the same way, and their small files are then
+compressed together, several to a frame (``CODEC_SHARED``, design §4.5), but for one in
+:data:`CHECK_EVERY`, compressed alone to check the kind still compresses: a frame's outcome
+says nothing of one file in it, and a random file in a frame of text would make the frame
+larger. Files under :data:`LEARN_BYTES` always share frames.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import threading
 from collections.abc import Sequence
 
 from datamon.cafs.sources import open_source
-from datamon.core.codecs import CODEC_RAW, ChunkCodec
+from datamon.core.codecs import CODEC_RAW, PLAIN, SHARE, ChunkCodec
 
 # Files of one kind in a row stored raw before the kind's files are no longer compressed.
 RAW_RUN = 16
@@ -54,28 +60,41 @@ class Kinds:
         self._lock = threading.Lock()
         # Files of each kind stored raw in a row, of those compressed.
         self._raw_run: dict[str, int] = {}
-        # Files of each kind passed over since the last one compressed to check.
+        # The kinds whose last file learned from was stored compressed.
+        self._compresses: set[str] = set()
+        # Files of each kind kept raw or shared since the last one compressed alone, to check.
         self._passed: dict[str, int] = {}
 
     def plan(self, files: Sequence[tuple[str, int]]) -> tuple[list[str | None], bytes | None]:
-        """The kind of each ``(path, size)`` file and which to store raw without compressing
-        them: a byte a file, 1 for raw; None if every file is to be compressed."""
+        """The kind of each ``(path, size)`` file and how to store it, a byte a file
+        (``encode_group``'s marks): ``PLAIN``, raw without compressing it, for a kind that
+        does not compress; ``SHARE``, in a frame with other such files, for a kind seen to
+        compress and for tiny files; ``ALONE`` for the others, among them one file in
+        :data:`CHECK_EVERY` of each kind otherwise kept raw or shared, to check that kind.
+        None if every file is ``ALONE``."""
         kinds = [kind_of(path, size) for path, size in files]
+        marks = bytearray(len(kinds))
         with self._lock:
             raw_run = self._raw_run
-            if not any(raw_run.get(kind, 0) >= RAW_RUN for kind in set(kinds) if kind is not None):
-                return kinds, None
+            compresses = self._compresses
             passed = self._passed
-            plain = bytearray(len(kinds))
             for i, kind in enumerate(kinds):
-                if kind is not None and raw_run.get(kind, 0) >= RAW_RUN:
-                    n = passed.get(kind, 0) + 1
-                    if n < CHECK_EVERY:
-                        plain[i] = 1
-                    else:
-                        n = 0
-                    passed[kind] = n
-        return kinds, bytes(plain)
+                if kind is None:
+                    marks[i] = SHARE
+                    continue
+                if raw_run.get(kind, 0) >= RAW_RUN:
+                    mark = PLAIN
+                elif kind in compresses:
+                    mark = SHARE
+                else:
+                    continue
+                n = passed.get(kind, 0) + 1
+                if n < CHECK_EVERY:
+                    marks[i] = mark
+                else:
+                    n = 0
+                passed[kind] = n
+        return kinds, bytes(marks) if any(marks) else None
 
     def learn(
         self,
@@ -84,8 +103,8 @@ class Kinds:
         stored_raw: Sequence[bool | None],
     ) -> None:
         """What became of the files :meth:`plan` gave: ``stored_raw[i]`` tells whether the
-        ``i``-th file's chunks were all stored raw, None if it had none; files ``plain``
-        kept raw tell nothing."""
+        ``i``-th file's chunks were all stored raw, None if it had none; only the files
+        ``plain`` (:meth:`plan`'s marks) marks ``ALONE`` tell something."""
         stored: dict[str, int] = {}
         compressed: set[str] = set()
         for i, (kind, raw) in enumerate(zip(kinds, stored_raw, strict=True)):
@@ -99,9 +118,11 @@ class Kinds:
             raw_run = self._raw_run
             for kind in compressed:
                 raw_run.pop(kind, None)
+            self._compresses |= compressed
             for kind, n in stored.items():
                 if kind not in compressed:
                     raw_run[kind] = raw_run.get(kind, 0) + n
+                    self._compresses.discard(kind)
 
 
 def chunk_marks(plain: bytes | None, counts: Sequence[int]) -> bytes | None:
@@ -110,7 +131,7 @@ def chunk_marks(plain: bytes | None, counts: Sequence[int]) -> bytes | None:
         return plain  # (a chunk a file, the usual small file)
     marks = bytearray()
     for mark, count in zip(plain, counts, strict=True):
-        marks += b"\x01" * count if mark else b"\x00" * count
+        marks += bytes((mark,)) * count
     return bytes(marks)
 
 

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from datamon.cafs.index import ChunkIndex
 from datamon.cafs.layout import index_key, pack_key
-from datamon.core.codecs import encode_frame, pack_msg
+from datamon.core.codecs import CODEC_SHARED, encode_frame, pack_msg
 from datamon.core.ids import hexdigest
-from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+from datamon.core.model import PACK_INDEX_FORMAT, PackEntry, PackIndex
 from datamon.storage.local import direct_buffer
 
 log = logging.getLogger(__name__)
@@ -140,13 +140,19 @@ class PackWriter:
 
     def add_many(self, chunks: Iterable[tuple[bytes, int, Payload, int]]) -> int:
         """Queue encoded chunks side by side in one pack; returns how many were new. Waits
-        while every pack buffer is in use, having handed over the packs it sealed."""
+        while every pack buffer is in use, having handed over the packs it sealed.
+
+        The chunks of a shared frame come as ``encode_group`` gives them: the first with
+        the frame, the others (``CODEC_SHARED`` with an empty payload) after it, maybe with
+        other chunks among them. The frame is stored if one of its chunks is new, and each
+        new one gets an entry naming the frame and where in its content the chunk starts."""
         items = chunks if isinstance(chunks, list) else list(chunks)
         added = at = 0
+        covered: set[int] = set()  # the positions of chunks stored with their frame's first
         while True:
             sealed: list[tuple[int, Buffer, int, list[PackEntry]]] = []
             with self._lock:
-                at, count = self._add_from(items, at, sealed)
+                at, count = self._add_from(items, at, sealed, covered)
                 self.chunks_written += count
             added += count
             for i, pack in enumerate(sealed):
@@ -167,6 +173,7 @@ class PackWriter:
         items: list[tuple[bytes, int, Payload, int]],
         at: int,
         sealed: list[tuple[int, Buffer, int, list[PackEntry]]],
+        covered: set[int],
     ) -> tuple[int, int]:
         """Append ``items[at:]`` (holding the lock) until they end or no buffer is to be
         had; the packs filled go to ``sealed``. Returns where it stopped and how many it
@@ -174,7 +181,18 @@ class PackWriter:
         added = 0
         seen = self._seen
         for cid, codec, payload, size in items[at:]:
-            if cid not in seen:
+            if codec == CODEC_SHARED:
+                if not len(payload):
+                    if at not in covered:
+                        raise ValueError(f"chunk {cid.hex()} of a shared frame came without it")
+                else:
+                    new = self._add_frame(items, at, covered)
+                    if new is None:
+                        return at, added
+                    added += new
+                    if self._used >= self.pack_size or len(self._entries) >= PACK_CHUNKS:
+                        sealed.append(self._take())
+            elif cid not in seen:
                 if self._buffer is None and not self._free and self._made >= self._limit:
                     return at, added
                 seen[cid] = self._seq
@@ -185,6 +203,38 @@ class PackWriter:
                     sealed.append(self._take())
             at += 1
         return at, added
+
+    def _add_frame(
+        self, items: list[tuple[bytes, int, Payload, int]], head: int, covered: set[int]
+    ) -> int | None:
+        """Append the shared frame given at ``items[head]`` if one of its chunks is new, and
+        an entry for each new one (holding the lock); returns how many entries it added,
+        None if no buffer is to be had."""
+        members = [head]
+        for k in range(head + 1, len(items)):
+            if items[k][1] == CODEC_SHARED:
+                if len(items[k][2]):
+                    break
+                members.append(k)
+        seen = self._seen
+        if all(items[k][0] in seen for k in members):
+            covered.update(members)
+            return 0
+        if self._buffer is None and not self._free and self._made >= self._limit:
+            return None
+        _cid, codec, payload, _size = items[head]
+        offset, length = self._used, 1 + len(payload)
+        self._append(codec, payload)
+        inner = added = 0
+        for k in members:
+            cid, _codec, _payload, size = items[k]
+            if cid not in seen:
+                seen[cid] = self._seq
+                self._entries.append(PackEntry(cid, offset, length, size, inner))
+                added += 1
+            inner += size
+        covered.update(members)
+        return added
 
     def _new_buffer(self) -> Buffer:
         self._made += 1
@@ -255,7 +305,7 @@ class PackWriter:
             # store's client may still hold a view of it (releasing ours then raised
             # BufferError, hiding the failure), so it is let go of, not filled again.
             self._release(buffer, reuse=written)
-        index = PackIndex(format=FORMAT_VERSION, pack=pack_id, entries=tuple(entries))
+        index = PackIndex(format=PACK_INDEX_FORMAT, pack=pack_id, entries=tuple(entries))
         _digest, framed = encode_frame(pack_msg(index))
         self.blob.put_if_absent(index_key(pack_id), framed)
         with self._lock:

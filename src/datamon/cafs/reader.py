@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from datamon.cafs.index import ChunkIndex, Location
 from datamon.cafs.layout import pack_key
-from datamon.core.codecs import ChunkCodec
+from datamon.core.codecs import CODEC_SHARED, ChunkCodec, member
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
 from datamon.errors import ChecksumMismatch, CorruptObject
@@ -20,6 +20,7 @@ WINDOW_BYTES = 8 << 20
 MAX_READ = 8 << 20
 MAX_GAP = 64 << 10
 R = TypeVar("R", bytes, bytes | memoryview)
+SHARED = bytes((CODEC_SHARED,))
 
 
 def windows(
@@ -112,9 +113,22 @@ class ChunkReader:
         view = self.blob.get_range_view(key, first.offset, span)
         if len(view) < span:
             raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
+        # The content of the last shared frame opened: its chunks follow each other in a
+        # run (they share an offset), and the frame is decompressed once for all of them.
+        frame_at = -1
+        frame = b""
         for cid, loc in run:
             at = loc.offset - first.offset
-            raw = decode(key, view[at : at + loc.length], loc.size)
+            blob = view[at : at + loc.length]
+            raw: R
+            if blob[:1] == SHARED:
+                if loc.offset != frame_at:
+                    frame = self._codec().open_shared(key, blob)
+                    frame_at = loc.offset
+                # Its own bytes, as either kind of caller may keep it.
+                raw = bytes(member(key, frame, loc.at, loc.size))
+            else:
+                raw = decode(key, blob, loc.size)
             actual = digest(raw)
             if actual != cid:
                 raise ChecksumMismatch(f"chunk {cid.hex()} in {key}", cid.hex(), actual.hex())

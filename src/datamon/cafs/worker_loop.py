@@ -83,7 +83,7 @@ def _encode(
     codecs: bytes | None = None
     payloads: Sequence[bytes | memoryview] = raws
     if compress:
-        encoded = codec.encode_many(raws, chunk_marks(plain, counts))
+        encoded = codec.encode_group(raws, chunk_marks(plain, counts))
         codecs = bytes(codec_byte for codec_byte, _payload in encoded)
         payloads = [payload for _codec, payload in encoded]
     if sum(len(payload) for payload in payloads) > SLOT_BYTES:

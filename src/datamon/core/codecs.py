@@ -20,6 +20,21 @@ _FRAME_HEADER = len(FRAME_MAGIC) + 1 + DIGEST_SIZE
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+# One zstd frame of several small chunks side by side; each chunk's pack-index entry says
+# where in the frame's content it starts (design §4.5).
+CODEC_SHARED = 2
+# Chunks under SHARE_BELOW bytes, next to each other in a group, are compressed together in
+# frames that close once their raw bytes reach FRAME_BYTES: zstd's per-frame work (its
+# tables, the frame header) is then paid once for several small files.
+SHARE_BELOW = 32 << 10
+FRAME_BYTES = 64 << 10
+# How encode_group stores each chunk of a group.
+ALONE = 0
+PLAIN = 1
+SHARE = 2
+# Readers refuse a shared frame claiming more content than this: a damaged header must not
+# make them allocate much memory. Writers stay under FRAME_BYTES + SHARE_BELOW.
+FRAME_LIMIT = 1 << 20
 # A chunk is stored compressed only when that saves at least 1/32 of its size.
 _MIN_SAVING_SHIFT = 5
 
@@ -89,14 +104,17 @@ class _Versioned(msgspec.Struct):
     format: int
 
 
-def load_versioned(key: str, data: bytes, type_: type[T], version: int, binary: bool) -> T:
-    """Decode a stored object, refusing an unknown format version before anything else."""
+def load_versioned(
+    key: str, data: bytes, type_: type[T], version: int | tuple[int, ...], binary: bool
+) -> T:
+    """Decode a stored object, refusing an unknown format version (one not ``version``, or
+    not in it) before anything else."""
     decode = msgspec.msgpack.decode if binary else msgspec.json.decode
     try:
         found = decode(data, type=_Versioned).format
     except msgspec.DecodeError as exc:
         raise CorruptObject(key, str(exc)) from None
-    if found != version:
+    if found not in (version if isinstance(version, tuple) else (version,)):
         raise UnsupportedFormat(key, found)
     try:
         return decode(data, type=type_)
@@ -158,50 +176,83 @@ class ChunkCodec:
         size = len(sample)
         return len(self._compressor.compress(sample)) + (size >> _MIN_SAVING_SHIFT) < size
 
-    def encode_many(
-        self, raws: Sequence[bytes | memoryview], plain: bytes | None = None
+    def encode_group(
+        self, raws: Sequence[bytes | memoryview], marks: bytes | None = None
     ) -> list[tuple[int, bytes | memoryview]]:
-        """:meth:`encode_parts` of each chunk, compressed in one call; with ``plain`` (a
-        byte a chunk), the chunks marked 1 are stored raw without being compressed.
-
-        Compressing a group of small chunks at once releases the interpreter lock once for
-        the group instead of once per chunk; the frames are the same bytes ``compress``
-        gives.
+        """The stored form of a group's chunks (:meth:`encode_parts` of each), in one
+        compression call: one call releases the interpreter lock once for the group instead
+        of once per chunk. ``marks`` (a byte a chunk; None for all 0) tells each chunk's
+        way: :data:`ALONE`, compressed as a frame of its own; :data:`PLAIN`, stored raw
+        without being compressed; :data:`SHARE`, compressed with the other chunks so marked
+        (and under :data:`SHARE_BELOW` bytes), in their order, in frames closed once their
+        raw bytes reach :data:`FRAME_BYTES`. The first chunk of such a frame gets
+        ``CODEC_SHARED`` and the frame; the others ``CODEC_SHARED`` and an empty payload:
+        they are in the last frame given before them, at the offset the raw sizes of its
+        chunks before them add up to. A frame that does not save a 32nd of its raw bytes
+        leaves its chunks raw.
         """
-        which = range(len(raws)) if plain is None else [k for k, p in enumerate(plain) if not p]
-        if not which:
-            return [(CODEC_RAW, raw) for raw in raws]
-        try:
-            batch: list[bytes | bytearray | memoryview] = [raws[k] for k in which]
-            packed = self._compressor.multi_compress_to_buffer(batch, threads=1)
-        except NotImplementedError:  # zstandard's CFFI backend has no batch call
-            return [
-                (CODEC_RAW, raw) if plain is not None and plain[k] else self.encode_parts(raw)
-                for k, raw in enumerate(raws)
-            ]
+        inputs: list[bytes | bytearray | memoryview] = []
+        spans: list[list[int]] = []  # the chunks each input holds
+        members: list[int] = []
+        held = 0
+        for k, raw in enumerate(raws):
+            mark = ALONE if marks is None else marks[k]
+            if mark == PLAIN:
+                continue
+            if mark == SHARE and len(raw) < SHARE_BELOW:
+                members.append(k)
+                held += len(raw)
+                if held >= FRAME_BYTES:
+                    inputs.append(_joined(raws, members))
+                    spans.append(members)
+                    members, held = [], 0
+            else:
+                inputs.append(raw)
+                spans.append([k])
+        if members:
+            inputs.append(_joined(raws, members))
+            spans.append(members)
         out: list[tuple[int, bytes | memoryview]] = [(CODEC_RAW, raw) for raw in raws]
-        for i, k in enumerate(which):
-            raw = raws[k]
-            size = len(raw)
-            one = packed[i]
-            if len(one) + (size >> _MIN_SAVING_SHIFT) < size:
-                # A segment of the batch's output buffer (the stubs omit its buffer protocol).
-                out[k] = (CODEC_ZSTD, memoryview(one))  # type: ignore[arg-type]
+        if not inputs:
+            return out
+        try:
+            batch = self._compressor.multi_compress_to_buffer(inputs, threads=1)
+            # Segments of the batch's output buffer (the stubs omit their buffer protocol).
+            packed: Sequence[bytes | memoryview] = [
+                memoryview(batch[i])  # type: ignore[arg-type]
+                for i in range(len(inputs))
+            ]
+        except NotImplementedError:  # zstandard's CFFI backend has no batch call
+            packed = [self._compressor.compress(one) for one in inputs]
+        for held_by, whole, one in zip(spans, inputs, packed, strict=True):
+            size = len(whole)
+            if len(one) + (size >> _MIN_SAVING_SHIFT) >= size:
+                continue
+            first = held_by[0]
+            if len(held_by) == 1:
+                out[first] = (CODEC_ZSTD, one)
+                continue
+            out[first] = (CODEC_SHARED, one)
+            for k in held_by[1:]:
+                out[k] = (CODEC_SHARED, b"")
         return out
 
-    def decode(self, key: str, blob: bytes | memoryview, raw_size: int) -> bytes:
-        raw = self.decode_borrowed(key, blob, raw_size)
+    def decode(self, key: str, blob: bytes | memoryview, raw_size: int, at: int = 0) -> bytes:
+        raw = self.decode_borrowed(key, blob, raw_size, at)
         return raw if isinstance(raw, bytes) else bytes(raw)
 
     def decode_borrowed(
-        self, key: str, blob: bytes | memoryview, raw_size: int
+        self, key: str, blob: bytes | memoryview, raw_size: int, at: int = 0
     ) -> bytes | memoryview:
-        """As :meth:`decode`, but an uncompressed chunk comes back as a view of ``blob``."""
+        """As :meth:`decode`, but an uncompressed chunk comes back as a view of ``blob``.
+        ``at`` is where a chunk of a shared frame starts in the frame's content."""
         if not blob:
             raise CorruptObject(key, "empty chunk blob")
         codec = blob[0]
         body = blob[1:]
         raw: bytes | memoryview
+        if codec == CODEC_SHARED:
+            return member(key, self.open_shared(key, blob), at, raw_size)
         if codec == CODEC_RAW:
             raw = body
         elif codec == CODEC_ZSTD:
@@ -221,3 +272,31 @@ class ChunkCodec:
         if len(raw) != raw_size:
             raise CorruptObject(key, f"chunk has {len(raw)} bytes, index says {raw_size}")
         return raw
+
+    def open_shared(self, key: str, blob: bytes | memoryview) -> bytes:
+        """The content of a shared frame (a blob of codec ``CODEC_SHARED``), whose chunks
+        :func:`member` then cuts out."""
+        if not blob or blob[0] != CODEC_SHARED:
+            raise CorruptObject(key, "not a shared frame")
+        body = blob[1:]
+        try:
+            size = zstandard.frame_content_size(body)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(key, f"zstd: {exc}") from None
+        if size < 0 or size > FRAME_LIMIT:
+            raise CorruptObject(key, f"shared frame claims {size} bytes")
+        try:
+            return self._decompressor.decompress(body)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(key, f"zstd: {exc}") from None
+
+
+def _joined(raws: Sequence[bytes | memoryview], which: list[int]) -> bytes | memoryview:
+    return raws[which[0]] if len(which) == 1 else b"".join([raws[k] for k in which])
+
+
+def member(key: str, content: bytes, at: int, size: int) -> memoryview:
+    """The chunk of ``size`` bytes at ``at`` in a shared frame's ``content``."""
+    if at < 0 or at + size > len(content):
+        raise CorruptObject(key, f"chunk at {at}+{size} is past the frame's {len(content)} bytes")
+    return memoryview(content)[at : at + size]

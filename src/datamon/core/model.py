@@ -8,6 +8,10 @@ from datetime import datetime
 import msgspec
 
 FORMAT_VERSION = 1
+# Pack indexes have a version of their own (design §2): 2 added an entry's offset in a shared
+# frame (``PackEntry.at``). Readers read both; writers write 2.
+PACK_INDEX_FORMAT = 2
+PACK_INDEX_FORMATS = (1, 2)
 
 
 class Kind(enum.IntEnum):
@@ -81,6 +85,9 @@ class PackEntry(msgspec.Struct, array_like=True, frozen=True):
     offset: int
     length: int
     size: int
+    # Where the chunk starts in the content of a shared frame (codec 2); 0 otherwise, and
+    # absent from the entries of a version 1 pack index.
+    at: int = 0
 
 
 class PackIndex(msgspec.Struct, frozen=True):
