@@ -295,9 +295,10 @@ def test_a_damaged_shared_frame_is_corrupt() -> None:
             "p",
             bytes([CODEC_SHARED]) + zstandard.ZstdCompressor().compress(bytes(FRAME_LIMIT + 1)),
             1,
+            0,
         )
     with pytest.raises(CorruptObject, match="zstd"):
-        codec.decode("p", blob[:-3], 4_000)
+        codec.decode("p", blob[:-3], 4_000, 0)
 
 
 class _OneAtATime:

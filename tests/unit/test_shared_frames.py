@@ -9,8 +9,12 @@ import msgspec
 import pytest
 
 from datamon import Store
+from datamon.api import upload as upload_module
+from datamon.api.repository import Repository
+from datamon.api.upload import UploadOptions
+from datamon.cafs import workers
 from datamon.cafs.index import load_pack_index
-from datamon.cafs.ingest import with_frames
+from datamon.cafs.ingest import split_frames
 from datamon.cafs.layout import index_key
 from datamon.cafs.packer import PackWriter
 from datamon.cafs.reader import ChunkReader
@@ -27,7 +31,7 @@ from datamon.core.codecs import (
     pack_msg,
 )
 from datamon.core.ids import digest
-from datamon.core.model import PACK_INDEX_FORMAT, ChunkRef
+from datamon.core.model import PACK_INDEX_FORMAT, Author, ChunkRef
 from datamon.errors import UnsupportedFormat
 from datamon.testing.workloads import random_bytes, text_bytes
 
@@ -134,18 +138,88 @@ def test_a_chunk_of_a_frame_without_the_frame_is_refused(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_chunk_to_store_brings_its_whole_frame() -> None:
-    codecs = bytes([CODEC_SHARED, CODEC_RAW, CODEC_SHARED, CODEC_SHARED, CODEC_ZSTD, CODEC_SHARED])
-    payloads = [b"frame", b"r", b"", b"other", b"z", b""]
-    # Chunk 2 is in the first frame, 5 in the second; 1 and 4 are not in frames.
-    assert with_frames([2], codecs, payloads) == [0, 2]
-    assert with_frames([1, 5], codecs, payloads) == [1, 3, 5]
-    assert with_frames([0, 2, 4], codecs, payloads) == [0, 2, 4]
-    assert with_frames([], codecs, payloads) == []
-    assert with_frames([1, 4], bytes([CODEC_RAW, CODEC_RAW, 0, 0, CODEC_ZSTD]), [b""] * 5) == [
-        1,
-        4,
-    ]
+def test_a_worker_s_frame_is_stored_whole_only_if_all_its_chunks_are_new() -> None:
+    chunks = _chunks()
+    codec = ChunkCodec()
+    stored = codec.encode_group(chunks, MARKS)
+    codecs = bytes(c for c, _p in stored)
+    payloads = [p for _c, p in stored]
+    sizes = [len(raw) for raw in chunks]
+    everything = list(range(len(chunks)))
+    assert split_frames(everything, codecs, payloads, sizes, codec) == (everything, [])
+    # Chunk 3 of the frame (and the raw chunk 2) to store, the frame's others stored already:
+    # chunk 3 is cut out of the frame, to be compressed again without them.
+    assert split_frames([2, 3, 4], codecs, payloads, sizes, codec) == ([2, 4], [(3, chunks[3])])
+    keep, cut = split_frames([0, 6, 7], codecs, payloads, sizes, codec)
+    assert keep == [] and cut == [(k, chunks[k]) for k in (0, 6, 7)]
+    assert split_frames([], codecs, payloads, sizes, codec) == ([], [])
+    plain = bytes([CODEC_RAW, CODEC_ZSTD])
+    assert split_frames([1], plain, [b"r", b"z"], [1, 1], codec) == ([1], [])
+
+
+def test_a_re_upload_stores_only_the_changed_small_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not workers.available():
+        pytest.skip("worker processes need Linux")
+    monkeypatch.setattr(upload_module, "PROCESS_FILES", 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(600):
+        (src / f"f{k:04d}.json").write_bytes(text_bytes(k, 400 + k))
+    store = Store.open(str(tmp_path / "store"))
+    author = Author("Ada Lovelace", "ada@example.com")
+    repo = Repository.create(store, "r", "d", author)
+    first = repo.upload(str(src), UploadOptions("m", author))
+    assert first.new_chunks == 600
+    for k in range(0, 600, 60):
+        (src / f"f{k:04d}.json").write_bytes(text_bytes(10_000 + k, 500))
+    again = repo.upload(str(src), UploadOptions("m", author, reread=True))
+    # Every file read again, in worker processes that framed them with their neighbours;
+    # only the ten changed are stored.
+    assert again.new_chunks == 10
+    assert again.bytes_stored < 10 * 500
+    repo.download(again.bundle_id, str(tmp_path / "dest"))
+    for path in src.iterdir():
+        assert (tmp_path / "dest" / path.name).read_bytes() == path.read_bytes()
+    assert repo.verify(again.bundle_id).ok
+    store.close()
+
+
+def test_files_read_one_at_a_time_open_their_frame_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunks = _chunks()
+    store = Store.open(str(tmp_path / "store"))
+    writer = _writer(store)
+    writer.add_many(_items(chunks))
+    writer.close()
+    opened: list[int] = []
+    fetched: list[int] = []
+    real_open = ChunkCodec.open_shared
+    real_get = type(store.blob).get_range_view
+
+    def counted(self: ChunkCodec, key: str, blob: bytes | memoryview) -> bytes:
+        opened.append(len(blob))
+        return real_open(self, key, blob)
+
+    def get_range_view(self: object, key: str, start: int, length: int) -> memoryview:
+        fetched.append(length)
+        return real_get(self, key, start, length)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ChunkCodec, "open_shared", counted)
+    monkeypatch.setattr(type(store.blob), "get_range_view", get_range_view)
+    reader = ChunkReader(store.index)
+    refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
+    for _round in range(2):
+        for ref, raw in zip(refs, chunks, strict=True):
+            assert list(reader.read([ref])) == [raw]
+    # The frame once; read from the pack once, with the two chunks not in it, each round.
+    assert len(opened) == 1
+    assert len(fetched) == 3 + 2
+    with pytest.raises(ValueError, match="place in it"):
+        ChunkCodec().decode("p", bytes([CODEC_SHARED]) + bytes(_items(chunks)[0][2]), 2_000)
+    store.close()
 
 
 def test_pack_indexes_of_version_1_are_read_and_unknown_versions_refused(tmp_path: Path) -> None:

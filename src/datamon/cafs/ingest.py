@@ -25,7 +25,7 @@ from datamon.cafs.packer import PackWriter, Payload
 from datamon.cafs.sources import named
 from datamon.cafs.statcache import Folder, Listed, StatCache
 from datamon.cafs.workers import SLOT_BYTES, EncoderPool
-from datamon.core.codecs import CODEC_RAW, CODEC_SHARED, ChunkCodec
+from datamon.core.codecs import CODEC_RAW, CODEC_SHARED, SHARE, ChunkCodec, member
 from datamon.core.filestat import StatLike
 from datamon.core.ids import digest
 from datamon.core.model import ChunkRef
@@ -375,10 +375,19 @@ class Ingester:
             # add_many copies each payload out of the worker's slot before it is freed.
             if got.codecs is not None:
                 codecs = got.codecs
+                keep, cut = split_frames(store, codecs, got.payloads, got.sizes, self._codec())
                 new: list[tuple[bytes, int, Payload, int]] = [
-                    (got.ids[k], codecs[k], got.payloads[k], got.sizes[k])
-                    for k in with_frames(store, codecs, got.payloads)
+                    (got.ids[k], codecs[k], got.payloads[k], got.sizes[k]) for k in keep
                 ]
+                if cut:  # compressed again, apart from the chunks the store holds
+                    raws = [raw for _k, raw in cut]
+                    new += self._encode_new(
+                        range(len(cut)),
+                        [got.ids[k] for k, _raw in cut],
+                        raws,
+                        [len(raw) for raw in raws],
+                        bytes([SHARE]) * len(cut),
+                    )
                 self._kinds.learn(kinds, plain, outcomes(got.counts, codecs))
             else:
                 marks = chunk_marks(plain, got.counts)
@@ -396,14 +405,14 @@ class Ingester:
         ids: Sequence[bytes],
         raws: Sequence[Chunk],
         sizes: Sequence[int],
-        plain: bytes | None = None,
+        marks: bytes | None = None,
     ) -> list[tuple[bytes, int, Payload, int]]:
         """The chunks at positions ``store`` that the pack writer lacks too, compressed in
-        one call (but those ``plain`` marks, a byte a chunk, which stay raw), for
+        one call as ``marks`` (``encode_group``'s, a byte a chunk) say, for
         :meth:`PackWriter.add_many`."""
         seen = self.packer.seen
         missing = [k for k in store if not seen(ids[k])]
-        marks = None if plain is None else bytes([plain[k] for k in missing])
+        marks = None if marks is None else bytes([marks[k] for k in missing])
         encoded = self._codec().encode_group([raws[k] for k in missing], marks)
         return [
             (ids[k], codec, payload, sizes[k])
@@ -565,21 +574,43 @@ def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
         yield batch
 
 
-def with_frames(store: Sequence[int], codecs: bytes, payloads: Sequence[Payload]) -> list[int]:
-    """The positions ``store`` lists (in order), each chunk of a shared frame bringing the
-    whole frame: its first chunk, which holds it, and the others, wherever they are among
-    the group's chunks. The pack writer stores the frame if one of them is new and gives an
-    entry to each chunk it lacks, so a chunk the store holds already may get one more
-    (design §4.5)."""
+def split_frames(
+    store: Sequence[int],
+    codecs: bytes,
+    payloads: Sequence[Payload],
+    sizes: Sequence[int],
+    codec: ChunkCodec,
+) -> tuple[list[int], list[tuple[int, bytes]]]:
+    """Of the positions ``store`` lists (the chunks a group has to store, in order), those
+    whose stored form a worker made can go to the pack writer as they are: a chunk not in a
+    shared frame, or in a frame whose chunks all are to be stored. The others, in frames that
+    also hold chunks the store has already, come second, each with its raw bytes cut out of
+    its frame, to be compressed again without those chunks: storing the frame would store
+    them a second time (design §7)."""
     if CODEC_SHARED not in codecs:
-        return list(store)
+        return list(store), []
     head_of = [-1] * len(codecs)  # for a chunk of a shared frame, the frame's first chunk
+    members: dict[int, list[int]] = {}
     head = -1
-    for k, codec in enumerate(codecs):
-        if codec == CODEC_SHARED:
+    for k, codec_byte in enumerate(codecs):
+        if codec_byte == CODEC_SHARED:
             if len(payloads[k]):
                 head = k
             head_of[k] = head
+            members.setdefault(head, []).append(k)
     stored = set(store)
-    frames = {head_of[k] for k in store if head_of[k] >= 0}
-    return [k for k, head in enumerate(head_of) if (head in frames if head >= 0 else k in stored)]
+    whole = {h for h, ks in members.items() if all(k in stored for k in ks)}
+    keep = [k for k in store if head_of[k] < 0 or head_of[k] in whole]
+    cut: list[tuple[int, bytes]] = []
+    contents: dict[int, bytes] = {}
+    for k in store:
+        head = head_of[k]
+        if head < 0 or head in whole:
+            continue
+        content = contents.get(head)
+        if content is None:
+            blob = bytes((CODEC_SHARED,)) + bytes(payloads[head])
+            content = contents[head] = codec.open_shared("a worker's frame", blob)
+        at = sum(sizes[j] for j in members[head] if j < k)
+        cut.append((k, bytes(member("a worker's frame", content, at, sizes[k]))))
+    return keep, cut

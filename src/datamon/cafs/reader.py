@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -21,6 +22,8 @@ MAX_READ = 8 << 20
 MAX_GAP = 64 << 10
 R = TypeVar("R", bytes, bytes | memoryview)
 SHARED = bytes((CODEC_SHARED,))
+# Shared frames a thread keeps opened (each at most FRAME_LIMIT, 64-96 KiB as written).
+FRAMES_KEPT = 8
 
 
 def windows(
@@ -45,6 +48,15 @@ class ChunkReader:
         self.index = index
         self.blob = index.blob
         self._local = threading.local()
+
+    def _frames(self) -> OrderedDict[tuple[str, int], bytes]:
+        """This thread's last shared frames opened, by pack key and offset, least recently
+        used first: a frame holds several small files, which callers often ask for one at a
+        time (a check, a mount, a file system's reads), and a pack never changes."""
+        frames: OrderedDict[tuple[str, int], bytes] | None = getattr(self._local, "frames", None)
+        if frames is None:
+            frames = self._local.frames = OrderedDict()
+        return frames
 
     def _codec(self) -> ChunkCodec:
         codec: ChunkCodec | None = getattr(self._local, "codec", None)
@@ -107,26 +119,30 @@ class ChunkReader:
         """Read one range and give each chunk in it, opened by ``decode`` and checked
         against its id."""
         first = run[0][1]
-        end = max(loc.offset + loc.length for _cid, loc in run)
         key = pack_key(first.pack)
-        span = end - first.offset
-        view = self.blob.get_range_view(key, first.offset, span)
-        if len(view) < span:
-            raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
-        # The content of the last shared frame opened: its chunks follow each other in a
-        # run (they share an offset), and the frame is decompressed once for all of them.
-        frame_at = -1
-        frame = b""
+        frames = self._frames()
+        view = memoryview(b"")
+        if not all((key, loc.offset) in frames for _cid, loc in run):
+            end = max(loc.offset + loc.length for _cid, loc in run)
+            span = end - first.offset
+            view = self.blob.get_range_view(key, first.offset, span)
+            if len(view) < span:
+                raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
         for cid, loc in run:
-            at = loc.offset - first.offset
-            blob = view[at : at + loc.length]
             raw: R
-            if blob[:1] == SHARED:
-                if loc.offset != frame_at:
-                    frame = self._codec().open_shared(key, blob)
-                    frame_at = loc.offset
+            content = frames.get((key, loc.offset))
+            if content is not None:
+                frames.move_to_end((key, loc.offset))
+            else:
+                at = loc.offset - first.offset
+                blob = view[at : at + loc.length]
+                if blob[:1] == SHARED:
+                    content = frames[key, loc.offset] = self._codec().open_shared(key, blob)
+                    if len(frames) > FRAMES_KEPT:
+                        frames.popitem(last=False)
+            if content is not None:
                 # Its own bytes, as either kind of caller may keep it.
-                raw = bytes(member(key, frame, loc.at, loc.size))
+                raw = bytes(member(key, content, loc.at, loc.size))
             else:
                 raw = decode(key, blob, loc.size)
             actual = digest(raw)

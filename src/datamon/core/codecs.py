@@ -237,21 +237,26 @@ class ChunkCodec:
                 out[k] = (CODEC_SHARED, b"")
         return out
 
-    def decode(self, key: str, blob: bytes | memoryview, raw_size: int, at: int = 0) -> bytes:
+    def decode(
+        self, key: str, blob: bytes | memoryview, raw_size: int, at: int | None = None
+    ) -> bytes:
         raw = self.decode_borrowed(key, blob, raw_size, at)
         return raw if isinstance(raw, bytes) else bytes(raw)
 
     def decode_borrowed(
-        self, key: str, blob: bytes | memoryview, raw_size: int, at: int = 0
+        self, key: str, blob: bytes | memoryview, raw_size: int, at: int | None = None
     ) -> bytes | memoryview:
         """As :meth:`decode`, but an uncompressed chunk comes back as a view of ``blob``.
-        ``at`` is where a chunk of a shared frame starts in the frame's content."""
+        ``at`` is where a chunk of a shared frame starts in the frame's content, which
+        such a blob needs (its pack-index entry's)."""
         if not blob:
             raise CorruptObject(key, "empty chunk blob")
         codec = blob[0]
         body = blob[1:]
         raw: bytes | memoryview
         if codec == CODEC_SHARED:
+            if at is None:
+                raise ValueError(f"{key}: a chunk of a shared frame needs its place in it")
             return member(key, self.open_shared(key, blob), at, raw_size)
         if codec == CODEC_RAW:
             raw = body
