@@ -17,7 +17,7 @@ from datamon.cafs.index import load_pack_index
 from datamon.cafs.ingest import split_frames
 from datamon.cafs.layout import index_key
 from datamon.cafs.packer import PackWriter
-from datamon.cafs.reader import ChunkReader
+from datamon.cafs.reader import FRAMES_KEPT, ChunkReader
 from datamon.core.codecs import (
     ALONE,
     CODEC_RAW,
@@ -232,4 +232,25 @@ def test_pack_indexes_of_version_1_are_read_and_unknown_versions_refused(tmp_pat
     assert [(e.offset, e.length, e.size, e.at) for e in old.entries] == [(0, 2, 1, 0)]
     with pytest.raises(UnsupportedFormat):
         load_pack_index(store.blob, "2" * 64)
+    store.close()
+
+
+def test_a_stream_held_while_other_frames_are_read_still_reads_its_own(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path / "store"))
+    writer = _writer(store)
+    frames = [[text_bytes(100 * f + k, 3_000) for k in range(3)] for f in range(FRAMES_KEPT + 2)]
+    for chunks in frames:
+        stored = ChunkCodec().encode_group(chunks, bytes([SHARE]) * 3)
+        writer.add_many(
+            [(digest(raw), c, p, len(raw)) for raw, (c, p) in zip(chunks, stored, strict=True)]
+        )
+    writer.close()
+    reader = ChunkReader(store.index)
+    refs = [[ChunkRef(digest(raw), len(raw)) for raw in chunks] for chunks in frames]
+    assert list(reader.read(refs[0][:1])) == frames[0][:1]  # frame 0 remembered
+    held = reader.stream(refs[0][1:])
+    assert bytes(next(held)) == frames[0][1]
+    for f in range(1, len(frames)):  # enough other frames to push frame 0 out
+        assert list(reader.read(refs[f][:1])) == frames[f][:1]
+    assert bytes(next(held)) == frames[0][2]
     store.close()

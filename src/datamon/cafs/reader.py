@@ -121,8 +121,13 @@ class ChunkReader:
         first = run[0][1]
         key = pack_key(first.pack)
         frames = self._frames()
+        # The frames this run finds remembered, held here: while a caller holds this
+        # generator, other reads in its thread may push them out of the memory.
+        kept = {
+            loc.offset: frames[key, loc.offset] for _cid, loc in run if (key, loc.offset) in frames
+        }
         view = memoryview(b"")
-        if not all((key, loc.offset) in frames for _cid, loc in run):
+        if not all(loc.offset in kept for _cid, loc in run):
             end = max(loc.offset + loc.length for _cid, loc in run)
             span = end - first.offset
             view = self.blob.get_range_view(key, first.offset, span)
@@ -130,14 +135,16 @@ class ChunkReader:
                 raise CorruptObject(key, f"truncated: wanted {span} bytes at {first.offset}")
         for cid, loc in run:
             raw: R
-            content = frames.get((key, loc.offset))
+            content = kept.get(loc.offset)
             if content is not None:
-                frames.move_to_end((key, loc.offset))
+                if (key, loc.offset) in frames:
+                    frames.move_to_end((key, loc.offset))
             else:
                 at = loc.offset - first.offset
                 blob = view[at : at + loc.length]
                 if blob[:1] == SHARED:
-                    content = frames[key, loc.offset] = self._codec().open_shared(key, blob)
+                    content = kept[loc.offset] = self._codec().open_shared(key, blob)
+                    frames[key, loc.offset] = content
                     if len(frames) > FRAMES_KEPT:
                         frames.popitem(last=False)
             if content is not None:
