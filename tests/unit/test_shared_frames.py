@@ -69,14 +69,35 @@ def _writer(store: Store) -> PackWriter:
     return PackWriter(store.index, 4 << 20, max_pending=1, uploaders=1)
 
 
-def test_a_frame_is_stored_once_and_each_chunk_named_in_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _stored(tmp_path: Path) -> tuple[Store, list[bytes], PackWriter]:
+    """A store holding :func:`_chunks` as ``encode_group`` stores them, and its closed
+    pack writer."""
     chunks = _chunks()
     store = Store.open(str(tmp_path / "store"))
     writer = _writer(store)
     assert writer.add_many(_items(chunks)) == len(chunks)
-    (pack,) = writer.close()
+    writer.close()
+    return store, chunks, writer
+
+
+def _opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the shared frames opened from now on, each as it is opened."""
+    opened: list[int] = []
+    real = ChunkCodec.open_shared
+
+    def counted(self: ChunkCodec, key: str, blob: bytes | memoryview) -> bytes:
+        opened.append(len(blob))
+        return real(self, key, blob)
+
+    monkeypatch.setattr(ChunkCodec, "open_shared", counted)
+    return opened
+
+
+def test_a_frame_is_stored_once_and_each_chunk_named_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, chunks, writer = _stored(tmp_path)
+    (pack,) = writer.packs
     index = load_pack_index(store.blob, pack)
     assert msgspec.msgpack.decode(decode_payload(store, pack))["format"] == PACK_INDEX_FORMAT
     shared = [e for e in index.entries if e.offset == index.entries[0].offset]
@@ -86,14 +107,7 @@ def test_a_frame_is_stored_once_and_each_chunk_named_in_it(
     assert len({e.length for e in shared}) == 1
     assert writer.bytes_written < sum(map(len, chunks)) * 0.7
 
-    opened: list[int] = []
-    real = ChunkCodec.open_shared
-
-    def counted(self: ChunkCodec, key: str, blob: bytes | memoryview) -> bytes:
-        opened.append(len(blob))
-        return real(self, key, blob)
-
-    monkeypatch.setattr(ChunkCodec, "open_shared", counted)
+    opened = _opens(monkeypatch)
     reader = ChunkReader(store.index)
     refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
     assert [bytes(c) for c in reader.stream(refs)] == chunks
@@ -189,25 +203,15 @@ def test_a_re_upload_stores_only_the_changed_small_files(
 def test_files_read_one_at_a_time_open_their_frame_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chunks = _chunks()
-    store = Store.open(str(tmp_path / "store"))
-    writer = _writer(store)
-    writer.add_many(_items(chunks))
-    writer.close()
-    opened: list[int] = []
+    store, chunks, _written = _stored(tmp_path)
+    opened = _opens(monkeypatch)
     fetched: list[int] = []
-    real_open = ChunkCodec.open_shared
     real_get = type(store.blob).get_range_view
-
-    def counted(self: ChunkCodec, key: str, blob: bytes | memoryview) -> bytes:
-        opened.append(len(blob))
-        return real_open(self, key, blob)
 
     def get_range_view(self: object, key: str, start: int, length: int) -> memoryview:
         fetched.append(length)
         return real_get(self, key, start, length)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ChunkCodec, "open_shared", counted)
     monkeypatch.setattr(type(store.blob), "get_range_view", get_range_view)
     reader = ChunkReader(store.index)
     refs = [ChunkRef(digest(raw), len(raw)) for raw in chunks]
