@@ -662,3 +662,41 @@ def test_eager_trees_are_written_as_added_and_a_failed_child_holds_its_parent(
     assert written.index(tree_key(leaf.hex())) < written.index(tree_key(top.hex()))
     assert tree_key(other.hex()) in written and len(pending) == 0
     assert TreeStore(meta).get(top).entries[0].tree == leaf
+
+
+def test_eager_trees_still_queued_at_write_are_written_several_at_a_time_children_first(
+    meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One background writer; what it has not begun when write() comes is written by up to
+    # `workers` threads, level by level, instead of one at a time behind it.
+    pending = PendingTrees(TreeStore(meta), workers=4, eager=True)
+    real = meta.put_if_absent
+    first_held = threading.Event()
+    release = threading.Event()
+    both = threading.Barrier(2, timeout=5)  # passed only by two writes at the same time
+    written: list[tuple[str, str]] = []
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        if not written and not first_held.is_set():
+            first_held.set()
+            assert release.wait(10)
+        elif key != tree_key(top.hex()) and len(written) < 3:
+            both.wait()
+        written.append((key, threading.current_thread().name))
+        return real(key, data)
+
+    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+    leaves = [pending.add([_file(f"x{i}", size=i + 1)]) for i in range(6)]
+    top = pending.add(
+        [Entry(f"d{i}", Kind.DIR, 0o755, 0, tree=leaf, files=1) for i, leaf in enumerate(leaves)]
+    )
+    assert first_held.wait(10)  # the background writer holds the first leaf
+    threading.Timer(0.2, release.set).start()
+    pending.write()
+    keys = [key for key, _thread in written]
+    assert keys[0] == tree_key(leaves[0].hex())
+    assert sorted(keys[1:6]) == sorted(tree_key(leaf.hex()) for leaf in leaves[1:])
+    assert keys[6:] == [tree_key(top.hex())]
+    assert len({thread for _key, thread in written[1:]}) >= 2
+    assert len(pending) == 0
+    assert [e.tree for e in TreeStore(meta).get(top).entries] == leaves
