@@ -862,6 +862,35 @@ def test_verify_detects_corrupted_pack(damaged_setup: tuple[Repository, str, Pat
     assert "packs/" in problem
 
 
+def test_a_second_verify_in_one_thread_sees_a_shared_frame_damaged_since_the_first(
+    local_store: Store, tmp_path: Path, author: Author
+) -> None:
+    # Files under 512 bytes share zstd frames, and the reader remembers, in each thread,
+    # the last frames it opened: a verify must not take them from that memory.
+    repo = Repository.create(local_store, "r", "", author)
+    write_tree(tmp_path / "src", {f"t{i}.txt": (f"row {i}\n" * 40).encode() for i in range(6)})
+    bid = repo.upload(str(tmp_path / "src"), _opts(author)).bundle_id
+    assert repo.verify(bid).ok
+    pack = _pack_path(repo.store)
+    index = load_pack_index(repo.store.blob, pack_id_of(str(pack)))
+    frame = next(e for e in index.entries if e.at > 0)  # a chunk after another in its frame
+    data = bytearray(pack.read_bytes())
+    data[frame.offset + frame.length // 2] ^= 0x55
+    pack.write_bytes(bytes(data))
+    report = repo.verify(bid)
+    assert not report.ok
+    in_frame = {frame_file(repo, bid, e.id) for e in index.entries if e.offset == frame.offset}
+    assert len(report.problems) == 1 and report.problems[0].split(":")[0] in in_frame
+
+
+def frame_file(repo: Repository, bid: str, chunk: bytes) -> str:
+    """The file of ``bid`` whose chunk is ``chunk``."""
+    tree = bytes.fromhex(repo.bundle(bid).tree)
+    return next(
+        path for path, e in repo.store.trees.walk(tree) if e.chunks and e.chunks[0].id == chunk
+    )
+
+
 def test_verify_raises_what_is_no_damage(
     damaged_setup: tuple[Repository, str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,9 @@ def verify_bundle(
     progress = progress or NoProgress()
     report = VerifyReport()
     seen = checked if checked is not None else set()
+    # Frames this thread read before are checked again too: a pack may have been damaged
+    # since.
+    store.reader.forget()
     for pack_id in bundle.packs:
         try:
             # Read from the store, not the local cache: other machines depend on these.
