@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from concurrent.futures import Future, wait
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -657,7 +658,10 @@ def test_eager_trees_are_written_as_added_and_a_failed_child_holds_its_parent(
     leaf = pending.add([_file("x")])
     top = pending.add([Entry("d", Kind.DIR, 0o755, 0, tree=leaf, files=1)])
     other = pending.add([_file("y")])
-    pending.write()  # waits for the background writes, then writes what failed, in order
+    # The background writes end (the leaf's fails, so its parent's does), so that none is
+    # still queued, and cancelled, when write() comes.
+    wait(list(pending._writes.values()))
+    pending.write()  # writes what failed, in order
     assert failed == [tree_key(leaf.hex())]
     assert written.index(tree_key(leaf.hex())) < written.index(tree_key(top.hex()))
     assert tree_key(other.hex()) in written and len(pending) == 0
@@ -674,24 +678,32 @@ def test_eager_trees_still_queued_at_write_are_written_several_at_a_time_childre
     first_held = threading.Event()
     release = threading.Event()
     both = threading.Barrier(2, timeout=5)  # passed only by two writes at the same time
+    places = iter(range(2))  # the two leaves of the flush that meet at the barrier
     written: list[tuple[str, str]] = []
 
     def put_if_absent(key: str, data: bytes) -> bool:
-        if not written and not first_held.is_set():
+        if not first_held.is_set():
             first_held.set()
             assert release.wait(10)
-        elif key != tree_key(top.hex()) and len(written) < 3:
+        elif key != tree_key(top.hex()) and next(places, None) is not None:
             both.wait()
         written.append((key, threading.current_thread().name))
         return real(key, data)
 
+    real_wait = trees_module.wait
+
+    def wait(futures: list[Future[None]]) -> object:
+        # write() has cancelled what the background writer had not begun: let it go on.
+        release.set()
+        return real_wait(futures)
+
     monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+    monkeypatch.setattr(trees_module, "wait", wait)
     leaves = [pending.add([_file(f"x{i}", size=i + 1)]) for i in range(6)]
     top = pending.add(
         [Entry(f"d{i}", Kind.DIR, 0o755, 0, tree=leaf, files=1) for i, leaf in enumerate(leaves)]
     )
     assert first_held.wait(10)  # the background writer holds the first leaf
-    threading.Timer(0.2, release.set).start()
     pending.write()
     keys = [key for key, _thread in written]
     assert keys[0] == tree_key(leaves[0].hex())
@@ -700,3 +712,28 @@ def test_eager_trees_still_queued_at_write_are_written_several_at_a_time_childre
     assert len({thread for _key, thread in written[1:]}) >= 2
     assert len(pending) == 0
     assert [e.tree for e in TreeStore(meta).get(top).entries] == leaves
+
+
+def test_write_after_abort_writes_what_the_background_writer_left(
+    meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # abort() cancels queued writes that no worker will ever mark done: write() must not
+    # wait for them.
+    pending = PendingTrees(TreeStore(meta), workers=2, eager=True)
+    real = meta.put_if_absent
+    release = threading.Event()
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        assert release.wait(10)
+        return real(key, data)
+
+    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+    leaves = [pending.add([_file(f"x{i}", size=i + 1)]) for i in range(4)]
+    threading.Timer(0.1, release.set).start()
+    pending.abort()
+    done = threading.Thread(target=pending.write, daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive()
+    assert len(pending) == 0
+    assert all(TreeStore(meta).exists(leaf) for leaf in leaves)

@@ -549,8 +549,9 @@ def _unless_head(pending: PendingTrees, top: Entry, packs: tuple[str, ...]) -> T
 
     The head's root is stored, and every tree below it was stored before it (§7): an
     unchanged folder then needs no tree written, nor checked one by one. On a retry onto
-    another head, the trees not yet stored are stored then. (Trees written in the
-    background as they are named, by a full upload, are written whatever the head.)
+    another head, the trees not yet stored are stored then. (Trees a full upload wrote in
+    the background as it named them are written whatever the head; those it had not begun
+    are not written when the head's root is ``top``: they are all stored below it.)
     """
 
     def build(base: Bundle | None) -> tuple[Entry, tuple[str, ...]]:

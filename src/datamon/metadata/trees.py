@@ -163,9 +163,9 @@ class PendingTrees:
             # The writes not begun are written below, level by level, several at a time:
             # left in the background queue they went one at a time (W2: 739 of its 1,111
             # trees were still queued when its last file was read).
-            for future in started:
-                future.cancel()
-            wait(started)
+            # (A future cancelled is never waited for: after abort(), no worker is left to
+            # mark it done.)
+            wait([future for future in started if not future.cancel()])
             self._pool.shutdown(wait=True)
             self._pool = None
             self._writes.clear()
