@@ -124,7 +124,7 @@ def _upload_keyed(
     arrivals = Arrivals(ahead=AHEAD)
     # One writer meanwhile: more compete with ingestion for the interpreter lock (W2: 1.6 s
     # more ingestion with 8 writers, 0.7 s with one, against 1.0 s of trees written after
-    # it). What it has not begun when ingestion ends is written 8 at a time.
+    # it). What it has not begun when the upload commits is written 8 at a time.
     pending = PendingTrees(store.trees, eager=True)
     named: list[Future[Entry]] = []
     records: list[FolderRecords] = []

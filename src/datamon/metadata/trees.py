@@ -161,7 +161,7 @@ class PendingTrees:
             with self._lock:
                 started = list(self._writes.values())
             # The writes not begun are written below, level by level, several at a time:
-            # left in the background queue they went one at a time (W2: 739 of its 1,111
+            # left in the background queue they went one at a time (W2: up to 759 of its 1,111
             # trees were still queued when its last file was read).
             # (A future cancelled is never waited for: after abort(), no worker is left to
             # mark it done.)
