@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from datetime import UTC, datetime, timedelta
 
@@ -668,28 +669,40 @@ def test_eager_trees_are_written_as_added_and_a_failed_child_holds_its_parent(
     assert TreeStore(meta).get(top).entries[0].tree == leaf
 
 
+def _before_each_write(
+    meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch, before: Callable[[str], object]
+) -> None:
+    """``before(key)`` runs ahead of every create-only write to ``meta``."""
+    real = meta.put_if_absent
+
+    def put_if_absent(key: str, data: bytes) -> bool:
+        before(key)
+        return real(key, data)
+
+    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+
+
 def test_eager_trees_still_queued_at_write_are_written_several_at_a_time_children_first(
     meta: MemoryBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One background writer; what it has not begun when write() comes is written by up to
     # `workers` threads, level by level, instead of one at a time behind it.
     pending = PendingTrees(TreeStore(meta), workers=4, eager=True)
-    real = meta.put_if_absent
     first_held = threading.Event()
     release = threading.Event()
     both = threading.Barrier(2, timeout=5)  # passed only by two writes at the same time
     places = iter(range(2))  # the two leaves of the flush that meet at the barrier
     written: list[tuple[str, str]] = []
 
-    def put_if_absent(key: str, data: bytes) -> bool:
+    def before(key: str) -> None:
         if not first_held.is_set():
             first_held.set()
             assert release.wait(10)
         elif key != tree_key(top.hex()) and next(places, None) is not None:
             both.wait()
         written.append((key, threading.current_thread().name))
-        return real(key, data)
 
+    _before_each_write(meta, monkeypatch, before)
     real_wait = trees_module.wait
 
     def wait(futures: list[Future[None]]) -> object:
@@ -697,7 +710,6 @@ def test_eager_trees_still_queued_at_write_are_written_several_at_a_time_childre
         release.set()
         return real_wait(futures)
 
-    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
     monkeypatch.setattr(trees_module, "wait", wait)
     leaves = [pending.add([_file(f"x{i}", size=i + 1)]) for i in range(6)]
     top = pending.add(
@@ -720,14 +732,12 @@ def test_write_after_abort_writes_what_the_background_writer_left(
     # abort() cancels queued writes that no worker will ever mark done: write() must not
     # wait for them.
     pending = PendingTrees(TreeStore(meta), workers=2, eager=True)
-    real = meta.put_if_absent
     release = threading.Event()
 
-    def put_if_absent(key: str, data: bytes) -> bool:
+    def held(_key: str) -> None:
         assert release.wait(10)
-        return real(key, data)
 
-    monkeypatch.setattr(meta, "put_if_absent", put_if_absent)
+    _before_each_write(meta, monkeypatch, held)
     leaves = [pending.add([_file(f"x{i}", size=i + 1)]) for i in range(4)]
     threading.Timer(0.1, release.set).start()
     pending.abort()

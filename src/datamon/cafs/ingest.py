@@ -590,13 +590,15 @@ def split_frames(
     if CODEC_SHARED not in codecs:
         return list(store), []
     head_of = [-1] * len(codecs)  # for a chunk of a shared frame, the frame's first chunk
+    at = [0] * len(codecs)  # and where it starts in the frame's content
     members: dict[int, list[int]] = {}
-    head = -1
+    head = inner = -1
     for k, codec_byte in enumerate(codecs):
         if codec_byte == CODEC_SHARED:
             if len(payloads[k]):
-                head = k
-            head_of[k] = head
+                head, inner = k, 0
+            head_of[k], at[k] = head, inner
+            inner += sizes[k]
             members.setdefault(head, []).append(k)
     stored = set(store)
     whole = {h for h, ks in members.items() if all(k in stored for k in ks)}
@@ -611,6 +613,5 @@ def split_frames(
         if content is None:
             blob = bytes((CODEC_SHARED,)) + bytes(payloads[head])
             content = contents[head] = codec.open_shared("a worker's frame", blob)
-        at = sum(sizes[j] for j in members[head] if j < k)
-        cut.append((k, bytes(member("a worker's frame", content, at, sizes[k]))))
+        cut.append((k, bytes(member("a worker's frame", content, at[k], sizes[k]))))
     return keep, cut

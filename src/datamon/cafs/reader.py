@@ -61,9 +61,7 @@ class ChunkReader:
     def forget(self) -> None:
         """Drop this thread's remembered frames: its next reads fetch every frame from the
         store again (a check of what the store holds now, not of what it held)."""
-        frames: OrderedDict[tuple[str, int], bytes] | None = getattr(self._local, "frames", None)
-        if frames is not None:
-            frames.clear()
+        self._frames().clear()
 
     def _codec(self) -> ChunkCodec:
         codec: ChunkCodec | None = getattr(self._local, "codec", None)
