@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -13,6 +14,7 @@ from datamon.api import forked_scan
 from datamon.cafs import chunker as chunker_module
 from datamon.cafs import statcache
 from datamon.config import CACHE_ENV
+from datamon.storage import local as local_module
 from datamon.storage.memory import MemoryBackend
 
 
@@ -82,4 +84,19 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(chunker_module.FastCDCChunker, "open", staticmethod(counting_open))
     monkeypatch.setattr(chunker_module.FastCDCChunker, "read", staticmethod(counting_read))
+    return paths
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the local backend fsyncs from now on, in order, by the name /proc gives each
+    (a file not yet linked into place is shown as deleted)."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_module.os, "fsync", fsync)
     return paths

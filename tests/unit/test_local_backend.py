@@ -251,3 +251,136 @@ def test_a_key_deleted_during_a_swap_stays_under_the_swap_s_lock(
     assert isinstance(results["B"], str)
     assert isinstance(results["C"], RefConflict)
     assert backend.get("runs/locks/x") == b"B holds"
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+_KILLED_WRITER = """
+import os, sys, time
+from datamon.storage import local
+from datamon.storage.local import LocalBackend
+
+backend = LocalBackend(sys.argv[1])
+backend._unnamed = sys.argv[2] == "unnamed"
+real_write = os.write
+
+def write(fd, data):
+    written = real_write(fd, data[: len(data) // 2])
+    print("writing", flush=True)
+    time.sleep(60)
+    return written
+
+local.os.write = write
+backend.put_if_absent("packs/ab/cut-short", bytes(3 << 20))
+"""
+
+
+@pytest.mark.skipif(not getattr(os, "O_TMPFILE", 0), reason="no O_TMPFILE on this platform")
+@pytest.mark.parametrize(("mode", "left"), [("unnamed", 0), ("named", 1)])
+def test_a_create_only_write_killed_part_way_leaves_nothing_where_it_can(
+    tmp_path: Path, mode: str, left: int
+) -> None:
+    """Killed in the middle of a pack's write, an upload leaves no file behind in the
+    store when the write went to an unnamed file; a named temporary file (the fallback
+    where the file system has no unnamed ones) stays behind."""
+    import signal
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(store), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"writing\n", proc.communicate()[1].decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    files = _files(store)
+    assert len(files) == left, files
+    assert all(local.TMP_MARK in name for name in files)
+    assert list(LocalBackend(store).list()) == []
+
+
+def test_create_only_writes_go_back_to_named_files_where_unnamed_ones_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: list[str]
+) -> None:
+    tries: list[int] = []
+    real_open = local.os.open
+
+    def refuse(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        if local._O_TMPFILE and flags & local._O_TMPFILE == local._O_TMPFILE:
+            tries.append(flags)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(local.os, "open", refuse)
+    backend = LocalBackend(tmp_path / "store")
+    data = random_bytes(15, EARLY_SYNC + 7)
+    assert backend.put_if_absent("packs/ab/eight", data)
+    assert not backend.put_if_absent("packs/ab/eight", data)
+    assert backend.put_if_absent("trees/cd/nine", b"tree")
+    assert backend.get("packs/ab/eight") == data
+    assert backend.get("trees/cd/nine") == b"tree"
+    # Refused once, then not tried again; the large object went through a named file.
+    assert len(tries) == (1 if local._O_TMPFILE else 0)
+    assert len(synced) == 1 and local.TMP_MARK in synced[0]
+    assert _files(backend.root) == ["packs/ab/eight", "trees/cd/nine"]
+
+
+def test_racing_create_only_writes_store_one_object_and_leave_nothing_else(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    backend = LocalBackend(tmp_path / "store")
+    data = random_bytes(16, EARLY_SYNC + 11)
+    start = threading.Barrier(8)
+    results: list[bool] = []
+
+    def put() -> None:
+        start.wait(30)
+        results.append(backend.put_if_absent("packs/ef/ten", data))
+
+    threads = [threading.Thread(target=put) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [False] * 7 + [True]
+    assert backend.get("packs/ef/ten") == data
+    assert _files(backend.root) == ["packs/ef/ten"]
+    # Made as a named file would be: the process's umask applies.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (backend.root / "packs/ef/ten").stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_a_refused_link_of_an_unnamed_file_writes_it_again_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    links: list[str] = []
+    real_link = local.os.link
+
+    def link(src: Any, dst: Any, **kw: Any) -> None:
+        if str(src).startswith(local._FD_LINKS):
+            links.append(str(src))
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(local.os, "link", link)
+    backend = LocalBackend(tmp_path / "store")
+    assert backend.put_if_absent("trees/ab/eleven", b"eleven")
+    assert backend.put_if_absent("trees/ab/twelve", b"twelve")
+    assert backend.get("trees/ab/eleven") == b"eleven"
+    assert _files(backend.root) == ["trees/ab/eleven", "trees/ab/twelve"]
+    assert len(links) == (1 if local._O_TMPFILE else 0)  # not tried again

@@ -1,7 +1,10 @@
 """LocalBackend: the embedded default, a folder on local disk.
 
-Writes go to a temporary file beside the target, then are renamed into place, so
-a reader sees a whole object or none. Objects of 1 MiB or more have their data fsynced as
+A reader sees a whole object or none. A create-only write (``put_if_absent``) fills an
+unnamed file in the target's folder (``O_TMPFILE``) and links it into place, so a write cut
+short leaves nothing behind; where the file system or the platform cannot, and for writes
+that replace an object, it fills a temporary file beside the target and renames or links
+it into place. Objects of 1 MiB or more have their data fsynced as
 they are written; all plain writes are made durable together by
 :meth:`LocalBackend.flush` (an fsync of each when there are few, else one ``syncfs``),
 which every compare-and-swap calls first: an object is on disk before any ref can
@@ -46,6 +49,15 @@ EARLY_SYNC = 1 << 20
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+# An unnamed file in a folder, linked into place once whole (Linux 3.11+; ext4, XFS, btrfs
+# and tmpfs have it). 0 where the platform has none.
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+# Errors of an O_TMPFILE open that mean "not here" rather than a failed write: a file system
+# without it (EOPNOTSUPP), a kernel without it (EISDIR: it sees O_DIRECTORY), or a flag
+# refused (EINVAL).
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+# Where an unnamed file is found to link it: the process's own file descriptors.
+_FD_LINKS = "/proc/self/fd"
 # Large objects are written with O_DIRECT where the file system and the buffer allow it,
 # in whole blocks of this size (the rest is written through the page cache). Copying them
 # into the page cache instead cost 0.8 s of system time for 288 MiB here: the page cache
@@ -104,6 +116,19 @@ def _write_direct(fd: int, view: memoryview) -> memoryview:
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     return view[done:]
+
+
+def _open_creating(folder: Path, path: Path, flags: int) -> int:
+    """``os.open(path, flags, 0o644)``, making ``folder`` first if it is missing.
+
+    The folder is made only when missing: most writes land in one that exists, and a mkdir
+    for each cost a system call per object.
+    """
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def _fsync(path: Path) -> None:
@@ -171,6 +196,8 @@ class LocalBackend:
         self._lock = threading.Lock()
         # Whether range reads try O_DIRECT; cleared once the file system refuses it.
         self._direct = bool(_O_DIRECT)
+        # Whether create-only writes use unnamed files; cleared once one is refused.
+        self._unnamed = bool(_O_TMPFILE) and os.path.isdir(_FD_LINKS)
         self._local = threading.local()
 
     @property
@@ -262,30 +289,63 @@ class LocalBackend:
 
     def _write_temp(self, path: Path, data: Payload, sync: bool = False) -> Path:
         tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
+        fd = _open_creating(path.parent, tmp, _CREATE)
         try:
-            fd = os.open(tmp, _CREATE, 0o644)
-        except FileNotFoundError:
-            # The folder is made only when missing: most writes land in one that exists,
-            # and a mkdir for each cost a system call per object.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, _CREATE, 0o644)
-        try:
-            view = memoryview(data).cast("B")
-            size = view.nbytes
-            if size >= EARLY_SYNC:
-                view = _write_direct(fd, view)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync or size >= EARLY_SYNC:
-                os.fsync(fd)
-            if not sync:
-                self._dirty = True
+            self._fill(fd, data, sync)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
         return tmp
+
+    def _fill(self, fd: int, data: Payload, sync: bool) -> None:
+        """Write all of ``data`` to the new file ``fd``; a large object, or with ``sync``,
+        is fsynced, the others are left for :meth:`flush`."""
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        if size >= EARLY_SYNC:
+            view = _write_direct(fd, view)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync or size >= EARLY_SYNC:
+            os.fsync(fd)
+        if not sync:
+            self._dirty = True
+
+    def _link_unnamed(self, path: Path, data: Payload) -> bool | None:
+        """Write ``data`` to an unnamed file in ``path``'s folder and link it as ``path``:
+        True if linked, False if ``path`` exists, None if the file system cannot (then
+        this backend no longer tries). A write cut short leaves nothing: the kernel frees
+        an unnamed file once it is closed, by its process's exit if need be."""
+        try:
+            fd = _open_creating(path.parent, path.parent, os.O_WRONLY | _O_TMPFILE)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            self._unnamed = False
+            return None
+        try:
+            self._fill(fd, data, sync=False)
+            # linkat(2) with AT_SYMLINK_FOLLOW on the descriptor's /proc link, which any
+            # process may do (AT_EMPTY_PATH needs a capability). Naming the folder by a
+            # descriptor makes os.link call linkat rather than link(2), which would link
+            # the /proc link itself.
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.link(f"{_FD_LINKS}/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+            except FileExistsError:
+                return False
+            except OSError:
+                # /proc hidden or its links not followed (ENOENT, EXDEV, EPERM): the named
+                # way writes it again, and raises what a real failure raises.
+                self._unnamed = False
+                return None
+            finally:
+                os.close(folder)
+        finally:
+            os.close(fd)
+        return True
 
     def put(self, key: str, data: Payload) -> None:
         path = self._path(key)
@@ -304,19 +364,22 @@ class LocalBackend:
             self._wrote(path)
             return False
         try:
-            tmp = self._write_temp(path, data)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                # Written meanwhile by another writer, whose flush may not have come yet.
-                self._wrote(path)
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
+            linked = self._link_unnamed(path, data) if self._unnamed else None
+            if linked is None:
+                tmp = self._write_temp(path, data)
+                try:
+                    os.link(tmp, path)
+                    linked = True
+                except FileExistsError:
+                    linked = False
+                finally:
+                    tmp.unlink(missing_ok=True)
         except OSError as exc:
             raise _translate(exc, key) from None
+        # Either way it must be durable before a ref names it: one written meanwhile by
+        # another writer may not be flushed yet.
         self._wrote(path)
-        return True
+        return linked
 
     def compare_and_swap(self, key: str, data: Payload, expected: str | None) -> str:
         path = self._path(key)
