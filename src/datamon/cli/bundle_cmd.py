@@ -392,9 +392,7 @@ def update(
 
 @bundle.command("verify")
 @repo_option
-@click.option("--bundle", default=None, help="Bundle id, or a unique prefix of one.")
-@click.option("--label", default=None, help="Use the bundle this label names.")
-@click.option("--branch", default=None, help="Use the head of this branch.")
+@ref_options
 @json_option
 @pass_app
 def verify(
