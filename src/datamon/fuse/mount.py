@@ -46,6 +46,10 @@ CONTROL_TIMEOUT = 600.0
 FOREVER = 86400.0
 # The kernel's read-ahead on a mount, when it may be set: FUSE's largest request.
 READ_AHEAD_KB = 1024
+# Idle threads libfuse 3 keeps waiting for requests (its default before 3.12). Given
+# explicitly: left unset, some libfuse 3 releases (3.14 here) log "Ignoring invalid max
+# threads value 4294967295" on every mount.
+IDLE_THREADS = 10
 
 
 MIN_MEMORY = 16 << 20
@@ -237,6 +241,11 @@ def _FUSE(mfusepy: Any) -> Any:
     return FUSE
 
 
+def _loop_options(mfusepy: Any) -> dict[str, Any]:
+    """Options of libfuse 3's request loop; libfuse 2 knows none of them."""
+    return {"max_idle_threads": IDLE_THREADS} if mfusepy.fuse_version_major == 3 else {}
+
+
 def _serve(
     ops: object, info: MountInfo, fuse_options: dict[str, Any], control: dict[str, Any]
 ) -> None:
@@ -265,6 +274,7 @@ def _serve(
             foreground=True,
             fsname=f"datamon:{info.repo}",
             subtype="datamon",
+            **_loop_options(mfusepy),
             **fuse_options,
         )
     except RuntimeError as exc:
