@@ -55,3 +55,28 @@ def test_lines_given_before_an_error_are_printed(capsys: pytest.CaptureFixture[s
     with pytest.raises(DatamonError):
         output.lines(failing())
     assert capsys.readouterr().out.splitlines() == [" , ".join(map(str, r)) for r in rows(10)]
+
+
+@pytest.mark.parametrize(
+    ("micros", "shown"),
+    [
+        (159704, "22:10:24.159704"),
+        (159700, "22:10:24.1597"),
+        (500000, "22:10:24.5"),
+        (0, "22:10:24"),
+    ],
+)
+def test_times_print_as_the_seed_s_datamon_printed_them(
+    monkeypatch: pytest.MonkeyPatch, micros: int, shown: str
+) -> None:
+    from datetime import UTC, datetime
+
+    # A POSIX rule, which needs no time zone database: US Pacific time.
+    monkeypatch.setenv("TZ", "PST8PDT,M3.2.0,M11.1.0")
+    time.tzset()
+    try:
+        when = datetime(2019, 3, 13, 5, 10, 24, micros, tzinfo=UTC)
+        assert output.timestamp(when) == f"2019-03-12 {shown} -0700 PDT"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -15,9 +15,15 @@ from datamon.api.progress import NoProgress, Progress
 
 
 def timestamp(when: datetime) -> str:
-    """Local time as Datamon printed it: ``2019-03-12 22:10:24.159704 -0700 PDT``."""
+    """Local time as Datamon printed it: ``2019-03-12 22:10:24.159704 -0700 PDT``.
+
+    That is Go's default form of a time, whose fraction of a second drops its trailing
+    zeros, and is left out when it is zero: ``22:10:24.1597``, ``22:10:24``.
+    """
     local = when.astimezone()
-    return f"{local:%Y-%m-%d %H:%M:%S.%f %z %Z}"
+    fraction = f"{local.microsecond:06d}".rstrip("0")
+    dot = "." if fraction else ""
+    return f"{local:%Y-%m-%d %H:%M:%S}{dot}{fraction} {local:%z %Z}"
 
 
 # Lines printed by one ``click.echo`` call. It asks whether stdout is a terminal and flushes
