@@ -257,6 +257,18 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def _unnamed_files(folder: Path) -> bool:
+    """Whether ``folder``'s file system makes unnamed files (``O_TMPFILE``)."""
+    if not local._O_TMPFILE:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder, os.O_WRONLY | local._O_TMPFILE))
+    except OSError:
+        return False
+    return True
+
+
 _KILLED_WRITER = """
 import os, sys, time
 from datamon.storage import local
@@ -273,11 +285,12 @@ def write(fd, data):
     return written
 
 local.os.write = write
-backend.put_if_absent("packs/ab/cut-short", bytes(3 << 20))
+data = local.direct_buffer(3 << 20)  # page-aligned: written with O_DIRECT where it can be
+data[:] = os.urandom(len(data))
+backend.put_if_absent("packs/ab/cut-short", data)
 """
 
 
-@pytest.mark.skipif(not getattr(os, "O_TMPFILE", 0), reason="no O_TMPFILE on this platform")
 @pytest.mark.parametrize(("mode", "left"), [("unnamed", 0), ("named", 1)])
 def test_a_create_only_write_killed_part_way_leaves_nothing_where_it_can(
     tmp_path: Path, mode: str, left: int
@@ -285,11 +298,14 @@ def test_a_create_only_write_killed_part_way_leaves_nothing_where_it_can(
     """Killed in the middle of a pack's write, an upload leaves no file behind in the
     store when the write went to an unnamed file; a named temporary file (the fallback
     where the file system has no unnamed ones) stays behind."""
+    import select
     import signal
     import subprocess
     import sys
 
     store = tmp_path / "store"
+    if mode == "unnamed" and not _unnamed_files(store):
+        pytest.skip("this file system makes no unnamed files")
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_WRITER, str(store), mode],
         stdout=subprocess.PIPE,
@@ -297,6 +313,9 @@ def test_a_create_only_write_killed_part_way_leaves_nothing_where_it_can(
     )
     try:
         assert proc.stdout is not None
+        poll = select.poll()  # (select() refuses descriptors past 1023)
+        poll.register(proc.stdout, select.POLLIN)
+        assert poll.poll(60_000), "the writer did not start writing"
         line = proc.stdout.readline()
         assert line == b"writing\n", proc.communicate()[1].decode()
         proc.send_signal(signal.SIGKILL)
@@ -365,22 +384,47 @@ def test_racing_create_only_writes_store_one_object_and_leave_nothing_else(
     assert (backend.root / "packs/ef/ten").stat().st_mode & 0o777 == 0o644 & ~umask
 
 
-def test_a_refused_link_of_an_unnamed_file_writes_it_again_by_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _failing_fd_links(monkeypatch: pytest.MonkeyPatch, code: int) -> list[str]:
+    """Make links through /proc fail with ``code``; the links tried."""
     links: list[str] = []
     real_link = local.os.link
 
     def link(src: Any, dst: Any, **kw: Any) -> None:
         if str(src).startswith(local._FD_LINKS):
             links.append(str(src))
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
+            raise OSError(code, os.strerror(code))
         real_link(src, dst, **kw)
 
     monkeypatch.setattr(local.os, "link", link)
+    return links
+
+
+def test_a_refused_link_of_an_unnamed_file_writes_it_again_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    links = _failing_fd_links(monkeypatch, errno.EXDEV)
     backend = LocalBackend(tmp_path / "store")
+    unnamed = _unnamed_files(backend.root)
     assert backend.put_if_absent("trees/ab/eleven", b"eleven")
     assert backend.put_if_absent("trees/ab/twelve", b"twelve")
     assert backend.get("trees/ab/eleven") == b"eleven"
     assert _files(backend.root) == ["trees/ab/eleven", "trees/ab/twelve"]
-    assert len(links) == (1 if local._O_TMPFILE else 0)  # not tried again
+    assert len(links) == (1 if unnamed else 0)  # not tried again
+
+
+def test_a_link_failing_for_another_reason_fails_the_write_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datamon.errors import StorageError
+
+    backend = LocalBackend(tmp_path / "store")
+    if not _unnamed_files(backend.root):
+        pytest.skip("this file system makes no unnamed files")
+    links = _failing_fd_links(monkeypatch, errno.ENOSPC)
+    with pytest.raises(StorageError, match="no space left"):
+        backend.put_if_absent("trees/ab/thirteen", b"thirteen")
+    assert len(links) == 1 and backend._unnamed  # unnamed files are still used
+    assert _files(backend.root) == []
+    monkeypatch.undo()
+    assert backend.put_if_absent("trees/ab/thirteen", b"thirteen")
+    assert _files(backend.root) == ["trees/ab/thirteen"]

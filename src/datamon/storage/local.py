@@ -2,9 +2,9 @@
 
 A reader sees a whole object or none. A create-only write (``put_if_absent``) fills an
 unnamed file in the target's folder (``O_TMPFILE``) and links it into place, so a write cut
-short leaves nothing behind; where the file system or the platform cannot, and for writes
-that replace an object, it fills a temporary file beside the target and renames or links
-it into place. Objects of 1 MiB or more have their data fsynced as
+short leaves nothing behind; where the file system, the kernel or /proc refuses that (design
+§3), and for writes that replace an object, it fills a temporary file beside the target and
+renames or links it into place. Objects of 1 MiB or more have their data fsynced as
 they are written; all plain writes are made durable together by
 :meth:`LocalBackend.flush` (an fsync of each when there are few, else one ``syncfs``),
 which every compare-and-swap calls first: an object is on disk before any ref can
@@ -58,6 +58,10 @@ _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 # Where an unnamed file is found to link it: the process's own file descriptors.
 _FD_LINKS = "/proc/self/fd"
+# Errors of that link that mean the route through /proc is refused: its link not followed
+# (EXDEV), or hard links to it not allowed (EPERM). ENOENT counts only when the descriptor's
+# link is missing (/proc hidden), not when the target folder was removed meanwhile.
+_NO_FD_LINK = frozenset({errno.EXDEV, errno.EPERM})
 # Large objects are written with O_DIRECT where the file system and the buffer allow it,
 # in whole blocks of this size (the rest is written through the page cache). Copying them
 # into the page cache instead cost 0.8 s of system time for 288 MiB here: the page cache
@@ -116,6 +120,13 @@ def _write_direct(fd: int, view: memoryview) -> memoryview:
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     return view[done:]
+
+
+def _fd_link_refused(exc: OSError, fd: int) -> bool:
+    """Whether linking ``fd`` through /proc failed because that way is refused here."""
+    if exc.errno in _NO_FD_LINK:
+        return True
+    return exc.errno == errno.ENOENT and not os.path.lexists(f"{_FD_LINKS}/{fd}")
 
 
 def _open_creating(folder: Path, path: Path, flags: int) -> int:
@@ -315,9 +326,10 @@ class LocalBackend:
 
     def _link_unnamed(self, path: Path, data: Payload) -> bool | None:
         """Write ``data`` to an unnamed file in ``path``'s folder and link it as ``path``:
-        True if linked, False if ``path`` exists, None if the file system cannot (then
-        this backend no longer tries). A write cut short leaves nothing: the kernel frees
-        an unnamed file once it is closed, by its process's exit if need be."""
+        True if linked, False if ``path`` exists, None if the file system or /proc refuses
+        the way (then this backend no longer tries); other errors are raised. A write cut
+        short leaves nothing: the kernel frees an unnamed file once it is closed, by its
+        process's exit if need be."""
         try:
             fd = _open_creating(path.parent, path.parent, os.O_WRONLY | _O_TMPFILE)
         except OSError as exc:
@@ -336,10 +348,10 @@ class LocalBackend:
                 os.link(f"{_FD_LINKS}/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
             except FileExistsError:
                 return False
-            except OSError:
-                # /proc hidden or its links not followed (ENOENT, EXDEV, EPERM): the named
-                # way writes it again, and raises what a real failure raises.
-                self._unnamed = False
+            except OSError as exc:
+                if not _fd_link_refused(exc, fd):
+                    raise
+                self._unnamed = False  # the named way writes it again
                 return None
             finally:
                 os.close(folder)
