@@ -428,3 +428,25 @@ def test_a_link_failing_for_another_reason_fails_the_write_and_changes_nothing(
     monkeypatch.undo()
     assert backend.put_if_absent("trees/ab/thirteen", b"thirteen")
     assert _files(backend.root) == ["trees/ab/thirteen"]
+
+
+def test_without_proc_create_only_writes_use_named_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc hidden before the backend is made: it never tries; hidden after: the first
+    link finds no descriptor link (ENOENT), and it goes back to named files."""
+    monkeypatch.setattr(local, "_FD_LINKS", str(tmp_path / "no-proc"))
+    before = LocalBackend(tmp_path / "before")
+    assert not before._unnamed
+    assert before.put_if_absent("trees/ab/fourteen", b"fourteen")
+    monkeypatch.undo()
+
+    after = LocalBackend(tmp_path / "after")
+    unnamed = after._unnamed
+    monkeypatch.setattr(local, "_FD_LINKS", str(tmp_path / "no-proc"))
+    assert after.put_if_absent("trees/ab/fifteen", b"fifteen")
+    assert not after._unnamed
+    assert after.put_if_absent("trees/ab/sixteen", b"sixteen")
+    assert _files(after.root) == ["trees/ab/fifteen", "trees/ab/sixteen"]
+    assert after.get("trees/ab/fifteen") == b"fifteen"
+    assert unnamed == _unnamed_files(after.root)
