@@ -11,6 +11,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datamon.core import codecs
 from datamon.core.codecs import (
     ALONE,
     CODEC_RAW,
@@ -20,6 +21,7 @@ from datamon.core.codecs import (
     FRAME_LIMIT,
     FRAME_MAGIC,
     FRAME_VERSION,
+    OBJECT_LIMIT,
     PLAIN,
     PROBE_BYTES,
     SHARE,
@@ -35,7 +37,13 @@ from datamon.core.codecs import (
 )
 from datamon.core.ids import DIGEST_SIZE, bundle_id, digest, shard
 from datamon.core.model import Author, Bundle, ChunkRef, Entry, Kind, Tree
-from datamon.errors import ChecksumMismatch, CorruptObject, IntegrityError, UnsupportedFormat
+from datamon.errors import (
+    ChecksumMismatch,
+    CorruptObject,
+    IntegrityError,
+    InvalidArgument,
+    UnsupportedFormat,
+)
 from datamon.testing.workloads import random_bytes, text_bytes
 
 HEADER = len(FRAME_MAGIC) + 1 + DIGEST_SIZE
@@ -119,6 +127,44 @@ def test_truncated_frame() -> None:
     _oid, framed = encode_frame(random_bytes(2, 5_000))
     with pytest.raises((CorruptObject, ChecksumMismatch)):
         decode_frame("obj", framed[:-10])
+
+
+def _zstd_header_claiming(size: int) -> bytes:
+    """The start of a zstd frame whose header gives ``size`` as its content size (an 8-byte
+    field, one segment), then one empty raw block: what a damaged header looks like."""
+    return b"\x28\xb5\x2f\xfd" + b"\xe0" + size.to_bytes(8, "little") + b"\x01\x00\x00"
+
+
+def test_a_frame_claiming_more_than_an_object_may_hold_is_refused_before_decompressing() -> None:
+    payload = b"a tree"
+    body = _zstd_header_claiming(OBJECT_LIMIT + 1)
+    assert zstandard.frame_content_size(body) == OBJECT_LIMIT + 1
+    data = FRAME_MAGIC + bytes([FRAME_VERSION]) + digest(payload) + body
+    # Decompressing would fail too ("zstd: ..."), once zstd had allocated what it claims.
+    with pytest.raises(CorruptObject, match=f"claims 1,073,741,825 bytes, over {OBJECT_LIMIT:,}"):
+        decode_frame("trees/ab/abc", data)
+
+
+def test_a_frame_recording_no_content_size_is_refused() -> None:
+    payload = b"a pack index" * 100
+    body = zstandard.ZstdCompressor(write_content_size=False).compress(payload)
+    data = FRAME_MAGIC + bytes([FRAME_VERSION]) + digest(payload) + body
+    with pytest.raises(CorruptObject, match="records no content size"):
+        decode_frame("index/ab/abc", data)
+    # The same payload, framed as writers frame it, opens.
+    assert decode_frame("index/ab/abc", encode_frame(payload)[1]) == payload
+
+
+def test_writers_refuse_to_frame_more_than_readers_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codecs, "OBJECT_LIMIT", 1_000)
+    assert decode_frame("t", encode_frame(bytes(1_000))[1]) == bytes(1_000)
+    with pytest.raises(InvalidArgument, match="1,001 bytes is over the limit of 1,000"):
+        encode_frame(bytes(1_001))
+    # One written before the limit was lowered, say: readers refuse it all the same.
+    larger = bytes(1_001)
+    head = FRAME_MAGIC + bytes([FRAME_VERSION]) + digest(larger)
+    with pytest.raises(CorruptObject, match="over 1,000"):
+        decode_frame("t", head + zstandard.ZstdCompressor().compress(larger))
 
 
 @pytest.mark.parametrize("version", [0, 2, 255])

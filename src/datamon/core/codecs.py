@@ -10,7 +10,7 @@ import msgspec
 import zstandard
 
 from datamon.core.ids import DIGEST_SIZE, digest
-from datamon.errors import ChecksumMismatch, CorruptObject, UnsupportedFormat
+from datamon.errors import ChecksumMismatch, CorruptObject, InvalidArgument, UnsupportedFormat
 
 T = TypeVar("T")
 
@@ -35,6 +35,11 @@ SHARE = 2
 # Readers refuse a shared frame claiming more content than this: a damaged header must not
 # make them allocate much memory. Writers stay under FRAME_BYTES + SHARE_BELOW.
 FRAME_LIMIT = 1 << 20
+# The most a framed object (a tree, a pack index) may hold once decompressed. Readers refuse
+# a frame whose header claims more, or no size at all, before decompressing it: a damaged
+# header must not make them allocate what it says. Writers refuse to frame more. A tree entry
+# takes about 100 bytes (plus 40 a chunk), so this is a folder of millions of files.
+OBJECT_LIMIT = 1 << 30
 # A chunk is stored compressed only when that saves at least 1/32 of its size.
 _MIN_SAVING_SHIFT = 5
 
@@ -54,6 +59,11 @@ def encode_frame(payload: bytes, level: int = 3) -> tuple[bytes, bytes]:
 
 def frame(payload_digest: bytes, payload: bytes, level: int = 3) -> bytes:
     """The frame of ``payload`` whose BLAKE3 digest the caller already computed."""
+    if len(payload) > OBJECT_LIMIT:
+        raise InvalidArgument(
+            f"an object of {len(payload):,} bytes is over the limit of {OBJECT_LIMIT:,} bytes"
+            " for a tree or a pack index (a folder with too many entries)"
+        )
     body = _compressor(level).compress(payload)
     return FRAME_MAGIC + bytes([FRAME_VERSION]) + payload_digest + body
 
@@ -76,8 +86,15 @@ def decode_frame(key: str, data: bytes, expected: bytes | None = None) -> bytes:
     if data[3] != FRAME_VERSION:
         raise UnsupportedFormat(key, data[3])
     stored = data[4:_FRAME_HEADER]
+    body = data[_FRAME_HEADER:]
     try:
-        payload = zstandard.ZstdDecompressor().decompress(data[_FRAME_HEADER:])
+        size = zstandard.frame_content_size(body)
+        # Checked before decompressing: zstd would allocate what the header claims.
+        if size < 0:
+            raise CorruptObject(key, "the frame records no content size")
+        if size > OBJECT_LIMIT:
+            raise CorruptObject(key, f"the frame claims {size:,} bytes, over {OBJECT_LIMIT:,}")
+        payload = zstandard.ZstdDecompressor().decompress(body)
     except zstandard.ZstdError as exc:
         raise CorruptObject(key, f"zstd: {exc}") from None
     actual = digest(payload)
