@@ -31,7 +31,7 @@ from datamon.errors import (
 from datamon.metadata import trees as trees_module
 from datamon.metadata.bundles import BundleStore
 from datamon.metadata.layout import CONFIG, bundle_key, ref_key, repo_key, tree_key
-from datamon.metadata.refs import RefStore
+from datamon.metadata.refs import ANY, RefStore
 from datamon.metadata.repos import RepoStore
 from datamon.metadata.storeconfig import load_or_create, probe_conditional_writes
 from datamon.metadata.trees import PendingTrees, TreeStore
@@ -419,6 +419,42 @@ class TestRefs:
         moved = RefStore(racing).move("r", "branch", "main", "c" * 40, "x")
         assert racing.raced
         assert [m.bundle for m in moved.history][-2:] == ["e" * 40, "c" * 40]
+
+    @pytest.mark.parametrize("expected", [ANY, "a" * 40], ids=["any", "expected"])
+    def test_a_move_that_landed_but_was_reported_a_conflict_is_not_made_again(
+        self, meta: MemoryBackend, expected: object
+    ) -> None:
+        # The store takes the swap, its reply is lost, another writer moves the ref on top,
+        # and the retry (RetryingBackend) finds other bytes there: a RefConflict.
+        refs = RefStore(meta)
+        refs.move("r", "label", "prod", "a" * 40, "x")
+
+        class LostReply(MemoryBackend):
+            lost = False
+
+            def compare_and_swap(
+                self, key: str, data: bytes | bytearray, expected: str | None
+            ) -> str:
+                version = meta.compare_and_swap(key, data, expected)
+                if self.lost:
+                    return version
+                self.lost = True
+                refs.move("r", "label", "prod", "e" * 40, "other")
+                raise RefConflict(key, expected, "overtaken")
+
+            def get_versioned(self, key: str) -> tuple[bytes, str]:
+                return meta.get_versioned(key)
+
+        moved = RefStore(LostReply()).move("r", "label", "prod", "b" * 40, "ada@x", expected)
+        assert moved.bundle == "b" * 40
+        found = refs.read("r", "label", "prod")
+        assert found is not None
+        assert [(m.bundle, m.author) for m in found[0].history] == [
+            ("a" * 40, "x"),
+            ("b" * 40, "ada@x"),
+            ("e" * 40, "other"),
+        ]
+        assert found[0].history[1] == moved.history[-1]
 
     def test_concurrent_moves_all_recorded(self, meta: MemoryBackend) -> None:
         refs = RefStore(meta)

@@ -41,6 +41,11 @@ class RefStore:
         With ``expected`` (a bundle id, or None for "must not exist") the move
         happens only if the ref still points there; otherwise a concurrent move
         is retried until this one lands on top of it.
+
+        A swap refused as a conflict may yet have landed: the store took it, its reply
+        was lost, the retry found the ref changed, and another move had come on top
+        meanwhile. A move found in the ref's history has landed, and is neither made
+        again (the history would hold it twice) nor reported as a conflict.
         """
         key = ref_key(repo, kind, check_name(kind, name))
         while True:
@@ -65,10 +70,17 @@ class RefStore:
             try:
                 self.meta.compare_and_swap(key, to_json(ref), version)
             except RefConflict:
+                if self._landed(repo, kind, name, move):
+                    return ref
                 if expected is not ANY:
                     raise
                 continue
             return ref
+
+    def _landed(self, repo: str, kind: str, name: str, move: RefMove) -> bool:
+        """Whether the ref's history holds ``move`` (its time, author, bundle and previous)."""
+        current = self.read(repo, kind, name)
+        return current is not None and move in current[0].history
 
     def all(self, repo: str, kind: str) -> list[Ref]:
         prefix = refs_prefix(repo, kind)
