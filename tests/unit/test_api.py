@@ -1117,6 +1117,26 @@ def test_safe_relative_symlinks_are_kept(
         assert resolved == root or resolved.startswith(root + os.sep), link
 
 
+def test_a_symlink_whose_target_passes_through_another_uploads_and_downloads(
+    repo: Repository, tmp_path: Path, author: Author
+) -> None:
+    # Once refused by download although upload took it, and then the whole bundle could
+    # not be downloaded: the target is resolved through the bundle's other symlinks.
+    src = tmp_path / "src"
+    (src / "v2").mkdir(parents=True)
+    (src / "v2" / "f.txt").write_text("second")
+    (src / "cur").symlink_to("v2")
+    (src / "latest").symlink_to("cur/f.txt")
+    bid = repo.upload(str(src), _opts(author)).bundle_id
+    dest = tmp_path / "dest"
+    repo.download(bid, str(dest))
+    assert os.readlink(dest / "cur") == "v2"
+    assert os.readlink(dest / "latest") == "cur/f.txt"
+    assert (dest / "latest").read_text() == "second"
+    repo.download_file(bid, "latest", str(tmp_path / "one"))
+    assert os.readlink(tmp_path / "one" / "latest") == "cur/f.txt"
+
+
 class CallBudgetExceeded(Exception):
     pass
 

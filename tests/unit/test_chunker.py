@@ -182,6 +182,26 @@ def test_unknown_algorithm_is_refused() -> None:
         FastCDCChunker(ChunkerParams(algorithm="rabin"))
 
 
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        (ChunkerParams(seed=-1), "seed -1 is outside"),
+        (ChunkerParams(seed=2**64), "seed 18446744073709551616 is outside"),
+        (ChunkerParams(min_size=256 * 1024), "sizes are inconsistent"),
+        (ChunkerParams(max_size=64 * 1024), "sizes are inconsistent"),
+        (ChunkerParams(min_size=32), "sizes are inconsistent"),
+    ],
+    ids=["negative-seed", "seed-of-65-bits", "min-over-avg", "max-under-avg", "min-under-64"],
+)
+def test_parameters_the_chunker_cannot_use_are_a_config_error_when_it_is_made(
+    params: ChunkerParams, says: str
+) -> None:
+    # Not a bare OverflowError from the compiled chunker at the first cut.
+    with pytest.raises(ConfigError, match=says):
+        FastCDCChunker(params)
+    assert b"".join(FastCDCChunker(ChunkerParams(seed=2**64 - 1)).chunks_of(b"x" * 9)) == b"x" * 9
+
+
 @pytest.mark.parametrize("size", [0, 1, 100, 16383, 16384, 16385, 40_000])
 def test_small_buffers_cut_as_fastcdc_cuts_them(size: int) -> None:
     chunker = FastCDCChunker(ChunkerParams())
