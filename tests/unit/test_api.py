@@ -18,6 +18,7 @@ import pytest
 
 from datamon import Author, Change, Repository, Store, UploadOptions
 from datamon.api import download as download_module
+from datamon.api.paths import TreeGuard
 from datamon.cafs.chunker import FastCDCChunker
 from datamon.cafs.index import load_pack_index
 from datamon.cafs.layout import index_key, pack_id_of, pack_key
@@ -1135,6 +1136,65 @@ def test_a_symlink_whose_target_passes_through_another_uploads_and_downloads(
     assert (dest / "latest").read_text() == "second"
     repo.download_file(bid, "latest", str(tmp_path / "one"))
     assert os.readlink(tmp_path / "one" / "latest") == "cur/f.txt"
+
+
+# A bundle that is safe where names are compared exactly, and not where case is ignored:
+# there 'a' is the symlink 'A' to the root, so 'l' points at the destination's parent.
+FOLDING_ESCAPE = [_link("A", "."), _link("l", "a/..")]
+
+
+def test_case_folding_paths_are_compared_as_such_a_file_system_compares_them() -> None:
+    exact, folding = TreeGuard(), TreeGuard(folds=True)
+    for guard in (exact, folding):
+        for entry in FOLDING_ESCAPE:
+            guard.add(entry.name, entry)
+    exact.check()
+    with pytest.raises(UnsafePath, match="outside the bundle"):
+        folding.check()
+    for first, second in [("README", "readme"), ("caf\u00e9", "cafe\u0301")]:
+        TreeGuard().add(first, _file(first))
+        guard = TreeGuard(folds=True)
+        guard.add(first, _file(first))
+        with pytest.raises(UnsafePath, match=f"names this path and {first!r}") as info:
+            guard.add(second, _file(second))
+        assert info.value.path == second
+
+
+def test_a_bundle_unsafe_where_case_is_ignored_is_not_written_there(
+    store: Store,
+    repo: Repository,
+    tmp_path: Path,
+    author: Author,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bid = _craft(store, repo, FOLDING_ESCAPE, author)
+    repo.download(bid, str(tmp_path / "exact"))  # this disk compares names exactly
+    assert os.readlink(tmp_path / "exact" / "l") == "a/.."
+    # A destination that ignores case (macOS's and Windows's default) cannot be made here:
+    # the probe's answer is given instead.
+    asked: list[str] = []
+
+    def folds(destination: str) -> bool:
+        asked.append(destination)
+        return True
+
+    monkeypatch.setattr(download_module, "folds_case", folds)
+    dest = tmp_path / "folding"
+    with pytest.raises(UnsafePath, match="outside the bundle"):
+        repo.download(bid, str(dest))
+    assert not dest.exists()
+    with pytest.raises(UnsafePath):
+        repo.download_file(bid, "l", str(dest))
+    with pytest.raises(UnsafePath):
+        repo.update(bid, str(tmp_path / "exact"))
+    assert os.readlink(tmp_path / "exact" / "l") == "a/.."
+    assert asked == [str(dest), str(dest), str(tmp_path / "exact")]
+
+
+def test_the_case_probe_leaves_nothing_and_finds_this_disk_exact(tmp_path: Path) -> None:
+    assert download_module.folds_case(str(tmp_path)) is False
+    assert download_module.folds_case(str(tmp_path / "not" / "made")) is False
+    assert list(tmp_path.iterdir()) == []
 
 
 class CallBudgetExceeded(Exception):

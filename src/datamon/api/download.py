@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,15 +39,18 @@ class DownloadResult:
     bytes: int
 
 
-def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[tuple[str, Entry]]:
-    """Every entry to write, checked for safety before anything touches the disk."""
+def plan(
+    store: Store, bundle: Bundle, name_filter: str | None = None, folds: bool = False
+) -> list[tuple[str, Entry]]:
+    """Every entry to write, checked for safety before anything touches the disk, on a
+    file system that ignores case in names if ``folds`` (:func:`folds_case`)."""
     try:
         pattern = re.compile(name_filter) if name_filter else None
     except re.error as exc:
         raise InvalidArgument(f"invalid name filter {name_filter!r}: {exc}") from None
     chosen: list[tuple[str, Entry]] = []
     folders: dict[str, Entry] = {}
-    guard = TreeGuard()
+    guard = TreeGuard(folds)
     for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
         guard.add(path, entry)
         if pattern and entry.kind == Kind.DIR:
@@ -61,6 +65,27 @@ def plan(store: Store, bundle: Bundle, name_filter: str | None = None) -> list[t
         }
         chosen.extend((path, entry) for path, entry in folders.items() if path in holding)
     return chosen
+
+
+def folds_case(destination: str) -> bool:
+    """Whether the file system ``destination`` (or, while it does not exist, the folder it
+    will be made in) takes names differing only in case for one name, as macOS and Windows
+    do by default: a file with a random name is made there, and looked for by that name in
+    capitals. False where nothing can be made there (nor can a download)."""
+    folder = os.path.abspath(destination)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".datamon-case-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        head, name = os.path.split(probe)
+        return os.path.exists(os.path.join(head, name.upper()))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def prepare_destination(destination: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import unicodedata
 
 from datamon.core.model import Entry, Kind
 from datamon.errors import UnsafePath
@@ -31,28 +32,41 @@ class TreeGuard:
     symlinks, and must stay inside the tree: ``a/e -> ..`` and ``l -> a/e/..`` each
     look harmless alone, yet ``l`` resolves outside. Duplicate names are refused too,
     since a folder written over a same-named symlink would be written through it.
+
+    With ``folds``, for a destination whose file system takes names differing only in
+    case (or in Unicode normalisation) for one name, paths are compared as that file system
+    compares them: ``A -> .`` then makes ``l -> a/..`` leave the tree, and ``README`` and
+    ``readme`` are one path named twice.
     """
 
     MAX_HOPS = 40
 
-    def __init__(self) -> None:
-        self._paths: set[str] = set()
-        self._links: dict[str, str] = {}
+    def __init__(self, folds: bool = False) -> None:
+        self._folds = folds
+        self._paths: dict[str, str] = {}  # (folded) path -> the path as the bundle names it
+        self._links: dict[str, str] = {}  # (folded) path -> target
 
     def add(self, path: str, entry: Entry) -> None:
         check_entry(path, entry)
-        if path in self._paths:
-            raise UnsafePath(path, "the bundle names this path twice")
-        self._paths.add(path)
+        key = folded(path) if self._folds else path
+        seen = self._paths.get(key)
+        if seen is not None:
+            if seen == path:
+                raise UnsafePath(path, "the bundle names this path twice")
+            raise UnsafePath(
+                path, f"the bundle names this path and {seen!r}, one file where case is ignored"
+            )
+        self._paths[key] = path
         if entry.kind == Kind.SYMLINK:
-            self._links[path] = entry.target
+            self._links[key] = entry.target
 
     def add_link(self, path: str, target: str) -> None:
         check_link(path, target)
-        self._links[path] = target
+        self._links[folded(path) if self._folds else path] = target
 
     def check(self) -> None:
-        for path, target in self._links.items():
+        for key, target in self._links.items():
+            path = self._paths.get(key, key)
             parent = [p for p in posixpath.dirname(path).split("/") if p]
             self._resolve(path, parent, target, [0])
 
@@ -71,10 +85,16 @@ class TreeGuard:
                 parts.pop()
                 continue
             parts.append(step)
-            inner = self._links.get("/".join(parts))
+            joined = "/".join(parts)
+            inner = self._links.get(folded(joined) if self._folds else joined)
             if inner is not None:
                 parts = self._resolve(link, parts[:-1], inner, hops)
         return parts
+
+
+def folded(path: str) -> str:
+    """``path`` as a file system that ignores case and Unicode normalisation compares it."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def check_entry(path: str, entry: Entry) -> None:

@@ -132,7 +132,8 @@ class Repository:
         progress: Progress | None = None,
     ) -> _download.DownloadResult:
         bundle = self.bundle(bid)
-        entries = _download.plan(self.store, bundle, name_filter)
+        folds = _download.folds_case(destination)
+        entries = _download.plan(self.store, bundle, name_filter, folds)
         _download.prepare_destination(destination)
         with _download.claimed(destination):
             if os.listdir(destination):  # (written meanwhile by something else)
@@ -150,7 +151,8 @@ class Repository:
         """Write one file (or folder) of the bundle to ``destination/path``; returns where."""
         bundle = self.bundle(bid)
         clean = "/".join(p for p in path.split("/") if p not in ("", "."))
-        entries = {p: e for p, e in _download.plan(self.store, bundle)}
+        folds = _download.folds_case(destination)
+        entries = {p: e for p, e in _download.plan(self.store, bundle, folds=folds)}
         if clean not in entries:
             raise PathNotInBundle(path, f"bundle {bid}")
         target = os.path.join(destination, clean)
@@ -197,7 +199,7 @@ class Repository:
                 os.chmod(folder, stat.S_IMODE(top))
 
     def _update(self, bundle: Bundle, folder: str, progress: Progress | None) -> list[_diff.Change]:
-        entries = dict(_download.plan(self.store, bundle))
+        entries = dict(_download.plan(self.store, bundle, folds=_download.folds_case(folder)))
         changes = list(_diff.diff_local(self.store, bytes.fromhex(bundle.tree), folder))
         wanted: list[tuple[str, Entry]] = []
         # Remove what the bundle does not have, shallowest first, so that a local symlink
