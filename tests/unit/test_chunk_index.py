@@ -10,7 +10,7 @@ from datamon import Store
 from datamon.cafs.index import ChunkIndex, Location
 from datamon.cafs.layout import index_key
 from datamon.cafs.packer import PackWriter
-from datamon.core.codecs import ChunkCodec
+from datamon.core.codecs import ChunkCodec, encode_frame, pack_msg
 from datamon.core.ids import digest
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
 from datamon.storage.memory import MemoryBackend
@@ -61,11 +61,31 @@ def test_sync_forgets_packs_whose_index_left_the_store(tmp_path: Path) -> None:
     packs = _written_packs(store, 3)
     gone, *kept = sorted(packs)
     store.blob.delete(index_key(gone))
-    assert store.index.sync() == 0
+    assert store.index.sync() == len(kept)  # loaded again, for chunks they share with it
     assert store.index.known_packs() == set(kept)
     assert store.index.lookup(packs[gone]) is None
     assert all(store.index.lookup(packs[p]) is not None for p in kept)
     store.close()
+
+
+def test_a_chunk_also_in_a_pack_still_there_is_found_there_once_its_first_pack_left(
+    tmp_path: Path,
+) -> None:
+    # Two uploads racing can each store a chunk; the local copy keeps the first location.
+    blob = MemoryBackend()
+    index = ChunkIndex(blob, tmp_path / "index.sqlite")
+    shared, alone = digest(b"shared"), digest(b"alone")
+    first, second = "1" * 64, "2" * 64
+    for pack_index in (_index(first, shared, alone), _index(second, digest(b"x"), shared)):
+        blob.put(index_key(pack_index.pack), encode_frame(pack_msg(pack_index))[1])
+    assert index.sync() == 2
+    assert index.lookup(shared) == Location(first, 0, 10, 20)
+    blob.delete(index_key(first))
+    assert index.sync() == 1  # (the pack still there, loaded again)
+    assert index.known_packs() == {second}
+    assert index.lookup(shared) == Location(second, 10, 10, 20)
+    assert index.lookup(alone) is None
+    index.close()
 
 
 def test_a_copy_of_another_version_is_dropped_and_rebuilt_from_the_store(tmp_path: Path) -> None:

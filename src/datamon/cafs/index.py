@@ -76,12 +76,21 @@ class ChunkIndex:
         return {row[0] for row in self._db.get().execute("SELECT id FROM packs")}
 
     def sync(self) -> int:
-        """Match the local copy to the pack indexes in the store; returns how many were loaded."""
+        """Match the local copy to the pack indexes in the store; returns how many were loaded.
+
+        The copy keeps one location a chunk, the first recorded, though racing uploads can
+        store a chunk in two packs. So when a pack has left the store (deleted by hand, or
+        by a rule of the bucket), the rows of its chunks go, and the indexes of every pack
+        still there are loaded again: a chunk it shared with another pack is found there,
+        not reported missing. Packs leave a store seldom, and a full reload is correct
+        whichever chunks they shared.
+        """
         present = {pack_id_of(k) for k in self.blob.list(INDEX)}
         known = self.known_packs()
         gone = known - present
         if gone:
-            self._forget(gone)
+            self._forget(known)
+            known = set()
         missing = sorted(present - known)
         for start in range(0, len(missing), _RECORD):
             batch = missing[start : start + _RECORD]
