@@ -392,7 +392,7 @@ def test_upload_to_missing_repo(store: Store, repo: Repository, src: Path, autho
 
 
 def test_interrupted_commit_is_invisible(
-    repo: Repository, src: Path, author: Author, monkeypatch: pytest.MonkeyPatch
+    repo: Repository, src: Path, tmp_path: Path, author: Author, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A bundle object without a ref (the writer died before moving the branch) is not listed.
     ok = repo.upload(str(src), _opts(author))
@@ -410,6 +410,18 @@ def test_interrupted_commit_is_invisible(
     orphan = next(b for b in repo.store.bundles.ids(repo.name) if b != ok.bundle_id)
     with pytest.raises(BundleNotFound):
         repo.resolve(bundle=orphan)
+    # Nor is it read by its full id, in another process or in this one.
+    assert repo.store.bundles.get(repo.name, orphan).message == "dies"
+    for reader in (Repository(repo.store, repo.name), repo):
+        with pytest.raises(BundleNotFound, match=orphan):
+            reader.bundle(orphan)
+        with pytest.raises(BundleNotFound):
+            reader.download(orphan, str(tmp_path / "orphan"))
+        assert not (tmp_path / "orphan").exists()
+        assert reader.bundle(ok.bundle_id).message == "msg"
+    # Once a ref names it (moved there by hand, say), it is read.
+    repo.store.refs.move(repo.name, "label", "kept", orphan, author.email)
+    assert repo.bundle(orphan).message == "dies"
 
 
 # errors on upload and download ----------------------------------------------------------

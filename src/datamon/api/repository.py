@@ -19,6 +19,7 @@ from datamon.core.model import Author, Bundle, Entry, Kind, Ref, Repo
 from datamon.errors import (
     BranchExists,
     BranchNotFound,
+    BundleNotFound,
     DestinationNotEmpty,
     InvalidArgument,
     LabelNotFound,
@@ -49,6 +50,9 @@ class Repository:
         self.store = store
         self.name = name
         self.info: Repo = store.repos.get(name)
+        # The bundles the refs reached when last read (visible_ids): a bundle read by id is
+        # checked against them, and they are read again only for an id not among them.
+        self._visible: frozenset[str] = frozenset()
 
     @classmethod
     def create(cls, store: Store, name: str, description: str, author: Author) -> Repository:
@@ -91,6 +95,7 @@ class Repository:
             for ref in self.store.refs.all(self.name, kind):
                 ids.update(move.bundle for move in ref.history)
                 ids.add(ref.bundle)
+        self._visible = frozenset(ids)
         return ids
 
     def bundles(self) -> list[tuple[str, Bundle]]:
@@ -114,6 +119,11 @@ class Repository:
         return pick_id(bundle, self.visible_ids(), f"repo {self.name}")
 
     def bundle(self, bid: str) -> Bundle:
+        """The bundle of full id ``bid``, if a branch or label of the repo reaches it: the
+        object of an upload interrupted before its commit is not one (BundleNotFound), as
+        :meth:`resolve` and :meth:`bundles` do not see it either."""
+        if bid not in self._visible and bid not in self.visible_ids():
+            raise BundleNotFound(bid, f"repo {self.name}")
         return self.store.bundles.get(self.name, bid)
 
     def files(self, bid: str) -> Iterator[FileInfo]:
