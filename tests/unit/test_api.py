@@ -424,6 +424,20 @@ def test_interrupted_commit_is_invisible(
     assert repo.bundle(orphan).message == "dies"
 
 
+def test_an_upload_to_a_store_of_the_older_branch_folder_goes_on_from_its_head(
+    store: Store, repo: Repository, src: Path, author: Author
+) -> None:
+    first = repo.upload(str(src), _opts(author, "first")).bundle_id
+    key = "branches/dataset/main.json"
+    store.meta.put("branchs/dataset/main.json", store.meta.get(key))
+    store.meta.delete(key)  # as a store written before 2026-11-28 has it
+    assert [bid for bid, _b in repo.bundles()] == [first]
+    (src / "added.txt").write_text("more")
+    second = repo.upload(str(src), _opts(author, "second")).bundle_id
+    assert repo.bundle(second).parents == (first,)
+    assert [bid for bid, _b in repo.log("main")] == [second, first]
+
+
 # errors on upload and download ----------------------------------------------------------
 
 

@@ -456,6 +456,38 @@ class TestRefs:
         ]
         assert found[0].history[1] == moved.history[-1]
 
+    def test_a_branch_in_the_folder_of_older_stores_is_copied_over_and_goes_on(
+        self, meta: MemoryBackend
+    ) -> None:
+        # Stores written before 2026-11-28 kept branches under branchs/, in format 1 too.
+        refs = RefStore(meta)
+        refs.move("r", "branch", "main", "a" * 40, "x")
+        refs.move("r", "branch", "main", "b" * 40, "x")
+        old = meta.get(ref_key("r", "branch", "main"))
+        meta.put("branchs/r/main.json", old)
+        meta.delete(ref_key("r", "branch", "main"))
+        assert [ref.name for ref in refs.all("r", "branch")] == ["main"]
+        found = refs.read("r", "branch", "main")
+        assert found is not None
+        assert [m.bundle for m in found[0].history] == ["a" * 40, "b" * 40]
+        assert meta.get(ref_key("r", "branch", "main")) == old  # copied, create-only
+        moved = refs.move("r", "branch", "main", "c" * 40, "x", "b" * 40)
+        assert [m.previous for m in moved.history] == [None, "a" * 40, "b" * 40]
+        assert meta.get("branchs/r/main.json") == old  # left as it was
+        # A branch made anew in the new folder (by an older Datamon) stands; the old one is
+        # not read. A branch in the old folder only is there to be made anew: a conflict.
+        meta.put("branchs/r/dev.json", old)
+        elsewhere = MemoryBackend()
+        RefStore(elsewhere).move("r", "branch", "dev", "d" * 40, "x", None)
+        meta.put(ref_key("r", "branch", "dev"), elsewhere.get(ref_key("r", "branch", "dev")))
+        meta.put("branchs/r/old.json", old)
+        with pytest.raises(RefConflict):
+            refs.move("r", "branch", "old", "e" * 40, "x", None)
+        dev = refs.read("r", "branch", "dev")
+        assert dev is not None and [m.bundle for m in dev[0].history] == ["d" * 40]
+        assert refs.read("r", "branch", "nothing") is None
+        assert refs.read("r", "label", "main") is None
+
     def test_concurrent_moves_all_recorded(self, meta: MemoryBackend) -> None:
         refs = RefStore(meta)
         errors: list[BaseException] = []

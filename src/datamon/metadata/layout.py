@@ -48,5 +48,14 @@ def ref_key(repo: str, kind: str, name: str) -> str:
     return f"{refs_prefix(repo, kind)}{name}.json"
 
 
+# Where stores written before 2026-11-28 keep their branches, in format 1 all the same
+# (design §2): read there when ``branches/`` lacks one, and copied over.
+LEGACY_BRANCH_FOLDER = "branchs"
+
+
+def legacy_branch_key(repo: str, name: str) -> str:
+    return f"{LEGACY_BRANCH_FOLDER}/{repo}/{name}.json"
+
+
 def tree_key(oid: str) -> str:
     return TREES + shard(oid)

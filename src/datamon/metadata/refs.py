@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 
 from datamon.core.codecs import load_versioned, to_json
 from datamon.core.model import FORMAT_VERSION, Ref, RefMove
 from datamon.errors import ObjectNotFound, RefConflict
-from datamon.metadata.layout import check_name, ref_key, refs_prefix
+from datamon.metadata.layout import (
+    LEGACY_BRANCH_FOLDER,
+    check_name,
+    legacy_branch_key,
+    ref_key,
+    refs_prefix,
+)
 from datamon.storage.base import Backend
 
 KINDS = ("label", "branch")
@@ -24,8 +31,24 @@ class RefStore:
         try:
             data, version = self.meta.get_versioned(key)
         except ObjectNotFound:
-            return None
+            if kind != "branch" or not self._copy_legacy(repo, name, key):
+                return None
+            data, version = self.meta.get_versioned(key)
         return load_versioned(key, data, Ref, FORMAT_VERSION, binary=False), version
+
+    def _copy_legacy(self, repo: str, name: str, key: str) -> bool:
+        """Copy a branch of a store written before branches moved to their folder (design
+        §2) to where it is now, create-only; whether the branch is there now."""
+        legacy = legacy_branch_key(repo, name)
+        try:
+            data = self.meta.get(legacy)
+        except ObjectNotFound:
+            return False
+        load_versioned(legacy, data, Ref, FORMAT_VERSION, binary=False)  # a ref, or refused
+        # Copied by another client meanwhile, or made anew there: the one there stands.
+        with contextlib.suppress(RefConflict):
+            self.meta.compare_and_swap(key, data, None)
+        return True
 
     def move(
         self,
@@ -83,9 +106,16 @@ class RefStore:
         return current is not None and move in current[0].history
 
     def all(self, repo: str, kind: str) -> list[Ref]:
-        prefix = refs_prefix(repo, kind)
+        prefixes = [refs_prefix(repo, kind)]
+        if kind == "branch":
+            prefixes.append(f"{LEGACY_BRANCH_FOLDER}/{repo}/")
         names = sorted(
-            k[len(prefix) : -len(".json")] for k in self.meta.list(prefix) if k.endswith(".json")
+            {
+                k[len(prefix) : -len(".json")]
+                for prefix in prefixes
+                for k in self.meta.list(prefix)
+                if k.endswith(".json")
+            }
         )
         refs = []
         for name in names:
