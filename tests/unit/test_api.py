@@ -1071,6 +1071,11 @@ def _link(name: str, target: str) -> Entry:
     return Entry(name, Kind.SYMLINK, 0o777, 0, target=target)
 
 
+def _dir(name: str) -> Entry:
+    """A folder entry, for the checks of names alone (its tree is not stored)."""
+    return Entry(name, Kind.DIR, 0o755, 0, tree=bytes(32))
+
+
 UNSAFE: dict[str, list[Entry]] = {
     "dotdot-file": [_file("..")],
     "dot-file": [_file(".")],
@@ -1170,20 +1175,36 @@ FOLDING_ESCAPE = [_link("A", "."), _link("l", "a/..")]
 
 
 def test_case_folding_paths_are_compared_as_such_a_file_system_compares_them() -> None:
-    exact, folding = TreeGuard(), TreeGuard(folds=True)
-    for guard in (exact, folding):
-        for entry in FOLDING_ESCAPE:
-            guard.add(entry.name, entry)
-    exact.check()
-    with pytest.raises(UnsafePath, match="outside the bundle"):
-        folding.check()
-    for first, second in [("README", "readme"), ("caf\u00e9", "cafe\u0301")]:
-        TreeGuard().add(first, _file(first))
-        guard = TreeGuard(folds=True)
-        guard.add(first, _file(first))
-        with pytest.raises(UnsafePath, match=f"names this path and {first!r}") as info:
-            guard.add(second, _file(second))
-        assert info.value.path == second
+    cases = {
+        "escape": FOLDING_ESCAPE,
+        # U+0390 and U+0399 U+0308 U+0301: one name to a file system that ignores case and
+        # normalisation, though NFC and case folding alone tell them apart.
+        "escape-by-another-spelling": [_link("\u0390", "."), _link("l", "\u0399\u0308\u0301/..")],
+        "symlink-and-file": [_link("Docs", "sub"), _file("docs"), _dir("sub")],
+        "decomposed-file-and-symlink": [
+            _file("cafe\u0301"),
+            _link("caf\u00e9", "sub"),
+            _dir("sub"),
+        ],
+    }
+    for name, entries in cases.items():
+        exact, folding = TreeGuard(), TreeGuard(folds=True)
+        for entry in entries:
+            exact.add(entry.name, entry)
+        exact.check()
+        with pytest.raises(UnsafePath):
+            for entry in entries:
+                folding.add(entry.name, entry)
+            folding.check()
+            pytest.fail(f"{name}: accepted")
+    # Two files (or folders) of one name there are left to the writer, which writes one and
+    # refuses the other (O_EXCL): a download choosing one of them still works.
+    folding = TreeGuard(folds=True)
+    for entry in [_file("README"), _file("readme"), _dir("Sub"), _dir("sub")]:
+        folding.add(entry.name, entry)
+    folding.check()
+    with pytest.raises(UnsafePath, match="names this path twice"):
+        folding.add("README", _file("README"))
 
 
 def test_a_bundle_unsafe_where_case_is_ignored_is_not_written_there(
@@ -1217,9 +1238,16 @@ def test_a_bundle_unsafe_where_case_is_ignored_is_not_written_there(
     assert asked == [str(dest), str(dest), str(tmp_path / "exact")]
 
 
-def test_the_case_probe_leaves_nothing_and_finds_this_disk_exact(tmp_path: Path) -> None:
-    assert download_module.folds_case(str(tmp_path)) is False
-    assert download_module.folds_case(str(tmp_path / "not" / "made")) is False
+def test_the_case_probe_tells_what_the_file_system_does_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "probe-a").write_text("")
+    (tmp_path / "caf\u00e9").write_text("")
+    truth = (tmp_path / "PROBE-A").exists() or (tmp_path / "cafe\u0301").exists()
+    (tmp_path / "probe-a").unlink()
+    (tmp_path / "caf\u00e9").unlink()
+    assert download_module.folds_case(str(tmp_path)) is truth
+    assert download_module.folds_case(str(tmp_path / "not" / "made")) is truth
     assert list(tmp_path.iterdir()) == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +15,7 @@ from datamon.core.codecs import encode_frame, pack_msg, to_json
 from datamon.core.ids import bundle_id, digest
 from datamon.core.model import FORMAT_VERSION, Bundle, ChunkRef, Entry, Kind, StoreConfig, Tree
 from datamon.errors import (
+    AccessDenied,
     AmbiguousId,
     BundleNotFound,
     ChecksumMismatch,
@@ -456,7 +457,7 @@ class TestRefs:
         ]
         assert found[0].history[1] == moved.history[-1]
 
-    def test_a_branch_in_the_folder_of_older_stores_is_copied_over_and_goes_on(
+    def test_a_branch_in_the_folder_of_older_stores_is_read_there_and_moved_to_the_new_one(
         self, meta: MemoryBackend
     ) -> None:
         # Stores written before 2026-11-28 kept branches under branchs/, in format 1 too.
@@ -470,23 +471,69 @@ class TestRefs:
         found = refs.read("r", "branch", "main")
         assert found is not None
         assert [m.bundle for m in found[0].history] == ["a" * 40, "b" * 40]
-        assert meta.get(ref_key("r", "branch", "main")) == old  # copied, create-only
+        assert found[1] is None  # no version: a move creates it where branches are now
+        assert not meta.exists(ref_key("r", "branch", "main"))  # reading wrote nothing
         moved = refs.move("r", "branch", "main", "c" * 40, "x", "b" * 40)
         assert [m.previous for m in moved.history] == [None, "a" * 40, "b" * 40]
+        again = refs.read("r", "branch", "main")
+        assert again is not None and again[0] == moved and again[1] is not None
         assert meta.get("branchs/r/main.json") == old  # left as it was
         # A branch made anew in the new folder (by an older Datamon) stands; the old one is
-        # not read. A branch in the old folder only is there to be made anew: a conflict.
+        # not read. Making anew one that the old folder has is a conflict.
         meta.put("branchs/r/dev.json", old)
         elsewhere = MemoryBackend()
         RefStore(elsewhere).move("r", "branch", "dev", "d" * 40, "x", None)
         meta.put(ref_key("r", "branch", "dev"), elsewhere.get(ref_key("r", "branch", "dev")))
+        dev = refs.read("r", "branch", "dev")
+        assert dev is not None and [m.bundle for m in dev[0].history] == ["d" * 40]
         meta.put("branchs/r/old.json", old)
         with pytest.raises(RefConflict):
             refs.move("r", "branch", "old", "e" * 40, "x", None)
-        dev = refs.read("r", "branch", "dev")
-        assert dev is not None and [m.bundle for m in dev[0].history] == ["d" * 40]
         assert refs.read("r", "branch", "nothing") is None
         assert refs.read("r", "label", "main") is None
+
+    def test_a_branch_of_the_older_folder_is_read_with_no_right_to_write(
+        self, meta: MemoryBackend
+    ) -> None:
+        RefStore(meta).move("r", "branch", "main", "a" * 40, "x")
+        meta.put("branchs/r/main.json", meta.get(ref_key("r", "branch", "main")))
+        meta.delete(ref_key("r", "branch", "main"))
+
+        class ReadOnly(MemoryBackend):
+            def get(self, key: str) -> bytes:
+                return meta.get(key)
+
+            def get_versioned(self, key: str) -> tuple[bytes, str]:
+                return meta.get_versioned(key)
+
+            def list(self, prefix: str = "") -> Iterator[str]:
+                return meta.list(prefix)
+
+            def compare_and_swap(
+                self, key: str, data: bytes | bytearray, expected: str | None
+            ) -> str:
+                raise AccessDenied(key)
+
+        refs = RefStore(ReadOnly())
+        assert [ref.bundle for ref in refs.all("r", "branch")] == ["a" * 40]
+        found = refs.read("r", "branch", "main")
+        assert found is not None and found[0].bundle == "a" * 40
+
+    def test_a_store_without_the_older_folder_is_not_listed_there_again(
+        self, meta: MemoryBackend
+    ) -> None:
+        listed: list[str] = []
+
+        class Counting(MemoryBackend):
+            def list(self, prefix: str = "") -> Iterator[str]:
+                listed.append(prefix)
+                return super().list(prefix)
+
+        refs = RefStore(Counting())
+        refs.move("r", "branch", "main", "a" * 40, "x")
+        for _ in range(3):
+            assert [ref.name for ref in refs.all("r", "branch")] == ["main"]
+        assert listed == ["branches/r/", "branchs/r/", "branches/r/", "branches/r/"]
 
     def test_concurrent_moves_all_recorded(self, meta: MemoryBackend) -> None:
         refs = RefStore(meta)

@@ -68,21 +68,30 @@ def plan(
 
 
 def folds_case(destination: str) -> bool:
-    """Whether the file system ``destination`` (or, while it does not exist, the folder it
-    will be made in) takes names differing only in case for one name, as macOS and Windows
-    do by default: a file with a random name is made there, and looked for by that name in
-    capitals. False where nothing can be made there (nor can a download)."""
+    """Whether the file system of ``destination`` (or, while it does not exist, of the folder
+    it will be made in) takes names differing only in case, or only in Unicode
+    normalisation, for one name, as macOS and Windows do by default.
+
+    Told by making a file there with a random name, holding an ``é`` (U+00E9), and looking
+    for it by that name in capitals, and by that name with the ``é`` decomposed (an ``e`` and
+    U+0301). The file is gone before this returns. False where no file can be made there,
+    as no download can be written there either.
+    """
     folder = os.path.abspath(destination)
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".datamon-case-", dir=folder)
-    except OSError:
-        return False
+        fd, probe = tempfile.mkstemp(prefix=".datamon-case-\u00e9-", dir=folder)
+    except (OSError, UnicodeError):  # (a file system refusing the name, a read-only one)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".datamon-case-", dir=folder)
+        except OSError:
+            return False
     os.close(fd)
     try:
         head, name = os.path.split(probe)
-        return os.path.exists(os.path.join(head, name.upper()))
+        other = [name.upper(), name.replace("\u00e9", "e\u0301")]
+        return any(alias != name and os.path.exists(os.path.join(head, alias)) for alias in other)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(probe)

@@ -34,39 +34,54 @@ class TreeGuard:
     since a folder written over a same-named symlink would be written through it.
 
     With ``folds``, for a destination whose file system takes names differing only in
-    case (or in Unicode normalisation) for one name, paths are compared as that file system
-    compares them: ``A -> .`` then makes ``l -> a/..`` leave the tree, and ``README`` and
-    ``readme`` are one path named twice.
+    case or in Unicode normalisation for one name (:func:`folded`), paths are compared as
+    such a file system compares them: ``A -> .`` then makes ``l -> a/..`` leave the tree,
+    and a symlink may not share its name with another entry. Two files or folders that
+    share one there are left to the writer, which creates each file only where nothing is
+    (``O_EXCL``), so that one is refused rather than written over the other.
     """
 
     MAX_HOPS = 40
 
     def __init__(self, folds: bool = False) -> None:
         self._folds = folds
-        self._paths: dict[str, str] = {}  # (folded) path -> the path as the bundle names it
+        self._keys: set[str] = set()  # every path, folded where the file system folds
+        self._spelling: dict[str, str] = {}  # a folded path -> the path as first named
         self._links: dict[str, str] = {}  # (folded) path -> target
+
+    def _key(self, path: str) -> str:
+        return folded(path) if self._folds else path
 
     def add(self, path: str, entry: Entry) -> None:
         check_entry(path, entry)
-        key = folded(path) if self._folds else path
-        seen = self._paths.get(key)
-        if seen is not None:
-            if seen == path:
+        key = self._key(path)
+        if key in self._keys:
+            first = self._spelling.get(key, key)
+            if first == path:
                 raise UnsafePath(path, "the bundle names this path twice")
-            raise UnsafePath(
-                path, f"the bundle names this path and {seen!r}, one file where case is ignored"
-            )
-        self._paths[key] = path
+            if entry.kind == Kind.SYMLINK or key in self._links:
+                raise UnsafePath(
+                    path,
+                    f"the bundle names this path and {first!r}, one name on a file system"
+                    " that ignores case, and one of them is a symlink",
+                )
+        else:
+            self._keys.add(key)
+            if key != path:
+                self._spelling[key] = path
         if entry.kind == Kind.SYMLINK:
             self._links[key] = entry.target
 
     def add_link(self, path: str, target: str) -> None:
         check_link(path, target)
-        self._links[folded(path) if self._folds else path] = target
+        key = self._key(path)
+        if key != path:
+            self._spelling.setdefault(key, path)
+        self._links[key] = target
 
     def check(self) -> None:
         for key, target in self._links.items():
-            path = self._paths.get(key, key)
+            path = self._spelling.get(key, key)
             parent = [p for p in posixpath.dirname(path).split("/") if p]
             self._resolve(path, parent, target, [0])
 
@@ -93,8 +108,12 @@ class TreeGuard:
 
 
 def folded(path: str) -> str:
-    """``path`` as a file system that ignores case and Unicode normalisation compares it."""
-    return unicodedata.normalize("NFC", path).casefold()
+    """``path`` as a file system that ignores case and Unicode normalisation compares it:
+    Unicode's canonical caseless match (NFD, case folding, NFD again), which takes for one
+    name at least what any such file system does."""
+    if path.isascii():
+        return path.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold())
 
 
 def check_entry(path: str, entry: Entry) -> None:

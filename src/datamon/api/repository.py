@@ -50,9 +50,6 @@ class Repository:
         self.store = store
         self.name = name
         self.info: Repo = store.repos.get(name)
-        # The bundles the refs reached when last read (visible_ids): a bundle read by id is
-        # checked against them, and they are read again only for an id not among them.
-        self._visible: frozenset[str] = frozenset()
 
     @classmethod
     def create(cls, store: Store, name: str, description: str, author: Author) -> Repository:
@@ -95,7 +92,7 @@ class Repository:
             for ref in self.store.refs.all(self.name, kind):
                 ids.update(move.bundle for move in ref.history)
                 ids.add(ref.bundle)
-        self._visible = frozenset(ids)
+        self.store.visible[self.name] = frozenset(ids)
         return ids
 
     def bundles(self) -> list[tuple[str, Bundle]]:
@@ -122,7 +119,7 @@ class Repository:
         """The bundle of full id ``bid``, if a branch or label of the repo reaches it: the
         object of an upload interrupted before its commit is not one (BundleNotFound), as
         :meth:`resolve` and :meth:`bundles` do not see it either."""
-        if bid not in self._visible and bid not in self.visible_ids():
+        if bid not in self.store.visible.get(self.name, ()) and bid not in self.visible_ids():
             raise BundleNotFound(bid, f"repo {self.name}")
         return self.store.bundles.get(self.name, bid)
 
@@ -197,6 +194,8 @@ class Repository:
         created (empty ones too) and given its modes and times.
         """
         bundle = self.bundle(bid)
+        # Checked before a folder is touched: a bundle refused leaves the folder as it was.
+        entries = dict(_download.plan(self.store, bundle, folds=_download.folds_case(folder)))
         with _download.claimed(folder):
             # A downloaded folder has the bundle's modes: some may forbid writing in them
             # (0o555). Opened to their owner, they get the bundle's modes again at the end;
@@ -204,12 +203,13 @@ class Repository:
             top = os.stat(folder).st_mode
             _open_folders(folder)
             try:
-                return self._update(bundle, folder, progress)
+                return self._update(bundle, entries, folder, progress)
             finally:
                 os.chmod(folder, stat.S_IMODE(top))
 
-    def _update(self, bundle: Bundle, folder: str, progress: Progress | None) -> list[_diff.Change]:
-        entries = dict(_download.plan(self.store, bundle, folds=_download.folds_case(folder)))
+    def _update(
+        self, bundle: Bundle, entries: dict[str, Entry], folder: str, progress: Progress | None
+    ) -> list[_diff.Change]:
         changes = list(_diff.diff_local(self.store, bytes.fromhex(bundle.tree), folder))
         wanted: list[tuple[str, Entry]] = []
         # Remove what the bundle does not have, shallowest first, so that a local symlink

@@ -45,6 +45,10 @@ class Store:
         self.chunker = FastCDCChunker(self.config.chunker)
         self.reader = ChunkReader(self.index)
         self.stat_cache = StatCache(self.cache_dir / "stat.sqlite")
+        # By repo, the bundles its refs reached when last read (Repository.visible_ids).
+        # Histories only grow, so these stay visible: a bundle read by id is looked for
+        # here, and the refs are read again only for an id not here.
+        self.visible: dict[str, frozenset[str]] = {}
 
     @classmethod
     def open(

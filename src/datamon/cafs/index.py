@@ -81,16 +81,17 @@ class ChunkIndex:
         The copy keeps one location a chunk, the first recorded, though racing uploads can
         store a chunk in two packs. So when a pack has left the store (deleted by hand, or
         by a rule of the bucket), the rows of its chunks go, and the indexes of every pack
-        still there are loaded again: a chunk it shared with another pack is found there,
-        not reported missing. Packs leave a store seldom, and a full reload is correct
-        whichever chunks they shared.
+        still there are recorded again: rows the copy has stay as they are, and a chunk the
+        pack that left shared with another is found there, not reported missing. Packs
+        leave a store seldom; which of their chunks others hold is known only from those
+        others' indexes.
         """
         present = {pack_id_of(k) for k in self.blob.list(INDEX)}
         known = self.known_packs()
         gone = known - present
         if gone:
-            self._forget(known)
-            known = set()
+            self._forget(gone)
+            known = set()  # (every present pack recorded again: rows already there stay)
         missing = sorted(present - known)
         for start in range(0, len(missing), _RECORD):
             batch = missing[start : start + _RECORD]

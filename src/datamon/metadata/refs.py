@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 
 from datamon.core.codecs import load_versioned, to_json
@@ -24,31 +23,30 @@ ANY = object()
 class RefStore:
     def __init__(self, meta: Backend) -> None:
         self.meta = meta
+        # Repos found with no branch in the folder of older stores (design §3): nothing
+        # writes there any more, so it is not looked at again.
+        self._no_legacy: set[str] = set()
 
-    def read(self, repo: str, kind: str, name: str) -> tuple[Ref, str] | None:
-        """The ref and its version, or None if it does not exist."""
+    def read(self, repo: str, kind: str, name: str) -> tuple[Ref, str | None] | None:
+        """The ref and its version, or None if it does not exist.
+
+        A branch found only in the folder of stores written before branches moved (design
+        §3) comes with no version: nothing is written to read it, and moving it writes it,
+        the move appended, where branches are now, create-only.
+        """
         key = ref_key(repo, kind, check_name(kind, name))
         try:
             data, version = self.meta.get_versioned(key)
         except ObjectNotFound:
-            if kind != "branch" or not self._copy_legacy(repo, name, key):
+            if kind != "branch" or repo in self._no_legacy:
                 return None
-            data, version = self.meta.get_versioned(key)
+            legacy = legacy_branch_key(repo, name)
+            try:
+                data = self.meta.get(legacy)
+            except ObjectNotFound:
+                return None
+            return load_versioned(legacy, data, Ref, FORMAT_VERSION, binary=False), None
         return load_versioned(key, data, Ref, FORMAT_VERSION, binary=False), version
-
-    def _copy_legacy(self, repo: str, name: str, key: str) -> bool:
-        """Copy a branch of a store written before branches moved to their folder (design
-        §2) to where it is now, create-only; whether the branch is there now."""
-        legacy = legacy_branch_key(repo, name)
-        try:
-            data = self.meta.get(legacy)
-        except ObjectNotFound:
-            return False
-        load_versioned(legacy, data, Ref, FORMAT_VERSION, binary=False)  # a ref, or refused
-        # Copied by another client meanwhile, or made anew there: the one there stands.
-        with contextlib.suppress(RefConflict):
-            self.meta.compare_and_swap(key, data, None)
-        return True
 
     def move(
         self,
@@ -106,20 +104,20 @@ class RefStore:
         return current is not None and move in current[0].history
 
     def all(self, repo: str, kind: str) -> list[Ref]:
-        prefixes = [refs_prefix(repo, kind)]
-        if kind == "branch":
-            prefixes.append(f"{LEGACY_BRANCH_FOLDER}/{repo}/")
-        names = sorted(
-            {
-                k[len(prefix) : -len(".json")]
-                for prefix in prefixes
-                for k in self.meta.list(prefix)
-                if k.endswith(".json")
-            }
-        )
+        names = set(self._names(refs_prefix(repo, kind)))
+        if kind == "branch" and repo not in self._no_legacy:
+            legacy = self._names(f"{LEGACY_BRANCH_FOLDER}/{repo}/")
+            if not legacy:
+                self._no_legacy.add(repo)
+            names.update(legacy)
         refs = []
-        for name in names:
+        for name in sorted(names):
             found = self.read(repo, kind, name)
             if found:
                 refs.append(found[0])
         return refs
+
+    def _names(self, prefix: str) -> list[str]:
+        return [
+            k[len(prefix) : -len(".json")] for k in self.meta.list(prefix) if k.endswith(".json")
+        ]
