@@ -1,6 +1,6 @@
 """How fast the bare minimum of Datamon's per-file work runs here, against the upload itself.
 
-    .venv/bin/python bench/floor.py DIR [--runs 3] [--threads 2]
+    .venv/bin/python bench/floor.py DIR [--runs 3] [--threads 2] [--only "STAGE,STAGE"]
 
 Each stage adds one step of what an upload must do for every file, in plain Python with the
 same libraries Datamon uses, and nothing else (no index, no packs, no trees):
@@ -276,7 +276,19 @@ def main() -> None:
     p.add_argument("root")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument(
+        "--only",
+        default="",
+        help="stages to run, by name, comma-separated: 'compress x2,datamon bundle upload'",
+    )
     args = p.parse_args()
+    x = f"x{args.threads}"
+    names = ["scan", "read", "chunk", "hash", "compress", f"compress {x}", f"grouped {x}"]
+    names += [f"grouped {x} processes", "+ writes", "datamon bundle upload"]
+    wanted = [name.strip() for name in args.only.split(",")] if args.only else names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        p.error(f"no stage named {', '.join(unknown)} (stages: {', '.join(names)})")
     paths = files_of(args.root)
     n = len(paths)
     threads = threaded(stage_compress, args.threads)
@@ -298,21 +310,26 @@ def main() -> None:
         ("+ writes", lambda: writes(paths)),
         ("datamon bundle upload", lambda: datamon_upload(args.root)),
     ]
+    assert [name for name, _fn in stages] == names
+    stages = [(name, fn) for name, fn in stages if name in wanted]
     times: dict[str, list[float]] = {name: [] for name, _fn in stages}
     with procs:
         for _ in range(args.runs):
             for name, fn in stages:
                 times[name].append(fn())
     total = sum(os.path.getsize(path) for path in paths)
-    upload = n / statistics.median(times["datamon bundle upload"])
+    upload_times = times.get("datamon bundle upload")
+    upload = n / statistics.median(upload_times) if upload_times else None
     print(f"{n:,} files, {total / 1e6:,.0f} MB, under {args.root}; medians of {args.runs} runs;")
     print(f"{os.cpu_count()} cores")
-    print("| stage | files/s | MB/s | datamon upload / stage |")
-    print("|---|---|---|---|")
+    print("| stage | seconds | files/s | MB/s | datamon upload / stage |")
+    print("|---|---|---|---|---|")
     for name, _fn in stages:
         seconds = statistics.median(times[name])
         rate = n / seconds
-        print(f"| {name} | {rate:,.0f} | {total / 1e6 / seconds:,.0f} | {upload / rate:.2f} |")
+        ratio = "-" if upload is None else f"{upload / rate:.2f}"
+        mb = total / 1e6 / seconds
+        print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {mb:,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
