@@ -1251,6 +1251,14 @@ def test_the_case_probe_tells_what_the_file_system_does_and_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_already_where_one_is_written_is_not_written_over(tmp_path: Path) -> None:
+    # As the second of two names one where case is ignored ("README", then "readme").
+    (tmp_path / "README").write_text("first")
+    with pytest.raises(DestinationNotEmpty, match="two names differing only in case"):
+        download_module.write_file(_file("README"), str(tmp_path / "README"), [b"new"])
+    assert (tmp_path / "README").read_text() == "first"
+
+
 class CallBudgetExceeded(Exception):
     pass
 

@@ -109,6 +109,12 @@ def prepare_destination(destination: str) -> None:
         raise InvalidArgument(f"cannot create destination {destination}: {exc.strerror}") from None
 
 
+# Why a file to write can be there already: also, where names differing only in case are one
+# name (design §6), the bundle's file of another spelling written first.
+_TAKEN = (
+    "something is there already; on a file system that ignores case, the bundle may hold"
+    " two names differing only in case"
+)
 # What to do with a destination found not empty (an earlier download stopped short, say).
 REFILL = "empty it, or bring it to the bundle with `datamon bundle update`"
 # A file system without advisory locks on folders: a download then holds nothing. (NFS
@@ -356,7 +362,7 @@ def _create(target: str) -> int:
     try:
         return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise DestinationNotEmpty(target) from None
+        raise DestinationNotEmpty(target, _TAKEN) from None
 
 
 def _finish(fd: int, entry: Entry) -> None:
