@@ -68,6 +68,20 @@ class ObjectNotFound(StorageError, KeyError):
         return f"object not found: {self.key}"
 
 
+class PackMissing(ObjectNotFound):
+    """A pack a bundle names has no index in the blob location."""
+
+    def __init__(self, key: str, pack: str) -> None:
+        super().__init__(key)
+        self.pack = pack
+
+    def __str__(self) -> str:
+        return (
+            f"pack {self.pack} has no index in the store's blob location ({self.key}):"
+            " the blob location given may not be this store's, or the pack was removed"
+        )
+
+
 class TransientStorageError(StorageError):
     """A failure that may succeed if tried again (timeouts, throttling, 5xx)."""
 

@@ -47,6 +47,7 @@ from datamon.errors import (
     InvalidName,
     LabelNotFound,
     ObjectNotFound,
+    PackMissing,
     PathNotInBundle,
     RepoExists,
     RepoNotFound,
@@ -1456,6 +1457,23 @@ def test_separate_blob_location(tmp_path: Path, author: Author) -> None:
     again = Repository(Store.open(str(tmp_path / "meta"), blob=str(tmp_path / "blobs")), "r")
     again.download(bid, str(tmp_path / "dest"))
     assert describe_tree(tmp_path / "dest") == describe_tree(tmp_path / "src")
+
+
+def test_a_blob_location_without_the_bundles_packs_says_so(tmp_path: Path, author: Author) -> None:
+    store = Store.open(str(tmp_path / "meta"), blob=str(tmp_path / "blobs"))
+    repo = Repository.create(store, "r", "", author)
+    mixed_tree(tmp_path / "src", seed=3)
+    bid = repo.upload(str(tmp_path / "src"), _opts(author)).bundle_id
+    (tmp_path / "other").mkdir()
+    wrong = Store.open(
+        str(tmp_path / "meta"), blob=str(tmp_path / "other"), cache=tmp_path / "cache2"
+    )
+    with pytest.raises(PackMissing, match="blob location given may not be this store's") as info:
+        Repository(wrong, "r").download(bid, str(tmp_path / "dest"))
+    assert info.value.pack in store.bundles.get("r", bid).packs
+    assert isinstance(info.value, ObjectNotFound)
+    report = Repository(wrong, "r").verify(bid)
+    assert any("may not be this store's" in problem for problem in report.problems)
 
 
 class FailingPacks(MemoryBackend):

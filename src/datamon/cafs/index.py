@@ -17,7 +17,7 @@ from datamon.cafs.layout import INDEX, index_key, pack_id_of
 from datamon.cafs.sqlitedb import LocalDB, insert_rows, transaction
 from datamon.core.codecs import decode_frame, load_versioned
 from datamon.core.model import PACK_INDEX_FORMATS, PackEntry, PackIndex
-from datamon.errors import CorruptObject
+from datamon.errors import CorruptObject, ObjectNotFound, PackMissing
 from datamon.storage.base import Backend
 
 # Bumped whenever the tables change: tables of another version are dropped, not migrated (the
@@ -54,9 +54,11 @@ class Location(NamedTuple):
 
 def load_pack_index(blob: Backend, pack_id: str) -> PackIndex:
     key = index_key(pack_id)
-    index = load_versioned(
-        key, decode_frame(key, blob.get(key)), PackIndex, PACK_INDEX_FORMATS, True
-    )
+    try:
+        data = blob.get(key)
+    except ObjectNotFound:
+        raise PackMissing(key, pack_id) from None
+    index = load_versioned(key, decode_frame(key, data), PackIndex, PACK_INDEX_FORMATS, True)
     if index.pack != pack_id:
         raise CorruptObject(key, f"describes pack {index.pack}")
     return index
