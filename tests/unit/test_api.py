@@ -1204,8 +1204,14 @@ def test_case_folding_paths_are_compared_as_such_a_file_system_compares_them() -
     for entry in [_file("README"), _file("readme"), _dir("Sub"), _dir("sub")]:
         folding.add(entry.name, entry)
     folding.check()
-    with pytest.raises(UnsafePath, match="names this path twice"):
-        folding.add("README", _file("README"))
+    for again in ("README", "readme"):  # each spelling named a second time
+        with pytest.raises(UnsafePath, match="names this path twice"):
+            folding.add(again, _file(again))
+    # An update compares and removes by exact name, and would remove one for the other.
+    strict = TreeGuard(folds=True, twins=False)
+    strict.add("README", _file("README"))
+    with pytest.raises(UnsafePath, match="names this path and 'README', one name"):
+        strict.add("readme", _file("readme"))
 
 
 def test_a_bundle_unsafe_where_case_is_ignored_is_not_written_there(
@@ -1233,10 +1239,32 @@ def test_a_bundle_unsafe_where_case_is_ignored_is_not_written_there(
     assert not dest.exists()
     with pytest.raises(UnsafePath):
         repo.download_file(bid, "l", str(dest))
+    # Refused before the folder is touched: a folder of its own, read-only, keeps its mode
+    # (an update opens every folder to writing before it changes them).
+    (tmp_path / "exact" / "ro").mkdir(mode=0o555)
+    (tmp_path / "exact" / "ro").chmod(0o555)
     with pytest.raises(UnsafePath):
         repo.update(bid, str(tmp_path / "exact"))
     assert os.readlink(tmp_path / "exact" / "l") == "a/.."
+    assert ((tmp_path / "exact" / "ro").stat().st_mode & 0o777) == 0o555
     assert asked == [str(dest), str(dest), str(tmp_path / "exact")]
+
+
+def test_an_update_where_case_is_ignored_refuses_two_files_of_one_name_there(
+    store: Store,
+    repo: Repository,
+    tmp_path: Path,
+    author: Author,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bid = _craft(store, repo, [_file("README"), _file("readme")], author)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "README").write_text("kept")
+    monkeypatch.setattr(download_module, "folds_case", lambda destination: True)
+    with pytest.raises(UnsafePath, match="one name on a file system that ignores case"):
+        repo.update(bid, str(folder))
+    assert (folder / "README").read_text() == "kept"
 
 
 def test_the_case_probe_tells_what_the_file_system_does_and_leaves_nothing(

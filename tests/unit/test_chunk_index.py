@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from datamon import Store
 from datamon.cafs.index import ChunkIndex, Location
@@ -13,6 +16,7 @@ from datamon.cafs.packer import PackWriter
 from datamon.core.codecs import ChunkCodec, encode_frame, pack_msg
 from datamon.core.ids import digest
 from datamon.core.model import FORMAT_VERSION, PackEntry, PackIndex
+from datamon.errors import PackMissing, TransientStorageError
 from datamon.storage.memory import MemoryBackend
 from datamon.testing.workloads import random_bytes
 
@@ -85,6 +89,59 @@ def test_a_chunk_also_in_a_pack_still_there_is_found_there_once_its_first_pack_l
     assert index.known_packs() == {second}
     assert index.lookup(shared) == Location(second, 10, 10, 20)
     assert index.lookup(alone) is None
+    index.close()
+
+
+class FlakyIndexes(MemoryBackend):
+    """Fails reads of pack indexes while ``failing``, as a network can."""
+
+    failing = False
+
+    def get(self, key: str) -> bytes:
+        if self.failing and key.startswith("index/"):
+            raise TransientStorageError(f"{key}: connection reset")
+        return super().get(key)
+
+
+def test_a_sync_cut_short_after_a_pack_left_does_it_all_again_the_next_time(
+    tmp_path: Path,
+) -> None:
+    blob = FlakyIndexes()
+    index = ChunkIndex(blob, tmp_path / "index.sqlite")
+    shared = digest(b"shared")
+    first, second = "1" * 64, "2" * 64
+    for pack_index in (_index(first, shared), _index(second, digest(b"x"), shared)):
+        blob.put(index_key(pack_index.pack), encode_frame(pack_msg(pack_index))[1])
+    index.sync()
+    blob.delete(index_key(first))
+    blob.failing = True
+    with pytest.raises(TransientStorageError):
+        index.sync()  # the rows of `first` go, then loading `second` again fails
+    assert first in index.known_packs()  # still listed: the next sync sees it gone
+    blob.failing = False
+    assert index.sync() == 1
+    assert index.known_packs() == {second}
+    assert index.lookup(shared) == Location(second, 10, 10, 20)
+    index.close()
+
+
+def test_a_pack_index_gone_between_the_listing_and_its_loading_is_skipped(
+    tmp_path: Path,
+) -> None:
+    class Vanishing(MemoryBackend):
+        def list(self, prefix: str = "") -> Iterator[str]:
+            keys = list(super().list(prefix))
+            self.delete(index_key("1" * 64))  # deleted right after it was listed
+            return iter(keys)
+
+    blob = Vanishing()
+    for pack_index in (_index("1" * 64, digest(b"a")), _index("2" * 64, digest(b"b"))):
+        blob.put(index_key(pack_index.pack), encode_frame(pack_msg(pack_index))[1])
+    index = ChunkIndex(blob, tmp_path / "index.sqlite")
+    assert index.sync() == 1
+    assert index.known_packs() == {"2" * 64}
+    with pytest.raises(PackMissing, match="has no index in the store's blob location"):
+        index.ensure(["1" * 64])
     index.close()
 
 

@@ -514,6 +514,15 @@ class TestRefs:
             ) -> str:
                 raise AccessDenied(key)
 
+            def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+                raise AccessDenied(key)
+
+            def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+                raise AccessDenied(key)
+
+            def delete(self, key: str) -> None:
+                raise AccessDenied(key)
+
         refs = RefStore(ReadOnly())
         assert [ref.bundle for ref in refs.all("r", "branch")] == ["a" * 40]
         found = refs.read("r", "branch", "main")

@@ -40,17 +40,22 @@ class DownloadResult:
 
 
 def plan(
-    store: Store, bundle: Bundle, name_filter: str | None = None, folds: bool = False
+    store: Store,
+    bundle: Bundle,
+    name_filter: str | None = None,
+    folds: bool = False,
+    twins: bool = True,
 ) -> list[tuple[str, Entry]]:
     """Every entry to write, checked for safety before anything touches the disk, on a
-    file system that ignores case in names if ``folds`` (:func:`folds_case`)."""
+    file system that ignores case in names if ``folds`` (:func:`folds_case`); ``twins``
+    false refuses there two files or folders of one name too (``TreeGuard``)."""
     try:
         pattern = re.compile(name_filter) if name_filter else None
     except re.error as exc:
         raise InvalidArgument(f"invalid name filter {name_filter!r}: {exc}") from None
     chosen: list[tuple[str, Entry]] = []
     folders: dict[str, Entry] = {}
-    guard = TreeGuard(folds)
+    guard = TreeGuard(folds, twins)
     for path, entry in store.trees.walk(bytes.fromhex(bundle.tree)):
         guard.add(path, entry)
         if pattern and entry.kind == Kind.DIR:
@@ -90,7 +95,9 @@ def folds_case(destination: str) -> bool:
     os.close(fd)
     try:
         head, name = os.path.split(probe)
-        other = [name.upper(), name.replace("\u00e9", "e\u0301")]
+        # Capitals of the ASCII letters only: a file system may fold those alone.
+        upper = "".join(c.upper() if c.isascii() else c for c in name)
+        other = [upper, name.replace("\u00e9", "e\u0301")]
         return any(alias != name and os.path.exists(os.path.join(head, alias)) for alias in other)
     finally:
         with contextlib.suppress(OSError):

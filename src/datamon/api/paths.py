@@ -38,14 +38,18 @@ class TreeGuard:
     such a file system compares them: ``A -> .`` then makes ``l -> a/..`` leave the tree,
     and a symlink may not share its name with another entry. Two files or folders that
     share one there are left to the writer, which creates each file only where nothing is
-    (``O_EXCL``), so that one is refused rather than written over the other.
+    (``O_EXCL``), so that one is refused rather than written over the other; with
+    ``twins`` false (for an update, which compares and removes by exact name) they are
+    refused here.
     """
 
     MAX_HOPS = 40
 
-    def __init__(self, folds: bool = False) -> None:
+    def __init__(self, folds: bool = False, twins: bool = True) -> None:
         self._folds = folds
+        self._twins = twins
         self._keys: set[str] = set()  # every path, folded where the file system folds
+        self._exact: set[str] = set()  # where it folds, every path as the bundle names it
         self._spelling: dict[str, str] = {}  # a folded path -> the path as first named
         self._links: dict[str, str] = {}  # (folded) path -> target
 
@@ -57,18 +61,21 @@ class TreeGuard:
         key = self._key(path)
         if key in self._keys:
             first = self._spelling.get(key, key)
-            if first == path:
+            if first == path or path in self._exact:
                 raise UnsafePath(path, "the bundle names this path twice")
-            if entry.kind == Kind.SYMLINK or key in self._links:
+            if entry.kind == Kind.SYMLINK or key in self._links or not self._twins:
                 raise UnsafePath(
                     path,
                     f"the bundle names this path and {first!r}, one name on a file system"
-                    " that ignores case, and one of them is a symlink",
+                    " that ignores case"
+                    + (", and one of them is a symlink" if self._twins else ""),
                 )
         else:
             self._keys.add(key)
             if key != path:
                 self._spelling[key] = path
+        if self._folds:
+            self._exact.add(path)
         if entry.kind == Kind.SYMLINK:
             self._links[key] = entry.target
 

@@ -195,7 +195,10 @@ class Repository:
         """
         bundle = self.bundle(bid)
         # Checked before a folder is touched: a bundle refused leaves the folder as it was.
-        entries = dict(_download.plan(self.store, bundle, folds=_download.folds_case(folder)))
+        # Names one where case is ignored are refused: update compares and removes files by
+        # their exact names, and would remove one such file for the other.
+        folds = _download.folds_case(folder)
+        entries = dict(_download.plan(self.store, bundle, folds=folds, twins=False))
         with _download.claimed(folder):
             # A downloaded folder has the bundle's modes: some may forbid writing in them
             # (0o555). Opened to their owner, they get the bundle's modes again at the end;

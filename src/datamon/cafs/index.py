@@ -86,20 +86,33 @@ class ChunkIndex:
         still there are recorded again: rows the copy has stay as they are, and a chunk the
         pack that left shared with another is found there, not reported missing. Packs
         leave a store seldom; which of their chunks others hold is known only from those
-        others' indexes.
+        others' indexes. The pack that left stays listed as known until that is done, so a
+        sync cut short does it all again the next time. A pack whose index goes between the
+        listing and its loading has left too, and is skipped.
         """
         present = {pack_id_of(k) for k in self.blob.list(INDEX)}
         known = self.known_packs()
         gone = known - present
         if gone:
-            self._forget(gone)
+            self._forget(gone, keep_listed=True)
             known = set()  # (every present pack recorded again: rows already there stay)
         missing = sorted(present - known)
+        loaded = 0
         for start in range(0, len(missing), _RECORD):
             batch = missing[start : start + _RECORD]
             # Loaded first: the write lock is not held across downloads.
-            self.record_many([load_pack_index(self.blob, pack_id) for pack_id in batch])
-        return len(missing)
+            indexes = [found for found in map(self._load_listed, batch) if found is not None]
+            self.record_many(indexes)
+            loaded += len(indexes)
+        if gone:
+            self._forget(gone)
+        return loaded
+
+    def _load_listed(self, pack_id: str) -> PackIndex | None:
+        try:
+            return load_pack_index(self.blob, pack_id)
+        except PackMissing:
+            return None
 
     def ensure(self, pack_ids: Iterable[str]) -> None:
         """Load the indexes of these packs if this machine has not seen them."""
@@ -133,13 +146,16 @@ class ChunkIndex:
             rows = numbered[0] if len(numbered) == 1 else heapq.merge(*numbered, key=_chunk_id)
             insert_rows(db, "INSERT OR IGNORE INTO chunks", 6, rows)
 
-    def _forget(self, packs: set[str]) -> None:
+    def _forget(self, packs: set[str], keep_listed: bool = False) -> None:
+        """Remove the rows of these packs' chunks, and the packs' own rows unless
+        ``keep_listed``."""
         with transaction(self._db.get()) as db:
             for pack_id in packs:
                 row = db.execute("SELECT n FROM packs WHERE id = ?", (pack_id,)).fetchone()
                 if row is not None:
                     db.execute("DELETE FROM chunks WHERE pack = ?", row)
-                    db.execute("DELETE FROM packs WHERE n = ?", row)
+                    if not keep_listed:
+                        db.execute("DELETE FROM packs WHERE n = ?", row)
 
     def lookup(self, cid: bytes) -> Location | None:
         row = self._db.get().execute(f"SELECT {_LOCATION} WHERE c.id = ?", (cid,)).fetchone()
