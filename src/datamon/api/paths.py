@@ -60,9 +60,9 @@ class TreeGuard:
         check_entry(path, entry)
         key = self._key(path)
         if key in self._keys:
-            first = self._spelling.get(key, key)
-            if first == path or path in self._exact:
+            if path in (self._exact if self._folds else self._keys):
                 raise UnsafePath(path, "the bundle names this path twice")
+            first = self._spelling.get(key, key)
             if entry.kind == Kind.SYMLINK or key in self._links or not self._twins:
                 raise UnsafePath(
                     path,

@@ -53,8 +53,12 @@ def ref_key(repo: str, kind: str, name: str) -> str:
 LEGACY_BRANCH_FOLDER = "branchs"
 
 
+def legacy_branches_prefix(repo: str) -> str:
+    return f"{LEGACY_BRANCH_FOLDER}/{repo}/"
+
+
 def legacy_branch_key(repo: str, name: str) -> str:
-    return f"{LEGACY_BRANCH_FOLDER}/{repo}/{name}.json"
+    return f"{legacy_branches_prefix(repo)}{name}.json"
 
 
 def tree_key(oid: str) -> str:

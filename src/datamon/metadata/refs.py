@@ -8,9 +8,9 @@ from datamon.core.codecs import load_versioned, to_json
 from datamon.core.model import FORMAT_VERSION, Ref, RefMove
 from datamon.errors import ObjectNotFound, RefConflict
 from datamon.metadata.layout import (
-    LEGACY_BRANCH_FOLDER,
     check_name,
     legacy_branch_key,
+    legacy_branches_prefix,
     ref_key,
     refs_prefix,
 )
@@ -106,7 +106,7 @@ class RefStore:
     def all(self, repo: str, kind: str) -> list[Ref]:
         names = set(self._names(refs_prefix(repo, kind)))
         if kind == "branch" and repo not in self._no_legacy:
-            legacy = self._names(f"{LEGACY_BRANCH_FOLDER}/{repo}/")
+            legacy = self._names(legacy_branches_prefix(repo))
             if not legacy:
                 self._no_legacy.add(repo)
             names.update(legacy)
