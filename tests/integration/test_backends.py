@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -279,3 +280,43 @@ def test_retrying_backend_does_not_retry_other_errors(failure: StorageError) -> 
         backend.compare_and_swap("k", b"x", None)
     assert inner.calls == 1
     assert sleeps == []
+
+
+@pytest.mark.s3
+def test_the_test_servers_conditional_puts_are_atomic(
+    s3_location: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two swaps expecting one version, with moto slowed between its check and its store:
+    one lands and the other conflicts, as on S3 (moto alone let both land)."""
+    from moto.s3.models import S3Backend
+
+    stored = S3Backend.put_object
+
+    def slow_put_object(self: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return stored(self, *args, **kwargs)
+
+    url, options = s3_location
+    backend = open_backend(url, options)
+    try:
+        version = backend.compare_and_swap("ref", b"0", None)
+        monkeypatch.setattr(S3Backend, "put_object", slow_put_object)
+        outcomes: list[str] = []
+
+        def swap(data: bytes) -> None:
+            try:
+                backend.compare_and_swap("ref", data, version)
+                outcomes.append("landed")
+            except RefConflict:
+                outcomes.append("conflict")
+
+        threads = [threading.Thread(target=swap, args=(b"%d" % n,)) for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(outcomes) == ["conflict", "landed"]
+        monkeypatch.undo()
+        assert backend.get("ref") in (b"1", b"2")
+    finally:
+        backend.close()

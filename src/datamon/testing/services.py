@@ -32,12 +32,44 @@ def require_service(name: str, reason: str) -> NoReturn:
     pytest.skip(message)
 
 
+# Held by every conditional PUT that moto serves in this process (_atomic_conditional_puts).
+_CONDITIONAL_PUTS = threading.Lock()
+
+
+def _atomic_conditional_puts() -> None:
+    """Make moto's conditional PUTs atomic, as S3's are.
+
+    moto checks ``If-Match`` or ``If-None-Match`` and then stores the object, with nothing
+    between the two: its threaded server let two swaps expecting one version both succeed (a
+    counter raised by 8 threads under compare-and-swap ended below its count). Each
+    conditional PUT now checks and stores under one lock; unconditional PUTs are left as
+    they are.
+    """
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+    if getattr(original, "atomic_conditional", False):
+        return
+
+    def put_object(self: Any) -> Any:
+        headers = self.headers
+        if headers.get("If-Match") is None and headers.get("If-None-Match") is None:
+            return original(self)
+        with _CONDITIONAL_PUTS:
+            return original(self)
+
+    put_object.atomic_conditional = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
 class MotoS3:
-    """An S3 API served by moto on 127.0.0.1, in a background thread."""
+    """An S3 API served by moto on 127.0.0.1, in a background thread, whose conditional
+    PUTs are atomic (:func:`_atomic_conditional_puts`)."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        _atomic_conditional_puts()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         # start() waits without a timeout for a server thread that may have died.
