@@ -44,7 +44,13 @@ GROUP_BYTES = 8 << 20
 # Small files an upload must read before it reads them in worker processes (cafs/workers.py).
 PROCESS_FILES = 2_000
 # Ingesting threads per worker process: each waits for a group in a worker, then stores it.
-THREADS_PER_WORKER = 3
+# Two keep a group waiting in each worker while the other is stored. The uploading process's
+# interpreter is what bounds a W2 upload on a 2-core host (its lock held for 3.2 of 3.5 s
+# under `py-spy --gil`), and a third thread a worker only queues for it: on the AMD EPYC
+# host, 14 alternating W2 uploads, medians 3.61 s and 3.77 s with two against 4.10 s and
+# 3.98 s with three (one thread a worker: 3.99 s; bench/results/floor.md, 2026-12-02
+# 15:05 UTC). On the Intel Xeon host three were 0.13 s faster at the median (2026-12-01).
+THREADS_PER_WORKER = 2
 # Files an upload may have read before the thread naming trees gets to them (Arrivals):
 # past that, ingestion waits for it, so that a tree of a million files is let go of as it is
 # read (unheld, a W4 upload under tracemalloc still held 327,000 read files at its end).

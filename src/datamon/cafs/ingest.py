@@ -143,7 +143,7 @@ class Ingester:
         threads = workers or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="datamon-chunk")
         # Streams (large files, or any caller's) read at once: one a thread of the pool. An
-        # upload that has worker processes ingests with three threads a worker (small groups
+        # upload that has worker processes ingests with two threads a worker (small groups
         # wait on them), and each stream in flight holds up to WINDOW + 1 batches read and
         # compressed.
         self._streams = threading.BoundedSemaphore(threads)
