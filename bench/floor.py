@@ -21,6 +21,9 @@ same libraries Datamon uses, and nothing else (no index, no packs, no trees):
                   the least: each process appends its compressed chunks to packs of 16 MiB,
                   then one file is created for each folder (a tree object), in 256 folders,
                   all in a new folder beside the upload's store (removed after, untimed)
+    + writes (raw kept raw)   the same, but the files of an extension whose first file in
+                  each process did not compress by a 32nd are written raw without being
+                  compressed, as an upload learns to (cafs/kinds.py): W2's random files
 
 Then ``datamon bundle upload`` of the same folder (fresh store and cache). Reports files/s
 and MB/s (median of the runs) and Datamon's rate as a fraction of each stage's. The gap between the
@@ -53,6 +56,8 @@ GROUP_BYTES = 64 << 20
 PACK_BYTES = 16 << 20
 # A forked process's open pack: (its folder, descriptor, bytes written).
 _pack: list[tuple[str, int, int]] = []
+# In a forked process, by file extension: whether its files are written raw (``raw_kinds``).
+_plain: dict[str, bool] = {}
 
 
 def files_of(root: str) -> list[str]:
@@ -88,7 +93,7 @@ def cut(data: bytes) -> list[memoryview] | list[bytes]:
         p.avg_size,
         min_size=p.min_size,
         max_size=p.max_size,
-        normalized_chunking=p.normalization,
+        normalized_chunking=p.normalization,  # type: ignore[arg-type]
         seed=p.seed,
     )
     return [c.data for c in cdc.cut_buf(data)]
@@ -120,31 +125,48 @@ def stage_compress(paths: list[str]) -> None:
 
 def stage_grouped(paths: list[str]) -> None:
     zstd = zstandard.ZstdCompressor(level=1)
-    chunks = [chunk for data in [read(path) for path in paths] for chunk in cut(data)]
+    chunks: list[bytes | bytearray | memoryview] = [
+        chunk for data in [read(path) for path in paths] for chunk in cut(data)
+    ]
     for chunk in chunks:
         blake3.blake3(chunk).digest()
     if chunks:
         zstd.multi_compress_to_buffer(chunks, threads=1)
 
 
-def stage_grouped_to(dest: str, paths: list[str]) -> None:
+def stage_grouped_to(dest: str, paths: list[str], raw_kinds: bool = False) -> None:
     """:func:`stage_grouped`, appending the compressed chunks to this process's pack in
-    ``dest`` (a new pack once one holds :data:`PACK_BYTES`)."""
+    ``dest`` (a new pack once one holds :data:`PACK_BYTES`). With ``raw_kinds``, the files
+    of an extension whose first file did not compress by a 32nd are written raw."""
     zstd = zstandard.ZstdCompressor(level=1)
-    chunks = [chunk for data in [read(path) for path in paths] for chunk in cut(data)]
-    for chunk in chunks:
-        blake3.blake3(chunk).digest()
-    if not chunks:
+    squeeze: list[bytes | bytearray | memoryview] = []
+    raw: list[bytes | bytearray | memoryview] = []
+    for path in paths:
+        kind = os.path.splitext(path)[1]
+        plain = raw_kinds and _plain.get(kind, False)
+        for chunk in cut(read(path)):
+            blake3.blake3(chunk).digest()
+            if plain:
+                raw.append(chunk)
+                continue
+            squeeze.append(chunk)
+            if raw_kinds and kind not in _plain:
+                packed = zstd.compress(chunk)
+                _plain[kind] = len(packed) + (len(chunk) >> 5) >= len(chunk)
+    if not squeeze and not raw:
         return
-    out = zstd.multi_compress_to_buffer(chunks, threads=1)
     if _pack and (_pack[0][0] != dest or _pack[0][2] >= PACK_BYTES):
         os.close(_pack.pop()[1])
     if not _pack:
         name = os.path.join(dest, "packs", f"{os.getpid()}-{os.urandom(4).hex()}")
         _pack.append((dest, os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), 0))
     folder, fd, size = _pack[0]
-    for i in range(len(out)):
-        size += os.write(fd, out[i].tobytes())
+    if squeeze:
+        out = zstd.multi_compress_to_buffer(squeeze, threads=1)
+        for i in range(len(out)):
+            size += os.write(fd, out[i].tobytes())
+    for piece in raw:
+        size += os.write(fd, piece)
     _pack[0] = (folder, fd, size)
 
 
@@ -174,11 +196,14 @@ def listings_of(root: str) -> list[bytes]:
     return out
 
 
-def with_writes(pool: Executor, workers: int, root: str) -> Callable[[list[str]], float]:
-    """The grouped stage on ``pool`` writing packs, then one file per folder of ``root``,
-    in a fresh folder of the temporary directory (where the upload's store goes); returns
-    the seconds taken, without making and removing that folder. (A process's last pack is
-    closed in its next run.)"""
+def with_writes(
+    pool: Executor, workers: int, root: str, raw_kinds: bool = False
+) -> Callable[[list[str]], float]:
+    """The grouped stage on ``pool`` writing packs (``raw_kinds``: see
+    :func:`stage_grouped_to`), then one file per folder of ``root``, in a fresh folder of
+    the temporary directory (where the upload's store goes); returns the seconds taken,
+    without making and removing that folder. (A process's last pack is closed in its next
+    run.)"""
     listings = listings_of(root)
     slices = [listings[i::workers] for i in range(workers)]
 
@@ -187,7 +212,8 @@ def with_writes(pool: Executor, workers: int, root: str) -> Callable[[list[str]]
         with tempfile.TemporaryDirectory(prefix="datamon-floor-writes-") as dest:
             os.mkdir(os.path.join(dest, "packs"))
             start = time.perf_counter()
-            list(pool.map(stage_grouped_to, [dest] * len(groups), groups, chunksize=4))
+            kinds = [raw_kinds] * len(groups)
+            list(pool.map(stage_grouped_to, [dest] * len(groups), groups, kinds, chunksize=4))
             list(pool.map(write_trees, [dest] * workers, slices))
             return time.perf_counter() - start
 
@@ -284,7 +310,8 @@ def main() -> None:
     args = p.parse_args()
     x = f"x{args.threads}"
     names = ["scan", "read", "chunk", "hash", "compress", f"compress {x}", f"grouped {x}"]
-    names += [f"grouped {x} processes", "+ writes", "datamon bundle upload"]
+    names += [f"grouped {x} processes", "+ writes", "+ writes (raw kept raw)"]
+    names += ["datamon bundle upload"]
     wanted = [name.strip() for name in args.only.split(",")] if args.only else names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
@@ -298,6 +325,7 @@ def main() -> None:
     list(procs.map(stage_grouped, [paths[:1]] * args.threads))
     in_procs = forked(stage_grouped, procs)
     writes = with_writes(procs, args.threads, args.root)
+    writes_raw = with_writes(procs, args.threads, args.root, raw_kinds=True)
     stages: list[tuple[str, Callable[[], float]]] = [
         ("scan", lambda: timed(lambda: files_of(args.root))),
         ("read", lambda: timed(lambda: stage_read(paths))),
@@ -308,6 +336,7 @@ def main() -> None:
         (f"grouped x{args.threads}", lambda: timed(lambda: grouped(paths))),
         (f"grouped x{args.threads} processes", lambda: timed(lambda: in_procs(paths))),
         ("+ writes", lambda: writes(paths)),
+        ("+ writes (raw kept raw)", lambda: writes_raw(paths)),
         ("datamon bundle upload", lambda: datamon_upload(args.root)),
     ]
     assert [name for name, _fn in stages] == names

@@ -92,6 +92,35 @@ def test_the_upload_floor_writes_every_chunk_and_a_file_per_folder(
     assert trees == sorted(listings)
 
 
+def test_the_upload_floor_writes_raw_the_kinds_that_do_not_compress(
+    floor: ModuleType, tmp_path: Path
+) -> None:
+    import zstandard
+
+    src = tmp_path / "src"
+    src.mkdir()
+    first, second = random_bytes(6, 9_000), random_bytes(7, 9_000)
+    (src / "1.bin").write_bytes(first)
+    (src / "2.bin").write_bytes(second)
+    (src / "3.txt").write_bytes(text_bytes(8, 9_000))
+    dest = tmp_path / "dest"
+    (dest / "packs").mkdir(parents=True)
+    floor._plain.clear()
+    try:
+        floor.stage_grouped_to(str(dest), sorted(floor.files_of(str(src))), raw_kinds=True)
+    finally:
+        os.close(floor._pack.pop()[1])
+    assert floor._plain == {".bin": True, ".txt": False}
+    [pack] = (dest / "packs").iterdir()
+    data = pack.read_bytes()
+    # The first random file was compressed (to learn its kind), the second written as it is.
+    assert data.endswith(second)
+    frames = data[: -len(second)]
+    reader = zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True)
+    with reader:
+        assert reader.read() == first + (src / "3.txt").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def placement() -> Iterator[ModuleType]:
     yield from _bench_module("placement")
